@@ -1,0 +1,59 @@
+"""Independent measurements of a built model: FlopCounterMode MACs, parameter counts, latency."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from autoprune.units import CONV_TYPES, LINEAR_TYPES
+
+
+def count_macs(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], input_size: tuple[int, ...]) -> int:
+    """Multiply-accumulates of one sample, as torch's FlopCounterMode counts them (FLOPs / 2)."""
+    x = torch.zeros(1, *input_size)
+    was_training = getattr(model, "training", False)
+    if isinstance(model, nn.Module):
+        model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    if isinstance(model, nn.Module):
+        model.train(was_training)
+    return counter.get_total_flops() // 2
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_weights(model: nn.Module, *, nonzero: bool = False) -> int:
+    """Weights of conv and linear layers (biases excluded: the compression-ratio convention)."""
+    total = 0
+    for m in model.modules():
+        if isinstance(m, CONV_TYPES + LINEAR_TYPES):
+            w = m.weight.detach()
+            total += int(torch.count_nonzero(w)) if nonzero else w.numel()
+    return total
+
+
+def count_nonzero_params(model: nn.Module) -> int:
+    return sum(int(torch.count_nonzero(p.detach())) for p in model.parameters())
+
+
+def measure_latency(
+    fn: Callable[[torch.Tensor], object], x: torch.Tensor, *, warmup: int = 3, repeats: int = 20
+) -> float:
+    """Median wall time of fn(x) in seconds, after warm-up runs."""
+    with torch.no_grad():
+        for _ in range(warmup):
+            fn(x)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn(x)
+            times.append(time.perf_counter() - t0)
+    times.sort()
+    return times[len(times) // 2]

@@ -1,0 +1,1 @@
+"""Gymnasium environments of autoprune (installed as autoprune.envs)."""

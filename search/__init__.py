@@ -1,0 +1,1 @@
+"""Search strategies that propose allocations (installed as autoprune.search)."""
