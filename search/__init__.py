@@ -1,1 +1,16 @@
-"""Search strategies that propose allocations (installed as autoprune.search)."""
+"""Search strategies that propose allocations (installed as autoprune.search).
+
+Importing this package registers every built-in method in SEARCH_METHODS.
+"""
+
+from autoprune.search import uniform as _uniform  # noqa: F401  (registers uniform, random)
+from autoprune.search.base import (
+    SEARCH_METHODS,
+    Evaluator,
+    SearchMethod,
+    SearchProblem,
+    SearchResult,
+    Trial,
+)
+
+__all__ = ["SEARCH_METHODS", "Evaluator", "SearchMethod", "SearchProblem", "SearchResult", "Trial"]

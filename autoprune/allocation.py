@@ -1,0 +1,182 @@
+"""The allocation file (schema autoprune.allocation/v1): what each unit keeps, for which model.
+
+An allocation is data: it names the model, its signature (a hash of unit names and shapes), the
+budgets it was made for, integer keeps per unit and, optionally, bits. It replays on a freshly
+built model of the same signature and refuses any other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoprune import __version__
+from autoprune.budgets import Budget
+from autoprune.errors import AllocationError
+from autoprune.units import UnitGraph
+
+SCHEMA = "autoprune.allocation/v1"
+
+
+@dataclass(frozen=True)
+class UnitKeep:
+    name: str
+    keep: int
+    total: int
+    bits: int | list[int] | None = None  # weight bits: one per unit, or one per kernel
+
+
+@dataclass
+class Allocation:
+    """Per-unit keeps for one model, with the budgets and predicted costs that go with them."""
+
+    model: str
+    signature: str
+    granularity: str
+    input_size: tuple[int, int, int]
+    num_classes: int
+    units: list[UnitKeep]
+    budgets: list[Budget] = field(default_factory=list)
+    predicted: dict[str, float] = field(default_factory=dict)
+    dense: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    dataset: str | None = None
+    checkpoint: str | None = None  # the dense checkpoint the allocation was searched on
+    act_bits: dict[str, int] | None = None
+
+    @property
+    def keep(self) -> np.ndarray:
+        return np.array([u.keep for u in self.units], dtype=np.int64)
+
+    @classmethod
+    def from_keep(
+        cls,
+        graph: UnitGraph,
+        keep: np.ndarray | list[int],
+        *,
+        num_classes: int,
+        budgets: list[Budget] | None = None,
+        predicted: dict[str, float] | None = None,
+        dense: dict[str, float] | None = None,
+        method: str = "",
+        seed: int = 0,
+        dataset: str | None = None,
+        checkpoint: str | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Allocation:
+        units = [UnitKeep(u.name, int(k), u.size) for u, k in zip(graph.units, keep)]
+        provenance = {
+            "method": method,
+            "seed": seed,
+            "version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            **(extra or {}),
+        }
+        return cls(
+            graph.model_name, graph.signature, graph.granularity, tuple(graph.input_size), num_classes,
+            units, list(budgets or []), dict(predicted or {}), dict(dense or {}), provenance,
+            dataset, checkpoint,
+        )  # fmt: skip
+
+    # --- checks --------------------------------------------------------------------------
+    def check_fits(self, graph: UnitGraph) -> None:
+        """Raise AllocationError unless this allocation was made for `graph`'s model."""
+        if graph.granularity != self.granularity:
+            raise AllocationError(
+                f"allocation is for {self.granularity} granularity, the model was traced for "
+                f"{graph.granularity}; trace with --granularity {self.granularity}"
+            )
+        if graph.signature != self.signature:
+            raise AllocationError(
+                f"allocation was made for model {self.model!r} (signature {self.signature}), not for "
+                f"{graph.model_name!r} at input {'x'.join(map(str, graph.input_size))} "
+                f"(signature {graph.signature}); search a new allocation for this model"
+            )
+
+    # --- serialisation -------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "model": {"name": self.model, "signature": self.signature,
+                      "input_size": list(self.input_size), "num_classes": self.num_classes},
+            "dataset": self.dataset,
+            "checkpoint": self.checkpoint,
+            "granularity": self.granularity,
+            "budgets": [b.to_dict() for b in self.budgets],
+            "units": [{"name": u.name, "keep": u.keep, "total": u.total, "bits": u.bits} for u in self.units],
+            "act_bits": self.act_bits,
+            "predicted": self.predicted,
+            "dense": self.dense,
+            "provenance": self.provenance,
+        }  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "allocation") -> Allocation:
+        if not isinstance(d, dict) or d.get("schema") != SCHEMA:
+            found = d.get("schema") if isinstance(d, dict) else type(d).__name__
+            raise AllocationError(f"{source} is not an {SCHEMA} file (schema {found!r})")
+        try:
+            model = d["model"]
+            units = []
+            for u in d["units"]:
+                keep, total = u["keep"], u["total"]
+                if not (isinstance(keep, int) and isinstance(total, int) and 0 < keep <= total):
+                    raise AllocationError(
+                        f"{source}: unit {u.get('name')!r} keeps {keep!r} of {total!r}; "
+                        "keep must be an integer in [1, total]"
+                    )
+                units.append(UnitKeep(str(u["name"]), keep, total, u.get("bits")))
+            return cls(
+                model=str(model["name"]),
+                signature=str(model["signature"]),
+                granularity=str(d["granularity"]),
+                input_size=tuple(int(v) for v in model["input_size"]),  # type: ignore[arg-type]
+                num_classes=int(model["num_classes"]),
+                units=units,
+                budgets=[Budget.from_dict(b) for b in d.get("budgets", [])],
+                predicted={k: float(v) for k, v in d.get("predicted", {}).items()},
+                dense={k: float(v) for k, v in d.get("dense", {}).items()},
+                provenance=dict(d.get("provenance", {})),
+                dataset=d.get("dataset"),
+                checkpoint=d.get("checkpoint"),
+                act_bits=d.get("act_bits"),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise AllocationError(f"{source} is malformed ({type(e).__name__}: {e}); regenerate it") from None
+
+    def save(self, path: str | Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: str | Path) -> Allocation:
+        p = Path(path)
+        if not p.is_file():
+            raise AllocationError(f"allocation file {str(p)!r} does not exist; run `autoprune search` first")
+        try:
+            data = json.loads(p.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise AllocationError(f"allocation file {str(p)!r} is not valid JSON ({e}); regenerate it") from None
+        return cls.from_dict(data, source=f"allocation file {str(p)!r}")
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON so a reader never sees half a file (temp file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; run files are meant to be shared
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,73 @@
+"""What every training backend shares: its config, its result and the registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.data import DataSplits
+from autoprune.registry import Registry
+from autoprune.units import UnitGraph
+
+
+@dataclass
+class BackendConfig:
+    """Training budget shared by every backend; each backend adds its own knobs."""
+
+    epochs: int = 10  # regularised / pruning phase
+    finetune_epochs: int = 5  # with the mask fixed to exactly the allocation
+    batch_size: int = 128
+    lr: float = 0.01
+    weight_decay: float = 5e-4
+    optimizer: str = "sgd"
+    importance: str = "l1"  # ranks elements where a backend needs an initial choice
+    seed: int = 0
+    progress: bool = True
+    options: dict[str, Any] = field(default_factory=dict)  # backend-specific, checked by the backend
+
+
+@dataclass
+class BackendResult:
+    """A trained model that matches the allocation exactly.
+
+    `model` has dense shapes with every pruned element exactly zero (masks baked in); `kept`
+    lists, per unit, the indices that survive (len == keep), which export uses to slim it.
+    """
+
+    model: nn.Module
+    kept: list[torch.Tensor]
+    history: list[dict[str, Any]] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+# Called after every epoch with (epoch, state dict of everything needed to resume) so the caller
+# can write a checkpoint; backends call it, the run directory decides where it goes.
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+class Backend(ABC):
+    """Trains a dense model until every unit keeps exactly its `keep` elements, then fine-tunes."""
+
+    name: ClassVar[str]
+
+    @abstractmethod
+    def run(
+        self,
+        model: nn.Module,
+        graph: UnitGraph,
+        keep: np.ndarray,
+        data: DataSplits,
+        cfg: BackendConfig,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> BackendResult: ...
+
+
+BACKENDS: Registry[type[Backend]] = Registry("backend")

@@ -1,0 +1,283 @@
+"""The `autoprune` command line: one small class per subcommand over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from autoprune import __version__
+from autoprune.budgets import FLAG_METRIC, Budget, format_value, parse_budget
+from autoprune.errors import AutoPruneError, UsageError
+
+
+def parse_size(text: str) -> tuple[int, int, int]:
+    """`3x224x224` -> (3, 224, 224)."""
+    try:
+        parts = tuple(int(p) for p in text.lower().split("x"))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) <= 0:
+        raise argparse.ArgumentTypeError(f"expected CxHxW like 3x224x224, got {text!r}")
+    return parts  # type: ignore[return-value]
+
+
+def _print(args: argparse.Namespace, text: str) -> None:
+    if not getattr(args, "quiet", False):
+        print(text)
+
+
+class Command:
+    """A subcommand: declares its arguments and runs from the parsed namespace."""
+
+    name: ClassVar[str]
+    help: ClassVar[str]
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None: ...
+
+    def run(self, args: argparse.Namespace) -> int:
+        raise NotImplementedError
+
+
+def _common(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
+    p.add_argument("--model", required=model_required, help="zoo or torchvision name, or pkg.module:factory")
+    p.add_argument("--dataset", default="digits", help="digits (default) | mnist | fashion-mnist | cifar10 | imagefolder | fake")
+    p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
+    p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
+    p.add_argument("--limit", type=int, help="use at most N samples per split (quick runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+
+
+def _finish(args: argparse.Namespace, metrics: dict[str, Any], out: str) -> None:
+    if args.json:
+        print(json.dumps(metrics, indent=2, default=float))
+    else:
+        _print(args, before_after_table(metrics))
+        _print(args, f"wrote {out}")
+
+
+def before_after_table(metrics: dict[str, Any]) -> str:
+    d, f = metrics["dense"], metrics["final"]
+
+    def acc(v: float | None) -> str:
+        return "-" if v is None else f"{100 * v:.2f}%"
+
+    rows = [
+        ("test accuracy", acc(d.get("accuracy")), acc(f.get("accuracy"))),
+        ("MACs", format_value("macs", d["macs"]), format_value("macs", f["macs"])),
+        ("FLOPs (2 x MACs)", format_value("macs", d["flops"]), format_value("macs", f["flops"])),
+        ("params", format_value("params", d["params"]), format_value("params", f["params"])),
+        ("nonzero params", format_value("params", d["nonzero_params"]), format_value("params", f["nonzero_params"])),
+    ]
+    if d.get("latency_s") and f.get("latency_s"):
+        rows.append(("latency (batch 1)", format_value("latency", d["latency_s"]), format_value("latency", f["latency_s"])))
+    w = max(len(r[0]) for r in rows)
+    lines = [f"{'':{w}}  {'dense':>12}  {'final':>12}"]
+    lines += [f"{a:{w}}  {b:>12}  {c:>12}" for a, b, c in rows]
+    if "compression_ratio" in metrics:
+        lines.append(f"compression {metrics['compression_ratio']:.2f}x (weights), MACs {metrics['macs_ratio']:.2f}x")
+    return "\n".join(lines)
+
+
+class Train(Command):
+    name, help = "train", "train a dense model and write RUN/checkpoint.pt"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        _common(p, model_required=True)
+        p.add_argument("--epochs", type=int, default=10)
+        p.add_argument("--lr", type=float, default=0.05)
+        p.add_argument("--batch-size", type=int, default=128)
+        p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+        p.add_argument("--out", required=True)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.runs import TrainRun, run_train
+        from autoprune.training import TrainConfig
+
+        cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
+                          optimizer=args.optimizer, seed=args.seed)  # fmt: skip
+        metrics = run_train(TrainRun(args.model, args.dataset, args.out, args.data_dir, args.input_size,
+                                     cfg, args.limit, not args.quiet, args.force))  # fmt: skip
+        if args.json:
+            print(json.dumps(metrics, indent=2, default=float))
+        else:
+            acc = metrics["final"]["accuracy"]
+            _print(args, f"dense {args.model} on {args.dataset}: test accuracy {100 * acc:.2f}%; wrote {args.out}")
+        return 0
+
+
+class Profile(Command):
+    name, help = "profile", "per-layer MACs and parameters of a model"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True)
+        p.add_argument("--input-size", type=parse_size)
+        p.add_argument("--dataset", help="take the number of classes from this dataset")
+        p.add_argument("--granularity", choices=["channel", "weight"], default="channel")
+        p.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.profile import profile, render_profile
+
+        report = profile(args.model, input_size=args.input_size, dataset=args.dataset, granularity=args.granularity)
+        print(json.dumps(report, indent=2) if args.json else render_profile(report))
+        return 0
+
+
+def _budgets(args: argparse.Namespace) -> list[Budget]:
+    return [
+        parse_budget(metric, getattr(args, f"budget_{flag}"))
+        for flag, metric in FLAG_METRIC.items()
+        if getattr(args, f"budget_{flag}", None) is not None
+    ]
+
+
+def _backend_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="reweighted", help="reweighted (default) | admm | magnitude | greg | hspg")
+    p.add_argument("--epochs", type=int, default=10, help="backend pruning epochs")
+    p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--lr", type=float, default=0.01)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--importance", default="l1", help="l1 | l2 | taylor")
+
+
+def _backend_cfg(args: argparse.Namespace) -> Any:
+    from autoprune.backends.base import BackendConfig
+
+    return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
+                         batch_size=args.batch_size, importance=args.importance, seed=args.seed,
+                         progress=not args.quiet)  # fmt: skip
+
+
+class Search(Command):
+    name, help = "search", "search an allocation under budgets, train it, export it"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        _common(p)
+        p.add_argument("--checkpoint", help="dense checkpoint (from `autoprune train`)")
+        for flag in FLAG_METRIC:
+            p.add_argument(f"--budget-{flag}", metavar="B")
+        p.add_argument("--method", default="uniform", help="uniform | random | optuna | rl | dsa")
+        p.add_argument("--granularity", choices=["channel", "weight"], default="channel")
+        p.add_argument("--trials", type=int, help="proposals to score (random, optuna)")
+        p.add_argument("--no-prune", action="store_true", help="export the allocation without backend training")
+        p.add_argument("--dense-epochs", type=int, default=0,
+                       help="without --checkpoint: train the dense model this long first")  # fmt: skip
+        p.add_argument("--min-ratio", type=float, default=0.05, help="smallest keep ratio per unit")
+        _backend_args(p)
+        p.add_argument("--out", required=True)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.compress import SearchRun, run_search
+        from autoprune.projection import ProjectionConfig
+        from autoprune.training import TrainConfig
+
+        budgets = _budgets(args)
+        if not budgets:
+            raise UsageError("no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)")
+        options = {"trials": args.trials} if args.trials is not None else {}
+        cfg = SearchRun(
+            dataset=args.dataset, out=args.out, budgets=budgets, model=args.model, data_dir=args.data_dir,
+            checkpoint=args.checkpoint, input_size=args.input_size, method=args.method,
+            method_options=options, granularity=args.granularity, seed=args.seed, no_prune=args.no_prune,
+            backend=args.backend, backend_cfg=_backend_cfg(args),
+            projection=ProjectionConfig(min_ratio=args.min_ratio),
+            dense_train=TrainConfig(epochs=args.dense_epochs, seed=args.seed),
+            limit=args.limit, progress=not args.quiet, overwrite=args.force,
+        )  # fmt: skip
+        _finish(args, run_search(cfg), args.out)
+        return 0
+
+
+class Prune(Command):
+    name, help = "prune", "train a dense checkpoint to an allocation with a backend"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("--allocation", required=True)
+        p.add_argument("--checkpoint", help="dense checkpoint (default: the one the allocation names)")
+        p.add_argument("--dataset", help="default: the allocation's")
+        p.add_argument("--data-dir")
+        p.add_argument("--limit", type=int)
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+        p.add_argument("--quiet", action="store_true")
+        p.add_argument("--json", action="store_true")
+        p.add_argument("--force", action="store_true")
+        _backend_args(p)
+        p.add_argument("--out", required=True)
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.compress import PruneRun, run_prune
+
+        cfg = PruneRun(args.allocation, args.out, args.backend, _backend_cfg(args), args.data_dir, args.dataset,
+                       args.checkpoint, args.limit, not args.quiet, args.force, args.resume)  # fmt: skip
+        _finish(args, run_prune(cfg), args.out)
+        return 0
+
+
+class Eval(Command):
+    name, help = "eval", "evaluate a run directory's model on a dataset's test split"
+
+    def add_arguments(self, p: argparse.ArgumentParser) -> None:
+        p.add_argument("run")
+        p.add_argument("--dataset", help="default: the run's")
+        p.add_argument("--data-dir")
+        p.add_argument("--limit", type=int)
+        p.add_argument("--json", action="store_true")
+
+    def run(self, args: argparse.Namespace) -> int:
+        from autoprune.evaluate_run import evaluate_run
+
+        report = evaluate_run(args.run, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit)
+        if args.json:
+            print(json.dumps(report, indent=2, default=float))
+        else:
+            print(" ".join(f"{k}={v}" for k, v in report.items()))
+        return 0
+
+
+COMMANDS: list[Command] = [Train(), Profile(), Search(), Prune(), Eval()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="autoprune", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for cmd in COMMANDS:
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        cmd.add_arguments(p)
+        p.set_defaults(_command=cmd, _parser=p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args._command.run(args)  # type: ignore[no-any-return]
+    except AutoPruneError as e:
+        msg = " ".join(str(e).split())
+        print(f"autoprune {args.command}: error: {msg}", file=sys.stderr)
+        return e.exit_code
+    except FileExistsError as e:
+        print(f"autoprune {args.command}: error: {e} exists; choose another --out or pass --force", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"autoprune {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def run_cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    run_cli()
+
+
+__all__ = ["COMMANDS", "Command", "build_parser", "main", "parse_size"]

@@ -1,0 +1,218 @@
+"""`search` and `prune` end to end: budgets -> allocation -> backend -> exported run directory."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.backends.base import BACKENDS, BackendConfig, BackendResult
+from autoprune.budgets import Budget
+from autoprune.checkpoint import save_checkpoint
+from autoprune.data import make_loader
+from autoprune.errors import UsageError
+from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
+from autoprune.export import model_metrics, staged_run_dir
+from autoprune.masking import select_kept
+from autoprune.projection import ProjectionConfig
+from autoprune.runs import (
+    CHECKPOINT_KIND_DENSE,
+    Loaded,
+    _loader,
+    _meta,
+    _refuse_existing,
+    finish_run,
+    load_model_and_data,
+    resolve_limits,
+    trace,
+)
+from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem
+from autoprune.training import TrainConfig, fit, set_seed
+from autoprune.units import Granularity
+
+
+@dataclass
+class SearchRun:
+    """Everything `autoprune search` needs; the CLI fills it, scripts may too."""
+
+    dataset: str
+    out: str
+    budgets: list[Budget]
+    model: str | None = None
+    data_dir: str | None = None
+    checkpoint: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    method: str = "uniform"
+    method_options: dict[str, Any] = field(default_factory=dict)
+    granularity: Granularity = "channel"
+    seed: int = 0
+    no_prune: bool = False
+    backend: str = "reweighted"
+    backend_cfg: BackendConfig = field(default_factory=BackendConfig)
+    evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    dense_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0))
+    limit: int | None = None
+    progress: bool = True
+    overwrite: bool = False
+
+
+def make_method(name: str, options: dict[str, Any]) -> SearchMethod:
+    """Instantiate a registered method, rejecting options it does not take."""
+    cls = SEARCH_METHODS.get(name)
+    allowed = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise UsageError(f"search method {name!r} takes no option {', '.join(unknown)}; it takes {sorted(allowed)}")
+    return cls(**options)
+
+
+def get_backend(name: str) -> Any:
+    import autoprune.backends  # noqa: F401  (registers the built-in backends)
+
+    return BACKENDS.get(name)
+
+
+def run_search(cfg: SearchRun) -> dict[str, Any]:
+    """Search an allocation under cfg.budgets, train it with the backend, export cfg.out."""
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
+                                 checkpoint=cfg.checkpoint, input_size=cfg.input_size, limit=cfg.limit)  # fmt: skip
+    graph, cost_model = trace(loaded, cfg.granularity)
+    limits, dense_costs = resolve_limits(cfg.budgets, cost_model, cfg.projection)
+    method = make_method(cfg.method, cfg.method_options)
+    backend = None if cfg.no_prune else get_backend(cfg.backend)()
+    _refuse_existing(cfg.out, cfg.overwrite)
+    timings["trace"] = time.perf_counter() - t0
+    set_seed(cfg.seed)
+
+    with staged_run_dir(cfg.out, overwrite=cfg.overwrite) as stage:
+        checkpoint = cfg.checkpoint
+        if checkpoint is None:  # no dense checkpoint given: train one (or keep the init) and keep it
+            t = time.perf_counter()
+            _train_dense(loaded, cfg.dense_train, cfg.progress)
+            (stage / "dense").mkdir()
+            save_checkpoint(stage / "dense" / "checkpoint.pt", state_dict=loaded.model.state_dict(),
+                            meta=_meta(loaded, CHECKPOINT_KIND_DENSE, cfg.seed))  # fmt: skip
+            checkpoint = str((Path(cfg.out) / "dense" / "checkpoint.pt").resolve())
+            timings["dense_train"] = time.perf_counter() - t
+        else:
+            checkpoint = str(Path(checkpoint).resolve())
+
+        t = time.perf_counter()
+        evaluate = None
+        if method.needs_evaluator:
+            evaluate = MaskEvaluator(loaded.model, graph, loaded.data.train, loaded.data.val, cfg.evaluator)
+        problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection)
+        result = method.search(problem)
+        timings["search"] = time.perf_counter() - t
+
+        keep = np.asarray(result.keep, dtype=np.int64)
+        predicted = {m: cost_model.metric(m, keep) for m in cost_model.metrics if m in dense_costs}
+        allocation = Allocation.from_keep(
+            graph, keep, num_classes=loaded.num_classes, budgets=cfg.budgets, predicted=predicted,
+            dense=dense_costs, method=cfg.method, seed=cfg.seed, dataset=cfg.dataset,
+            checkpoint=checkpoint, extra={"proxy_accuracy": result.score, "trials": len(result.trials)},
+        )  # fmt: skip
+        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test))
+        model, kept, history, t = loaded.model, None, [], time.perf_counter()
+        if backend is None:
+            kept = select_kept(model, graph, keep, cfg.backend_cfg.importance)
+        else:
+            res = _run_backend(backend, loaded, graph, keep, cfg.backend_cfg, stage)
+            model, kept, history = res.model, res.kept, res.history
+        timings["prune"] = time.perf_counter() - t
+        extra = {
+            "method": cfg.method, "backend": None if backend is None else cfg.backend,
+            "search": {"trials": len(result.trials), "proxy_accuracy": result.score,
+                       "seconds": timings["search"], **result.info},
+            "history": history, "wall_time_s": timings,
+        }  # fmt: skip
+        metrics = finish_run(stage, loaded, graph, allocation, model, kept,
+                             dense_metrics=dense_metrics, extra=extra)  # fmt: skip
+        _write_trials(stage, result)
+    return metrics
+
+
+def _train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:
+    if train.epochs <= 0:
+        return
+    set_seed(train.seed)
+    loader = make_loader(loaded.data.train, batch_size=train.batch_size, shuffle=True, seed=train.seed)
+    fit(loaded.model, loader, _loader(loaded.data.val), train, progress=progress)
+
+
+def _run_backend(
+    backend: Any, loaded: Loaded, graph: Any, keep: np.ndarray, cfg: BackendConfig, stage: Path
+) -> BackendResult:
+    """Run the backend, checkpointing every epoch into the staging folder (resumed if present)."""
+    last = stage / "epochs" / "last.pt"
+
+    def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
+        last.parent.mkdir(exist_ok=True)
+        tmp = last.with_suffix(".tmp")
+        torch.save(state, tmp)
+        tmp.replace(last)
+
+    resume = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
+    return backend.run(  # type: ignore[no-any-return]
+        loaded.model, graph, keep, loaded.data, cfg, on_epoch_end=on_epoch_end, resume=resume
+    )
+
+
+def _write_trials(stage: Path, result: Any) -> None:
+    rows = [{"number": t.number, "score": t.score, "keep": [int(k) for k in t.keep], "costs": t.costs}
+            for t in result.trials]  # fmt: skip
+    write_json_atomic(stage / "trials.json", rows)
+
+
+# ------------------------------------------------------------------------------------------ prune
+@dataclass
+class PruneRun:
+    """`autoprune prune`: replay an allocation on its dense checkpoint with a backend."""
+
+    allocation: str
+    out: str
+    backend: str = "reweighted"
+    backend_cfg: BackendConfig = field(default_factory=BackendConfig)
+    data_dir: str | None = None
+    dataset: str | None = None
+    checkpoint: str | None = None
+    limit: int | None = None
+    progress: bool = True
+    overwrite: bool = False
+    resume: bool = False
+
+
+def run_prune(cfg: PruneRun) -> dict[str, Any]:
+    alloc = Allocation.load(cfg.allocation)
+    checkpoint = cfg.checkpoint or alloc.checkpoint
+    if checkpoint is None:
+        raise UsageError(f"{cfg.allocation} names no dense checkpoint; pass --checkpoint")
+    dataset = cfg.dataset or alloc.dataset
+    if dataset is None:
+        raise UsageError(f"{cfg.allocation} names no dataset; pass --dataset")
+    loaded = load_model_and_data(model=None, dataset=dataset, data_dir=cfg.data_dir,
+                                 checkpoint=checkpoint, limit=cfg.limit)  # fmt: skip
+    graph, _ = trace(loaded, alloc.granularity)  # type: ignore[arg-type]
+    alloc.check_fits(graph)
+    backend = get_backend(cfg.backend)()
+    if not cfg.resume:
+        _refuse_existing(cfg.out, cfg.overwrite)
+    set_seed(cfg.backend_cfg.seed)
+    alloc.provenance["backend"] = cfg.backend
+    with staged_run_dir(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume) as stage:
+        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test))
+        t = time.perf_counter()
+        res = _run_backend(backend, loaded, graph, alloc.keep, cfg.backend_cfg, stage)
+        extra = {"backend": cfg.backend, "history": res.history, "info": res.info,
+                 "wall_time_s": {"prune": time.perf_counter() - t}}  # fmt: skip
+        return finish_run(stage, loaded, graph, alloc, res.model, res.kept,
+                          dense_metrics=dense_metrics, extra=extra)  # fmt: skip

@@ -1,0 +1,218 @@
+"""The stages end to end, as the CLI runs them: train, search, prune. Each writes a run directory.
+
+Every check of user input (model, dataset, budgets, files) happens before anything is written,
+and run directories are staged, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune import __version__
+from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.budgets import Budget, check_budgets
+from autoprune.checkpoint import load_checkpoint, save_checkpoint
+from autoprune.costs import CostModel
+from autoprune.data import DataSplits, load_dataset, make_loader
+from autoprune.errors import CheckpointError, UsageError
+from autoprune.export import compression, export_program, model_metrics, staged_run_dir
+from autoprune.masking import slim
+from autoprune.models import build_model, default_input_size
+from autoprune.projection import ProjectionConfig, min_keeps
+from autoprune.training import TrainConfig, fit, set_seed
+from autoprune.units import Granularity, UnitGraph, trace_units
+
+CHECKPOINT_KIND_DENSE = "dense"
+CHECKPOINT_KIND_PRUNED = "pruned"
+
+
+@dataclass
+class Loaded:
+    """A model ready for a stage: the network, what it is, and its data."""
+
+    model: nn.Module
+    name: str
+    input_size: tuple[int, int, int]
+    num_classes: int
+    data: DataSplits
+    dataset: str
+    checkpoint: str | None
+
+
+def load_model_and_data(
+    *,
+    model: str | None,
+    dataset: str,
+    data_dir: str | None = None,
+    checkpoint: str | None = None,
+    input_size: tuple[int, int, int] | None = None,
+    limit: int | None = None,
+    download: bool = False,
+) -> Loaded:
+    """Build (or restore from a dense checkpoint) a model and load its dataset at its input size."""
+    meta: dict[str, Any] = {}
+    state = None
+    if checkpoint is not None:
+        state, meta = load_checkpoint(checkpoint)
+        if meta.get("kind", CHECKPOINT_KIND_DENSE) != CHECKPOINT_KIND_DENSE:
+            raise CheckpointError(f"checkpoint {checkpoint!r} is already pruned; search on the dense one")
+        if model is not None and model != meta["model"]:
+            raise CheckpointError(f"checkpoint {checkpoint!r} holds {meta['model']!r}, not {model!r}")
+        model = str(meta["model"])
+        input_size = tuple(meta["input_size"])  # type: ignore[assignment]
+    if model is None:
+        raise UsageError("no model given; pass --model NAME (see `autoprune profile --help`)")
+    size = tuple(input_size) if input_size else default_input_size(model)
+    data = load_dataset(dataset, input_size=size, data_dir=data_dir, limit=limit, download=download)  # type: ignore[arg-type]
+    num_classes = int(meta.get("num_classes", data.spec.num_classes))
+    net = build_model(model, num_classes=num_classes, input_size=size)  # type: ignore[arg-type]
+    if state is not None:
+        try:
+            net.load_state_dict(state)
+        except RuntimeError as e:
+            raise CheckpointError(f"checkpoint {checkpoint!r} does not fit {model!r}: {str(e).splitlines()[0]}") from None
+    return Loaded(net, model, size, num_classes, data, dataset, checkpoint)  # type: ignore[arg-type]
+
+
+def _meta(loaded: Loaded, kind: str, seed: int, **extra: Any) -> dict[str, Any]:
+    return {
+        "kind": kind, "model": loaded.name, "num_classes": loaded.num_classes,
+        "input_size": list(loaded.input_size), "dataset": loaded.dataset, "seed": seed,
+        "mean": list(loaded.data.mean), "std": list(loaded.data.std), "version": __version__, **extra,
+    }  # fmt: skip
+
+
+def _loader(ds: Any, batch: int = 256) -> Any:
+    return make_loader(ds, batch_size=batch, shuffle=False)
+
+
+# ------------------------------------------------------------------------------------------ train
+@dataclass
+class TrainRun:
+    model: str
+    dataset: str
+    out: str
+    data_dir: str | None = None
+    input_size: tuple[int, int, int] | None = None
+    train: TrainConfig = field(default_factory=TrainConfig)
+    limit: int | None = None
+    progress: bool = True
+    overwrite: bool = False
+
+
+def run_train(cfg: TrainRun) -> dict[str, Any]:
+    """Dense training: checkpoint.pt, model.pt2 and metrics.json in cfg.out."""
+    loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
+                                 input_size=cfg.input_size, limit=cfg.limit)  # fmt: skip
+    _refuse_existing(cfg.out, cfg.overwrite)
+    set_seed(cfg.train.seed)
+    t0 = time.perf_counter()
+    train_loader = make_loader(loaded.data.train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
+    history = fit(loaded.model, train_loader, _loader(loaded.data.val), cfg.train, progress=cfg.progress)
+    train_s = time.perf_counter() - t0
+    with staged_run_dir(cfg.out, overwrite=cfg.overwrite) as stage:
+        save_checkpoint(stage / "checkpoint.pt", state_dict=loaded.model.state_dict(),
+                        meta=_meta(loaded, CHECKPOINT_KIND_DENSE, cfg.train.seed))  # fmt: skip
+        export_program(loaded.model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2")
+        dense = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test))
+        metrics = {
+            "schema": "autoprune.metrics/v1", "stage": "train", "model": loaded.name,
+            "dataset": loaded.dataset, "seed": cfg.train.seed, "dense": dense, "final": dense,
+            "history": history, "train_config": cfg.train.__dict__, "wall_time_s": {"train": train_s},
+        }  # fmt: skip
+        write_json_atomic(stage / "metrics.json", metrics)
+    return metrics
+
+
+def _refuse_existing(out: str, overwrite: bool) -> None:
+    p = Path(out)
+    if p.exists() and any(p.iterdir()) and not overwrite:
+        raise UsageError(f"output directory {out!r} exists and is not empty; choose another --out or pass --force")
+
+
+# ------------------------------------------------------------------------------------- the shared
+def trace(loaded: Loaded, granularity: Granularity) -> tuple[UnitGraph, CostModel]:
+    graph = trace_units(loaded.model, loaded.input_size, granularity, loaded.name)
+    return graph, CostModel(graph)
+
+
+def resolve_limits(
+    budgets: list[Budget], cost_model: CostModel, projection: ProjectionConfig
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Absolute limits per metric (errors for infeasible budgets) and the dense costs."""
+    dense_keep = cost_model.dense_keep
+    smallest_keep = min_keeps(cost_model.sizes, projection)
+    metrics = {b.metric for b in budgets} | {"macs", "params", "weights", "size", "bops"}
+    dense = {m: cost_model.metric(m, dense_keep) for m in metrics}
+    smallest = {m: cost_model.metric(m, smallest_keep) for m in metrics}
+    return check_budgets(budgets, dense, smallest), dense
+
+
+def finish_run(
+    stage: Path,
+    loaded: Loaded,
+    graph: UnitGraph,
+    allocation: Allocation,
+    model: nn.Module,
+    kept: list[torch.Tensor],
+    *,
+    dense_metrics: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """Slim, export and measure the final model; write allocation, checkpoint, program, metrics."""
+    t0 = time.perf_counter()
+    final_model = slim(model, graph, kept).eval()
+    allocation.save(stage / "allocation.json")
+    save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
+                    meta=_meta(loaded, CHECKPOINT_KIND_PRUNED, int(allocation.provenance.get("seed", 0)),
+                               allocation=allocation.to_dict()))  # fmt: skip
+    export_program(final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2")
+    final = model_metrics(final_model, loaded.input_size, _loader(loaded.data.test))
+    checks = {}
+    for b in allocation.budgets:
+        measured = _measured(final, b.metric, graph.granularity)
+        if measured is None:
+            continue
+        limit = b.limit(allocation.dense[b.metric])
+        checks[b.metric] = {"limit": limit, "measured": measured, "met": measured <= limit * (1 + 1e-9)}
+    metrics = {
+        "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
+        "granularity": graph.granularity, "seed": allocation.provenance.get("seed"),
+        "dense": dense_metrics, "final": final, "predicted": allocation.predicted,
+        "budgets": checks, **compression(dense_metrics, final), **extra,
+    }  # fmt: skip
+    metrics.setdefault("wall_time_s", {})["export"] = time.perf_counter() - t0
+    write_json_atomic(stage / "metrics.json", metrics)
+    return metrics
+
+
+def _measured(final: dict[str, Any], metric: str, granularity: str) -> float | None:
+    """The exported model's own count for a budget metric (nonzero counts for weight sparsity)."""
+    if metric == "macs":
+        return None if granularity == "weight" else float(final["macs"])
+    if metric == "params":
+        return float(final["nonzero_params"])
+    return None
+
+
+def load_pruned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a pruned model from its checkpoint (dense build, slim to the saved shapes, load)."""
+    state, meta = load_checkpoint(path)
+    net = build_model(str(meta["model"]), num_classes=int(meta["num_classes"]),
+                      input_size=tuple(meta["input_size"]))  # type: ignore[arg-type]  # fmt: skip
+    if meta.get("kind") == CHECKPOINT_KIND_PRUNED:
+        alloc = Allocation.from_dict(meta["allocation"], source=f"checkpoint {str(path)!r}")
+        graph = trace_units(net, alloc.input_size, alloc.granularity, alloc.model)  # type: ignore[arg-type]
+        alloc.check_fits(graph)
+        slim(net, graph, [torch.arange(k) for k in alloc.keep])
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint {str(path)!r} does not fit its model: {str(e).splitlines()[0]}") from None
+    return net.eval(), meta

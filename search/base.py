@@ -1,0 +1,78 @@
+"""What every search method shares: the problem it is given, the result it returns, the registry."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from autoprune.costs import CostModel
+from autoprune.projection import ProjectionConfig, project
+from autoprune.registry import Registry
+
+# Scores an allocation (integer keeps per unit) by validation accuracy; higher is better. Passed in
+# as a callable so tests can use a cheap one and searches never touch data themselves.
+Evaluator = Callable[[np.ndarray], float]
+
+
+@dataclass
+class SearchProblem:
+    """Units and their costs, absolute limits per metric, and how to score an allocation."""
+
+    cost_model: CostModel
+    limits: Mapping[str, float]
+    evaluate: Evaluator | None = None
+    seed: int = 0
+    projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.cost_model.sizes
+
+    def project(self, ratios: np.ndarray | list[float]) -> np.ndarray:
+        """Integer keeps that meet every limit, as close to `ratios` as the budgets allow."""
+        return project(ratios, self.cost_model, self.limits, self.projection)
+
+    def costs(self, keep: np.ndarray) -> dict[str, float]:
+        return {m: self.cost_model.metric(m, keep) for m in ("macs", "params", *self.limits)}
+
+
+@dataclass
+class Trial:
+    """One scored proposal."""
+
+    number: int
+    keep: np.ndarray
+    score: float | None
+    costs: dict[str, float]
+
+
+@dataclass
+class SearchResult:
+    """The chosen allocation and the history that led to it."""
+
+    keep: np.ndarray
+    score: float | None
+    trials: list[Trial] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class SearchMethod(ABC):
+    """A strategy that proposes allocations; it owns its loop and returns the best one."""
+
+    name: ClassVar[str]
+    needs_evaluator: ClassVar[bool] = True
+
+    @abstractmethod
+    def search(self, problem: SearchProblem) -> SearchResult: ...
+
+
+SEARCH_METHODS: Registry[type[SearchMethod]] = Registry("search method")
+
+
+def best_of(trials: list[Trial]) -> Trial:
+    """The highest-scoring trial (the earliest among equals)."""
+    return max(trials, key=lambda t: (t.score if t.score is not None else -np.inf, -t.number))
