@@ -44,7 +44,9 @@ def _check_plain(value: Any, where: str) -> None:
     )
 
 
-def save_checkpoint(path: str | Path, *, state_dict: Mapping[str, Tensor], meta: dict[str, Any]) -> None:
+def save_checkpoint(
+    path: str | Path, *, state_dict: Mapping[str, Tensor], meta: dict[str, Any]
+) -> None:
     """Write `state_dict` and `meta` to `path`; a crash mid-write never leaves a partial file."""
     _check_plain(meta, "")
     path = Path(path)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -167,7 +167,7 @@ def evaluate(model: nn.Module, loader: Batches) -> EvalResult:
 
 
 def _progress(loader: Batches, show: bool, desc: str) -> Iterator[tuple[Tensor, Tensor]]:
-    total = len(loader) if hasattr(loader, "__len__") else None
+    total = len(loader) if isinstance(loader, Sized) else None
     return iter(tqdm(loader, total=total, desc=desc, disable=not show, leave=False))
 
 
@@ -176,7 +176,7 @@ def train_epoch(
     loader: Batches,
     optimizer: torch.optim.Optimizer,
     *,
-    scheduler: Any | None = None,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     penalty: Callable[[], Tensor] | None = None,
     after_backward: Callable[[int], None] | None = None,
     after_step: Callable[[int], None] | None = None,
@@ -241,7 +241,12 @@ def fit(
             raise UsageError(f"fit() sets {reserved} itself; configure it through TrainConfig")
     set_seed(cfg.seed)
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-    steps_per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else 1
+    if not isinstance(train_loader, Sized) and cfg.schedule != "constant":
+        raise UsageError(
+            f"the {cfg.schedule} schedule needs a training loader with a length; "
+            "use make_loader or schedule='constant'"
+        )
+    steps_per_epoch = len(train_loader) if isinstance(train_loader, Sized) else 1
     scheduler = make_scheduler(optimizer, cfg, steps_per_epoch)
     history: list[dict[str, float]] = []
     step = 0

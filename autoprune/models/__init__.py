@@ -201,9 +201,7 @@ def _probe_classes(model: nn.Module, input_size: InputSize, spec: str) -> int:
 def _factory_entry(spec: str, *, need_classes: bool) -> ModelEntry:
     factory = _import_factory(spec)
     default_size = _signature_default(factory, "input_size")
-    input_size: InputSize = (
-        tuple(default_size) if _is_size(default_size) else (3, 224, 224)  # type: ignore[assignment]
-    )
+    input_size: InputSize = tuple(default_size) if _is_size(default_size) else (3, 224, 224)
     passes_classes = _takes(factory, "num_classes", via_kwargs=True)
     passes_size = _takes(factory, "input_size", via_kwargs=False)
 
