@@ -44,14 +44,23 @@ def count_nonzero_params(model: nn.Module) -> int:
 
 
 def measure_latency(
-    fn: Callable[[torch.Tensor], object], x: torch.Tensor, *, warmup: int = 3, repeats: int = 20
+    fn: Callable[[torch.Tensor], object],
+    x: torch.Tensor,
+    *,
+    warmup: int = 3,
+    repeats: int = 20,
+    max_seconds: float = 3.0,
 ) -> float:
-    """Median wall time of fn(x) in seconds, after warm-up runs."""
+    """Median wall time of fn(x) in seconds, after warm-up runs.
+
+    Stops early (after at least 3 timed runs) once `max_seconds` are spent, so a big model on a
+    small machine does not turn a run into minutes of timing.
+    """
     with torch.no_grad():
         for _ in range(warmup):
             fn(x)
-        times = []
-        for _ in range(repeats):
+        times: list[float] = []
+        while len(times) < repeats and (len(times) < 3 or sum(times) < max_seconds):
             t0 = time.perf_counter()
             fn(x)
             times.append(time.perf_counter() - t0)
