@@ -19,6 +19,7 @@ from autoprune.data import make_loader
 from autoprune.errors import UsageError
 from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
 from autoprune.export import model_metrics, staged_run_dir
+from autoprune.latency import TABLE_FILE, LatencyConfig, attach_latency
 from autoprune.masking import select_kept
 from autoprune.projection import ProjectionConfig
 from autoprune.runs import (
@@ -61,6 +62,8 @@ class SearchRun:
     limit: int | None = None
     progress: bool = True
     overwrite: bool = False
+    latency_table: str | None = None  # without one, a latency budget measures a table here
+    latency: LatencyConfig = field(default_factory=LatencyConfig)
 
 
 def make_method(name: str, options: dict[str, Any]) -> SearchMethod:
@@ -86,6 +89,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
                                  checkpoint=cfg.checkpoint, input_size=cfg.input_size, limit=cfg.limit)  # fmt: skip
     graph, cost_model = trace(loaded, cfg.granularity)
+    latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model, table_path=cfg.latency_table,
+                             run_dir=cfg.out, cfg=cfg.latency, progress=cfg.progress)  # fmt: skip
     limits, dense_costs = resolve_limits(cfg.budgets, cost_model, cfg.projection)
     method = make_method(cfg.method, cfg.method_options)
     backend = None if cfg.no_prune else get_backend(cfg.backend)()
@@ -94,6 +99,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
     set_seed(cfg.seed)
 
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite) as stage:
+        if latency is not None:
+            latency.save(stage / TABLE_FILE)
         checkpoint = cfg.checkpoint
         if checkpoint is None:  # no dense checkpoint given: train one (or keep the init) and keep it
             t = time.perf_counter()
@@ -121,7 +128,7 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
             dense=dense_costs, method=cfg.method, seed=cfg.seed, dataset=cfg.dataset,
             checkpoint=checkpoint, extra={"proxy_accuracy": result.score, "trials": len(result.trials)},
         )  # fmt: skip
-        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test))
+        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
         model, kept, history, t = loaded.model, None, [], time.perf_counter()
         if backend is None:
             kept = select_kept(model, graph, keep, cfg.backend_cfg.importance)
@@ -135,8 +142,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
                        "seconds": timings["search"], **result.info},
             "history": history, "wall_time_s": timings,
         }  # fmt: skip
-        metrics = finish_run(stage, loaded, graph, allocation, model, kept,
-                             dense_metrics=dense_metrics, extra=extra)  # fmt: skip
+        metrics = finish_run(stage, loaded, graph, allocation, model, kept, dense_metrics=dense_metrics,
+                             extra=extra, latency_batch=latency.batch if latency else 1)  # fmt: skip
         _write_trials(stage, result)
     return metrics
 
@@ -209,7 +216,7 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
     set_seed(cfg.backend_cfg.seed)
     alloc.provenance["backend"] = cfg.backend
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume) as stage:
-        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test))
+        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
         t = time.perf_counter()
         res = _run_backend(backend, loaded, graph, alloc.keep, cfg.backend_cfg, stage)
         extra = {"backend": cfg.backend, "history": res.history, "info": res.info,

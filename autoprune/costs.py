@@ -95,6 +95,22 @@ class CostModel:
         kf = k.astype(np.float64)
         return self._a_out @ kf + self._b_out, self._a_in @ kf + self._b_in, self._a_norm @ kf + self._b_norm
 
+    def layer_widths(self, keep: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Kept output and input channels of every conv/linear layer, as the slimmed layer has them.
+
+        Both are affine in the keeps with non-negative coefficients, so they never shrink when a
+        unit keeps more (what monotone metrics built on them, like measured latency, rely on).
+        """
+        dense_out = np.array([lay.out_channels for lay in self.graph.layers], dtype=np.float64)
+        dense_in = np.array([lay.in_channels for lay in self.graph.layers], dtype=np.float64)
+        if self.graph.granularity == "weight":
+            return dense_out, dense_in
+        out, inp, _ = self._widths(np.asarray(keep))
+        groups = np.array([lay.groups for lay in self.graph.layers], dtype=np.float64)
+        depthwise = np.array([lay.depthwise for lay in self.graph.layers])
+        # _widths counts inputs per output (I / groups); a depthwise conv keeps its in/out ratio.
+        return out, np.where(depthwise, out * dense_in / dense_out, inp * groups)
+
     def layer_costs(self, keep: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
         """Per-layer MACs and weights, and the parameters outside conv/linear weights."""
         k = np.asarray(keep)
@@ -171,22 +187,14 @@ class CostModel:
         """One row per conv/linear layer: widths, kernel, output positions, MACs, weights."""
         k = self.dense_keep if keep is None else np.asarray(keep)
         macs, weights, _ = self.layer_costs(k)
-        if self.graph.granularity == "channel":
-            out, inp, _ = self._widths(k)
-        else:
-            out = np.array([lay.out_channels for lay in self.graph.layers], dtype=float)
-            inp = np.array([lay.in_channels for lay in self.graph.layers], dtype=float)
+        out, inp = self.layer_widths(k)
         rows = []
         for i, lay in enumerate(self.graph.layers):
             rows.append(
                 {
                     "layer": lay.name,
                     "type": lay.type,
-                    "in": round(
-                        float(out[i] * lay.in_channels / lay.out_channels)
-                        if lay.depthwise
-                        else float(inp[i] * lay.groups)
-                    ),
+                    "in": round(float(inp[i])),
                     "out": round(float(out[i])),
                     "kernel": lay.kernel,
                     "positions": lay.positions,

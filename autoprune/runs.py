@@ -22,9 +22,11 @@ from autoprune.costs import CostModel
 from autoprune.data import DataSplits, load_dataset, make_loader
 from autoprune.errors import CheckpointError, UsageError
 from autoprune.export import compression, export_program, model_metrics, staged_run_dir
+from autoprune.latency import latency_check
 from autoprune.masking import slim
 from autoprune.models import build_model, default_input_size
 from autoprune.projection import ProjectionConfig, min_keeps
+from autoprune.timing import measure_run_latency
 from autoprune.training import TrainConfig, fit, set_seed
 from autoprune.units import Granularity, UnitGraph, trace_units
 
@@ -164,8 +166,15 @@ def finish_run(
     *,
     dense_metrics: dict[str, Any],
     extra: dict[str, Any],
+    dense_model: nn.Module | None = None,
+    latency_batch: int = 1,
 ) -> dict[str, Any]:
-    """Slim, export and measure the final model; write allocation, checkpoint, program, metrics."""
+    """Slim, export and measure the final model; write allocation, checkpoint, program, metrics.
+
+    Latency is measured here for both models at once (interleaved runs, medians), so their ratio
+    is not skewed by load that comes and goes; without `dense_model` a freshly built dense network
+    of the same architecture is timed (weights do not change a dense kernel's speed).
+    """
     t0 = time.perf_counter()
     final_model = slim(model, graph, kept).eval()
     allocation.save(stage / "allocation.json")
@@ -173,9 +182,17 @@ def finish_run(
                     meta=_meta(loaded, CHECKPOINT_KIND_PRUNED, int(allocation.provenance.get("seed", 0)),
                                allocation=allocation.to_dict()))  # fmt: skip
     export_program(final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2")
-    final = model_metrics(final_model, loaded.input_size, _loader(loaded.data.test))
+    final = model_metrics(final_model, loaded.input_size, _loader(loaded.data.test), latency=False)
+    if dense_model is None:
+        dense_model = build_model(loaded.name, num_classes=loaded.num_classes, input_size=loaded.input_size)
+    latency = measure_run_latency(dense_model, final_model, loaded.input_size, batch=latency_batch)
+    dense_metrics = {**dense_metrics, "latency_s": latency["dense_s"]}
+    final["latency_s"] = latency["final_s"]
     checks = {}
     for b in allocation.budgets:
+        if b.metric == "latency":
+            checks[b.metric] = latency_check(b, latency["dense_s"], latency["final_s"])
+            continue
         measured = _measured(final, b.metric, graph.granularity)
         if measured is None:
             continue
@@ -185,7 +202,7 @@ def finish_run(
         "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
         "granularity": graph.granularity, "seed": allocation.provenance.get("seed"),
         "dense": dense_metrics, "final": final, "predicted": allocation.predicted,
-        "budgets": checks, **compression(dense_metrics, final), **extra,
+        "budgets": checks, **compression(dense_metrics, final), "latency": latency, **extra,
     }  # fmt: skip
     metrics.setdefault("wall_time_s", {})["export"] = time.perf_counter() - t0
     write_json_atomic(stage / "metrics.json", metrics)

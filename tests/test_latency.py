@@ -1,0 +1,358 @@
+"""Latency tables: monotone predictions, latency budgets met by the projection, ONNX export."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from autoprune.search import SEARCH_METHODS, SearchProblem
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from autoprune.budgets import parse_budget
+from autoprune.cli import main
+from autoprune.costs import CostModel
+from autoprune.errors import UsageError
+from autoprune.export import export_program
+from autoprune.latency import (
+    LatencyConfig,
+    latency_check,
+    latency_warning,
+    measure_table,
+    register_latency,
+)
+from autoprune.latency_table import LatencyTable, LayerTiming, monotone
+from autoprune.models import build_model
+from autoprune.onnx_export import export_onnx
+from autoprune.projection import ProjectionConfig, project
+from autoprune.timing import TimingConfig
+from autoprune.units import trace_units
+
+# Few widths, one short round: these tests check mechanics, not the machine's speed.
+FAST = LatencyConfig(
+    fractions=(0.0, 0.5, 1.0), timing=TimingConfig(rounds=1, warmup=1, min_block_s=1e-4)
+)
+
+
+class Blocks(nn.Module):
+    """Depthwise, pointwise, a residual add and a linear after a flatten: every width map kind."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU())
+        self.dw = nn.Sequential(
+            nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8), nn.Conv2d(8, 16, 1)
+        )
+        self.res = nn.Sequential(
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1)
+        )
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(64, 12), nn.ReLU(), nn.Linear(12, 10)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(self.stem(x))
+        return self.head(y + self.res(y))
+
+
+def _traced(name: str, size: tuple[int, int, int]) -> tuple[nn.Module, CostModel]:
+    torch.manual_seed(0)
+    model = (
+        Blocks().eval()
+        if name == "blocks"
+        else build_model(name, num_classes=10, input_size=size).eval()
+    )
+    return model, CostModel(trace_units(model, size, "channel", name))
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Time with one thread: on a shared two-core machine a second thread waits on other jobs."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def lenet(one_thread: None) -> tuple[torch.nn.Module, CostModel, LatencyTable]:
+    model, cm = _traced("lenet5", (1, 28, 28))
+    return model, cm, measure_table(model, cm.graph, cm, FAST)
+
+
+def _synthetic_table(cm: CostModel, seed: int, noise: float) -> LatencyTable:
+    """A table whose timings grow with MACs plus `noise` (large noise: far from monotone)."""
+    rng = np.random.default_rng(seed)
+    lo_out, lo_in = cm.layer_widths(np.ones(len(cm.sizes), dtype=np.int64))
+    hi_out, hi_in = cm.layer_widths(cm.dense_keep)
+    layers = []
+    for i, lay in enumerate(cm.graph.layers):
+        outs = sorted({int(v) for v in np.linspace(lo_out[i], hi_out[i], 4).round()})
+        ins = (
+            outs
+            if lay.depthwise
+            else sorted({int(v) for v in np.linspace(lo_in[i], hi_in[i], 3).round()})
+        )
+        o = np.array(outs, dtype=float)[:, None]
+        macs = (
+            o
+            * lay.kernel
+            * lay.positions
+            * (1.0 if lay.depthwise else np.array(ins, dtype=float)[None, :] / lay.groups)
+        )
+        secs = 1e-9 * macs + 1e-6 + noise * rng.uniform(0, 1, macs.shape)
+        layers.append(LayerTiming(lay.name, outs, ins, secs.tolist(), lay.depthwise))
+    g = cm.graph
+    return LatencyTable(
+        g.model_name, g.input_size, g.signature, 1, torch.get_num_threads(), layers, 1e-4, 1e-9
+    )
+
+
+@pytest.mark.parametrize(("name", "size"), [("lenet5", (1, 28, 28)), ("blocks", (3, 8, 8))])
+def test_predictions_never_decrease_when_a_unit_keeps_more(
+    name: str, size: tuple[int, int, int]
+) -> None:
+    _, cm = _traced(name, size)
+    assert name != "blocks" or any(lay.depthwise for lay in cm.graph.layers)
+    predict = register_latency(cm, _synthetic_table(cm, seed=1, noise=1e-4))
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        keep = np.maximum(1, (cm.sizes * rng.uniform(0.0, 1.0, len(cm.sizes))).astype(np.int64))
+        base = predict(keep)
+        step = np.maximum(1, cm.sizes // 7)
+        for u in range(len(keep)):
+            wider = keep.copy()
+            wider[u] = min(cm.sizes[u], keep[u] + step[u])
+            assert predict(wider) >= base - 1e-15, f"unit {cm.graph.units[u].name}"
+    assert predict(cm.dense_keep) > predict(np.ones(len(cm.sizes), dtype=np.int64))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 6), st.integers(1, 6), st.integers(0, 2**31))
+def test_monotone_grid_never_decreases_along_either_axis(rows: int, cols: int, seed: int) -> None:
+    t = np.random.default_rng(seed).uniform(0, 1, (rows, cols))
+    m = monotone(t)
+    assert (np.diff(m, axis=0) >= 0).all() and (np.diff(m, axis=1) >= 0).all()
+    assert m.max() <= t.max() + 1e-12 and m.min() >= t.min() - 1e-12
+
+
+def test_measured_table_reproduces_the_timed_dense_and_smallest_models(lenet: tuple) -> None:
+    _, cm, table = lenet
+    predict = register_latency(cm, table)
+    assert [lay.name for lay in table.layers] == [lay.name for lay in cm.graph.layers]
+    assert all(s > 0 for lay in table.layers for row in lay.seconds for s in row)
+    small = np.array(table.info["small_keep"])
+    if table.rest_per_activation > 0:  # the rest term is fitted through both measured models
+        assert predict(small) == pytest.approx(table.info["small_model_s"], rel=1e-9)
+    assert predict(cm.dense_keep) == pytest.approx(table.info["dense_model_s"], rel=1e-9)
+    assert table.threads == torch.get_num_threads() and table.batch == 1
+
+
+def test_table_round_trips_through_json_and_refuses_another_model(
+    lenet: tuple, tmp_path: Path
+) -> None:
+    _, cm, table = lenet
+    table.save(tmp_path / "t.json")
+    again = LatencyTable.load(tmp_path / "t.json")
+    keep = cm.dense_keep // 2
+    assert register_latency(CostModel(cm.graph), again)(keep) == register_latency(cm, table)(keep)
+    _, other = _traced("lenet5", (1, 32, 32))
+    with pytest.raises(UsageError, match=r"measured for lenet5 at 1x28x28"):
+        register_latency(other, again)
+    with pytest.raises(UsageError, match="not found"):
+        LatencyTable.load(tmp_path / "missing.json")
+
+
+@pytest.mark.parametrize("others", [{}, {"macs": 0.8}])
+def test_latency_budget_is_met_by_the_projection(others: dict[str, float]) -> None:
+    _, cm = _traced("blocks", (3, 8, 8))
+    register_latency(cm, _synthetic_table(cm, seed=2, noise=1e-7))
+    dense = {m: cm.metric(m, cm.dense_keep) for m in ("latency", "macs")}
+    limits = {"latency": 0.6 * dense["latency"], **{m: f * dense[m] for m, f in others.items()}}
+    rng = np.random.default_rng(0)
+    for _ in range(10):
+        keep = project(rng.uniform(0.05, 1.0, len(cm.sizes)), cm, limits)
+        for metric, limit in limits.items():
+            assert cm.metric(metric, keep) <= limit
+        # The fill step leaves no unit that could keep one more element within every budget.
+        grown = [
+            np.where(np.arange(len(keep)) == u, keep + 1, keep)
+            for u in range(len(keep))
+            if keep[u] < cm.sizes[u]
+        ]
+        assert all(any(cm.metric(m, g) > lim for m, lim in limits.items()) for g in grown)
+
+
+@pytest.mark.parametrize("method", ["uniform", "random"])
+def test_every_search_method_meets_a_latency_budget(method: str) -> None:
+    _, cm = _traced("lenet5", (1, 28, 28))
+    register_latency(cm, _synthetic_table(cm, seed=3, noise=1e-7))
+    limit = parse_budget("latency", "50%").limit(cm.metric("latency", cm.dense_keep))
+    problem = SearchProblem(cm, {"latency": limit}, lambda k: float(k.sum()), 0, ProjectionConfig())
+    kwargs = {"trials": 3} if method == "random" else {}
+    result = SEARCH_METHODS.get(method)(**kwargs).search(problem)
+    assert all(cm.metric("latency", t.keep) <= limit for t in result.trials)
+
+
+def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import autoprune.latency as latency
+    from autoprune.compress import SearchRun, run_search
+
+    calls = []
+
+    def fake_measure(
+        model: nn.Module, graph: object, cm: CostModel, cfg: object, progress: bool = False
+    ) -> LatencyTable:
+        calls.append(
+            cfg
+        )  # a synthetic table keeps the 60% budget feasible however loaded the machine is
+        table = _synthetic_table(cm, seed=4, noise=0.0)
+        table.info["fractions"] = list(cfg.fractions)  # type: ignore[attr-defined]
+        return table
+
+    monkeypatch.setattr(latency, "measure_table", fake_measure)
+    out = tmp_path / "run"
+    cfg = SearchRun(
+        dataset="digits",
+        out=str(out),
+        budgets=[parse_budget("latency", "60%")],
+        model="lenet5",
+        limit=64,
+        no_prune=True,
+        progress=False,
+    )
+    metrics = run_search(cfg)
+    table = json.loads((out / "latency_table.json").read_text())
+    allocation = json.loads((out / "allocation.json").read_text())
+    assert (
+        len(calls) == 1
+        and allocation["predicted"]["latency"] <= 0.6 * allocation["dense"]["latency"]
+    )
+    lat = metrics["latency"]
+    assert (
+        lat["dense_s"] > 0
+        and lat["final_s"] > 0
+        and lat["speedup"] == pytest.approx(lat["dense_s"] / lat["final_s"])
+    )
+    assert (
+        metrics["dense"]["latency_s"] == lat["dense_s"]
+        and metrics["final"]["latency_s"] == lat["final_s"]
+    )
+    check = metrics["budgets"]["latency"]
+    assert (
+        check["limit"] == pytest.approx(0.6 * lat["dense_s"])
+        and check["measured"] == lat["final_s"]
+    )
+    # A second attempt at the same run directory (here from the CLI) reuses the table.
+    argv = [
+        "search",
+        "--model",
+        "lenet5",
+        "--limit",
+        "64",
+        "--budget-latency",
+        "60%",
+        "--method",
+        "uniform",
+        "--dense-epochs",
+        "0",
+        "--no-prune",
+        "--quiet",
+        "--force",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0 and len(calls) == 1
+    assert json.loads((out / "latency_table.json").read_text()) == table
+    err = capsys.readouterr().err
+    missed = json.loads((out / "metrics.json").read_text())["budgets"]["latency"]["miss"] > 0.10
+    assert ("misses --budget-latency 60%" in err) == missed
+
+
+def test_a_given_table_file_is_registered(tmp_path: Path) -> None:
+    from autoprune.latency import attach_latency
+
+    model, cm = _traced("lenet5", (1, 28, 28))
+    _synthetic_table(cm, seed=5, noise=0.0).save(tmp_path / "t.json")
+    budgets = [parse_budget("macs", "50%")]
+    assert attach_latency(budgets, model, cm.graph, cm, table_path=None, run_dir=None) is None
+    assert "latency" not in cm.metrics
+    table = attach_latency(
+        budgets, model, cm.graph, cm, table_path=str(tmp_path / "t.json"), run_dir=None
+    )
+    assert table is not None and "latency" in cm.metrics
+    assert cm.metric("latency", cm.dense_keep) > cm.metric("latency", cm.dense_keep // 2)
+
+
+def test_latency_budget_needs_channel_granularity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "search",
+            "--model",
+            "lenet5",
+            "--limit",
+            "32",
+            "--granularity",
+            "weight",
+            "--budget-latency",
+            "50%",
+            "--method",
+            "uniform",
+            "--no-prune",
+            "--quiet",
+            "--out",
+            str(tmp_path / "r"),
+        ]
+    )
+    assert code == 2 and "--granularity channel" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_warning_names_the_miss_only_beyond_ten_percent() -> None:
+    budget = parse_budget("latency", "5ms")
+    assert latency_warning({"budgets": {"latency": latency_check(budget, 0.010, 0.0054)}}) is None
+    line = latency_warning(
+        {
+            "budgets": {"latency": latency_check(budget, 0.010, 0.006)},
+            "predicted": {"latency": 0.0049},
+        }
+    )
+    assert line is not None and "by 20%" in line and "5ms" in line and "\n" not in line
+    relative = latency_check(parse_budget("latency", "50%"), 0.010, 0.0045)
+    assert relative["limit"] == pytest.approx(0.005) and relative["met"]
+
+
+def test_onnx_export_matches_the_program(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import onnxruntime as ort
+
+    model, _ = _traced("lenet5", (1, 28, 28))
+    export_program(model, (1, 28, 28), [0.13], [0.31], tmp_path / "model.pt2")
+    assert main(["export", "--onnx", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (
+        Path(report["onnx"]) == tmp_path / "model.onnx"
+        and max(report["max_abs_diff"].values()) <= 1e-4
+    )
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    program = torch.export.load(str(tmp_path / "model.pt2")).module()
+    for batch in (1, 7):
+        x = torch.rand(batch, 1, 28, 28)
+        got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+        np.testing.assert_allclose(got, program(x).detach().numpy(), atol=1e-4, rtol=0)
+
+
+def test_export_refuses_a_folder_without_a_program(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"no model\.pt2"):
+        export_onnx(tmp_path)
+    assert main(["export", str(tmp_path)]) == 2  # no format chosen
