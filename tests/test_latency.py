@@ -356,3 +356,15 @@ def test_export_refuses_a_folder_without_a_program(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match=r"no model\.pt2"):
         export_onnx(tmp_path)
     assert main(["export", str(tmp_path)]) == 2  # no format chosen
+
+
+def test_latency_table_command_writes_a_table_that_fits_the_model(tmp_path: Path) -> None:
+    out = tmp_path / "t.json"
+    argv = ["latency-table", "--model", "lenet5", "--rounds", "1", "--threads", "1", "--quiet"]
+    assert main([*argv, "--out", str(out)]) == 0
+    table = LatencyTable.load(out)
+    _, cm = _traced("lenet5", (1, 28, 28))
+    assert register_latency(cm, table)(cm.dense_keep) == pytest.approx(table.info["dense_model_s"])
+    assert (table.threads, table.batch, table.info["num_classes"]) == (1, 1, 10)
+    assert main([*argv[:-1], "--rounds", "0", "--out", str(tmp_path / "bad.json")]) == 2
+    assert not (tmp_path / "bad.json").exists()

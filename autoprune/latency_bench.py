@@ -1,0 +1,222 @@
+"""Benchmark of the latency tables: predicted against measured latency, and speed-up against MACs.
+
+    python -m autoprune.latency_bench [--out results/latency] [--models lenet5,resnet18,...]
+
+For each model: measure its table, then time (interleaved, medians) the dense model with 20 random
+allocations and with the allocations that 50% and 30% MAC budgets (and a 50% latency budget)
+project to. Writes latency.json, a scatter plot and README.md; every number comes from this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoprune.allocation import write_json_atomic
+from autoprune.costs import CostModel
+from autoprune.latency import LatencyConfig, measure_table, register_latency
+from autoprune.latency_report import plot, readme
+from autoprune.masking import slim
+from autoprune.models import build_model
+from autoprune.projection import ProjectionConfig, project
+from autoprune.timing import TimingConfig, compare_latency, machine_info
+from autoprune.units import trace_units
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    input_size: tuple[int, int, int]
+    num_classes: int
+
+
+MODELS = {
+    "lenet5": ModelSpec("lenet5", (1, 28, 28), 10),
+    "resnet18": ModelSpec("resnet18", (3, 224, 224), 1000),
+    "mobilenet_v2": ModelSpec("mobilenet_v2", (3, 224, 224), 1000),
+}
+
+
+def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
+    """Wait until the 1-minute load average drops below `max_load` (other jobs share the CPUs)."""
+    start = time.monotonic()
+    while os.getloadavg()[0] > max_load and time.monotonic() - start < max_wait_s:
+        time.sleep(15)
+    return os.getloadavg()[0]
+
+
+def random_keeps(cm: CostModel, n: int, seed: int) -> list[np.ndarray]:
+    """Allocations of every size: a global ratio in [0.1, 1], varied by +-40% per unit."""
+    rng = np.random.default_rng(seed)
+    lo = ProjectionConfig().min_ratio
+    keeps = []
+    for _ in range(n):
+        ratios = np.clip(rng.uniform(0.1, 1.0) * rng.uniform(0.6, 1.4, len(cm.sizes)), lo, 1.0)
+        keeps.append(np.clip(np.round(ratios * cm.sizes), 1, cm.sizes).astype(np.int64))
+    return keeps
+
+
+def slimmed(model: torch.nn.Module, cm: CostModel, keep: np.ndarray) -> torch.nn.Module:
+    return slim(copy.deepcopy(model), cm.graph, [torch.arange(int(k)) for k in keep]).eval()
+
+
+def bench_model(
+    spec: ModelSpec,
+    cfg: LatencyConfig,
+    *,
+    n_random: int,
+    seed: int,
+    max_load: float,
+    max_wait_s: float,
+    tables: Path,
+) -> dict[str, Any]:
+    torch.manual_seed(seed)
+    model = build_model(spec.name, num_classes=spec.num_classes, input_size=spec.input_size).eval()
+    graph = trace_units(model, spec.input_size, "channel", spec.name)
+    cm = CostModel(graph)
+    out: dict[str, Any] = {
+        "model": spec.name,
+        "input_size": list(spec.input_size),
+        "units": len(graph.units),
+    }
+
+    out["load_before_table"] = wait_for_quiet(max_load, max_wait_s)
+    table = measure_table(model, graph, cm, cfg, progress=True)
+    table.save(tables / f"{spec.name}.json")
+    predict = register_latency(cm, table)
+    out["table"] = {
+        "seconds_to_measure": table.info["seconds_to_measure"],
+        "layers": len(table.layers),
+        "rest_const_s": table.rest_const,
+        "rest_per_activation_s": table.rest_per_activation,
+        "load": [table.info["machine_before"]["loadavg"], table.info["machine_after"]["loadavg"]],
+    }
+
+    keeps = random_keeps(cm, n_random, seed)
+    models = {"dense": model} | {f"r{i}": slimmed(model, cm, k) for i, k in enumerate(keeps)}
+    out["load_before_random"] = wait_for_quiet(max_load, max_wait_s)
+    measured = compare_latency(models, spec.input_size, batch=cfg.batch, cfg=cfg.timing)
+    out["load_after_random"] = os.getloadavg()[0]
+    pred = np.array([predict(k) for k in keeps])
+    meas = np.array([measured[f"r{i}"] for i in range(len(keeps))])
+    out["random"] = {
+        "predicted_s": pred.tolist(),
+        "measured_s": meas.tolist(),
+        "macs": [cm.metric("macs", k) for k in keeps],
+        "dense_predicted_s": predict(cm.dense_keep),
+        "dense_measured_s": measured["dense"],
+        "pearson_r": float(np.corrcoef(pred, meas)[0, 1]),
+        "spearman_rho": float(
+            np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(meas)))[0, 1]
+        ),
+        "mae_s": float(np.abs(pred - meas).mean()),
+        "mape": float((np.abs(pred - meas) / meas).mean()),
+        "bias_s": float((pred - meas).mean()),
+    }
+    out["budgets"] = [
+        budget_row(model, cm, spec, cfg, metric, frac, max_load, max_wait_s)
+        for metric, frac in (("macs", 0.5), ("macs", 0.3), ("latency", 0.5))
+    ]
+    return out
+
+
+def budget_row(
+    model: torch.nn.Module,
+    cm: CostModel,
+    spec: ModelSpec,
+    cfg: LatencyConfig,
+    metric: str,
+    frac: float,
+    max_load: float,
+    max_wait_s: float,
+) -> dict[str, Any]:
+    """Project uniform ratios onto one budget, slim, and time the result against the dense model."""
+    dense = {m: cm.metric(m, cm.dense_keep) for m in ("macs", "latency")}
+    keep = project(np.full(len(cm.sizes), 1.0), cm, {metric: frac * dense[metric]})
+    final = slimmed(model, cm, keep)
+    load = wait_for_quiet(max_load, max_wait_s)
+    t = compare_latency(
+        {"dense": model, "final": final}, spec.input_size, batch=cfg.batch, cfg=cfg.timing
+    )
+    macs = cm.metric("macs", keep)
+    return {
+        "budget": f"{metric} {100 * frac:.0f}%",
+        "macs": macs,
+        "mac_reduction": dense["macs"] / macs,
+        "predicted_speedup": dense["latency"] / cm.metric("latency", keep),
+        "measured_speedup": t["dense"] / t["final"],
+        "dense_s": t["dense"],
+        "final_s": t["final"],
+        "measured_latency_fraction": t["final"] / t["dense"],
+        "load": load,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m autoprune.latency_bench", description=__doc__)
+    p.add_argument("--out", default="results/latency")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--random", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-load", type=float, default=1.0, help="wait for a 1-minute load average below this"
+    )
+    p.add_argument(
+        "--max-wait", type=float, default=900.0, help="seconds to wait for it, per measurement"
+    )
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    cfg = LatencyConfig(timing=TimingConfig(rounds=args.rounds, threads=args.threads))
+    t0 = time.time()
+    results = []
+    for name in args.models.split(","):
+        print(f"== {name}", flush=True)
+        results.append(
+            bench_model(
+                MODELS[name],
+                cfg,
+                n_random=args.random,
+                seed=args.seed,
+                max_load=args.max_load,
+                max_wait_s=args.max_wait,
+                tables=out / "tables",
+            )
+        )
+    summary = {
+        "command": "python -m autoprune.latency_bench "
+        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "seconds": time.time() - t0,
+        "machine": machine_info(args.threads),
+        "threads": args.threads,
+        "batch": cfg.batch,
+        "rounds": args.rounds,
+        "random": args.random,
+        "fractions": list(cfg.fractions),
+        "max_load": args.max_load,
+        "max_wait_s": args.max_wait,
+        "results": results,
+    }
+    write_json_atomic(out / "latency.json", summary)
+    plot(results, out / "predicted_vs_measured.png")
+    (out / "README.md").write_text(readme(summary))
+    print(f"wrote {out}/latency.json, README.md, predicted_vs_measured.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The latency benchmark's report: a predicted-against-measured scatter plot and README.md."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def plot(results: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.0))
+    for ax, res in zip(np.atleast_1d(axes), results, strict=True):
+        r = res["random"]
+        p, m = np.array(r["predicted_s"]) * 1e3, np.array(r["measured_s"]) * 1e3
+        ax.scatter(m, p, s=18, label="random allocations")
+        ax.scatter(
+            [r["dense_measured_s"] * 1e3],
+            [r["dense_predicted_s"] * 1e3],
+            marker="*",
+            s=80,
+            label="dense",
+        )
+        hi = max(p.max(), m.max(), r["dense_measured_s"] * 1e3) * 1.05
+        ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="predicted = measured")
+        ax.set(
+            xlim=(0, hi),
+            ylim=(0, hi),
+            xlabel="measured latency (ms)",
+            ylabel="predicted latency (ms)",
+            title=f"{res['model']} {'x'.join(map(str, res['input_size']))}\n"
+            f"r={r['pearson_r']:.3f}, MAPE {100 * r['mape']:.1f}%",
+        )
+        ax.legend(fontsize=7, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _row(cells: list[object]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def readme(summary: dict[str, Any]) -> str:
+    env, s = summary["machine"], summary
+    lines = [
+        "# Latency tables: predicted against measured latency, and speed-up against MACs",
+        "",
+        f"Written by `{s['command']}` on {s['date']} ({s['seconds']:.0f} s).",
+        "",
+        f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
+        f"**{s['threads']} threads**, batch {s['batch']}. Timings are medians of {s['rounds']} "
+        "interleaved rounds (torch.utils.benchmark, warm-up before every block) of models with "
+        "untrained weights (a dense kernel's speed does not depend on the values). The machine "
+        "is shared: the 1-minute load average is listed with every measurement, and the script "
+        f"waits for it to drop below {s['max_load']} before each one (at most "
+        f"{s['max_wait_s']:.0f} s).",
+        "",
+        f"## Predicted against measured latency, {s['random']} random allocations per model",
+        "",
+        _row(
+            [
+                "model",
+                "input",
+                "units",
+                "table built in",
+                "dense measured",
+                "dense predicted",
+                "Pearson r",
+                "Spearman rho",
+                "MAE",
+                "MAPE",
+                "mean bias",
+                "load (1 min)",
+            ]
+        ),
+        _row(["---"] * 12),
+    ]
+    for res in s["results"]:
+        r = res["random"]
+        lines.append(
+            _row(
+                [
+                    res["model"],
+                    "x".join(map(str, res["input_size"])),
+                    res["units"],
+                    f"{res['table']['seconds_to_measure']:.0f} s",
+                    _ms(r["dense_measured_s"]),
+                    _ms(r["dense_predicted_s"]),
+                    f"{r['pearson_r']:.3f}",
+                    f"{r['spearman_rho']:.3f}",
+                    _ms(r["mae_s"]),
+                    f"{100 * r['mape']:.1f}%",
+                    _ms(r["bias_s"]),
+                    f"{res['load_before_random']:.2f} -> {res['load_after_random']:.2f}",
+                ]
+            )
+        )
+    lines += [
+        "",
+        "![predicted vs measured](predicted_vs_measured.png)",
+        "",
+        "## Speed-up at budgets (uniform ratios projected onto the budget)",
+        "",
+        _row(
+            [
+                "model",
+                "budget",
+                "MAC reduction",
+                "predicted speed-up",
+                "measured speed-up",
+                "dense",
+                "final",
+                "load",
+            ]
+        ),
+        _row(["---"] * 8),
+    ]
+    for res in s["results"]:
+        for b in res["budgets"]:
+            lines.append(
+                _row(
+                    [
+                        res["model"],
+                        b["budget"],
+                        f"{b['mac_reduction']:.2f}x",
+                        f"{b['predicted_speedup']:.2f}x",
+                        f"{b['measured_speedup']:.2f}x",
+                        _ms(b["dense_s"]),
+                        _ms(b["final_s"]),
+                        f"{b['load']:.2f}",
+                    ]
+                )
+            )
+    return "\n".join([*lines, ""])
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3f} ms" if abs(s) < 1e-2 else f"{s * 1e3:.2f} ms"
