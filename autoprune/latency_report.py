@@ -42,13 +42,42 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def _row(cells: list[object]) -> str:
-    return "| " + " | ".join(str(c) for c in cells) + " |"
+RANDOM_HEADER = (
+    "model|input|units|table built in|dense measured|dense predicted|Pearson r|"
+    "Spearman rho|MAE|MAPE|mean bias|load (1 min)"
+)
+BUDGET_HEADER = "model|budget|MAC reduction|predicted speed-up|measured speed-up|dense|final|load"
+
+
+def _table(header: str, rows: list[list[object]]) -> list[str]:
+    """A Markdown table from a '|'-separated header and rows of cells."""
+    cols = header.split("|")
+    lines = [cols, ["---"] * len(cols), *rows]
+    return ["| " + " | ".join(str(c) for c in cells) + " |" for cells in lines]
+
+
+def _random_row(res: dict[str, Any]) -> list[object]:
+    r = res["random"]
+    return [
+        res["model"], "x".join(map(str, res["input_size"])), res["units"],
+        f"{res['table']['seconds_to_measure']:.0f} s", _ms(r["dense_measured_s"]),
+        _ms(r["dense_predicted_s"]), f"{r['pearson_r']:.3f}", f"{r['spearman_rho']:.3f}",
+        _ms(r["mae_s"]), f"{100 * r['mape']:.1f}%", _ms(r["bias_s"]),
+        f"{res['load_before_random']:.2f} -> {res['load_after_random']:.2f}",
+    ]  # fmt: skip
+
+
+def _budget_row(model: str, b: dict[str, Any]) -> list[object]:
+    return [
+        model, b["budget"], f"{b['mac_reduction']:.2f}x", f"{b['predicted_speedup']:.2f}x",
+        f"{b['measured_speedup']:.2f}x", _ms(b["dense_s"]), _ms(b["final_s"]), f"{b['load']:.2f}",
+    ]  # fmt: skip
 
 
 def readme(summary: dict[str, Any]) -> str:
     env, s = summary["machine"], summary
-    lines = [
+    results = s["results"]
+    return "\n".join([
         "# Latency tables: predicted against measured latency, and speed-up against MACs",
         "",
         f"Written by `{s['command']}` on {s['date']} ({s['seconds']:.0f} s).",
@@ -63,81 +92,15 @@ def readme(summary: dict[str, Any]) -> str:
         "",
         f"## Predicted against measured latency, {s['random']} random allocations per model",
         "",
-        _row(
-            [
-                "model",
-                "input",
-                "units",
-                "table built in",
-                "dense measured",
-                "dense predicted",
-                "Pearson r",
-                "Spearman rho",
-                "MAE",
-                "MAPE",
-                "mean bias",
-                "load (1 min)",
-            ]
-        ),
-        _row(["---"] * 12),
-    ]
-    for res in s["results"]:
-        r = res["random"]
-        lines.append(
-            _row(
-                [
-                    res["model"],
-                    "x".join(map(str, res["input_size"])),
-                    res["units"],
-                    f"{res['table']['seconds_to_measure']:.0f} s",
-                    _ms(r["dense_measured_s"]),
-                    _ms(r["dense_predicted_s"]),
-                    f"{r['pearson_r']:.3f}",
-                    f"{r['spearman_rho']:.3f}",
-                    _ms(r["mae_s"]),
-                    f"{100 * r['mape']:.1f}%",
-                    _ms(r["bias_s"]),
-                    f"{res['load_before_random']:.2f} -> {res['load_after_random']:.2f}",
-                ]
-            )
-        )
-    lines += [
+        *_table(RANDOM_HEADER, [_random_row(res) for res in results]),
         "",
         "![predicted vs measured](predicted_vs_measured.png)",
         "",
         "## Speed-up at budgets (uniform ratios projected onto the budget)",
         "",
-        _row(
-            [
-                "model",
-                "budget",
-                "MAC reduction",
-                "predicted speed-up",
-                "measured speed-up",
-                "dense",
-                "final",
-                "load",
-            ]
-        ),
-        _row(["---"] * 8),
-    ]
-    for res in s["results"]:
-        for b in res["budgets"]:
-            lines.append(
-                _row(
-                    [
-                        res["model"],
-                        b["budget"],
-                        f"{b['mac_reduction']:.2f}x",
-                        f"{b['predicted_speedup']:.2f}x",
-                        f"{b['measured_speedup']:.2f}x",
-                        _ms(b["dense_s"]),
-                        _ms(b["final_s"]),
-                        f"{b['load']:.2f}",
-                    ]
-                )
-            )
-    return "\n".join([*lines, ""])
+        *_table(BUDGET_HEADER, [_budget_row(r["model"], b) for r in results for b in r["budgets"]]),
+        "",
+    ])  # fmt: skip
 
 
 def _ms(s: float) -> str:
