@@ -13,16 +13,25 @@ from autoprune.units import CONV_TYPES, LINEAR_TYPES
 
 
 def count_macs(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], input_size: tuple[int, ...]) -> int:
-    """Multiply-accumulates of one sample, as torch's FlopCounterMode counts them (FLOPs / 2)."""
+    """Multiply-accumulates of one sample, as torch's FlopCounterMode counts them (FLOPs / 2).
+
+    Works on modules and on exported programs (whose modules refuse `.eval()`; they are
+    exported in eval mode already).
+    """
     x = torch.zeros(1, *input_size)
-    was_training = getattr(model, "training", False)
-    if isinstance(model, nn.Module):
+    restore = None
+    if isinstance(model, nn.Module) and not _is_exported(model):
+        restore = model.training
         model.eval()
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(x)
-    if isinstance(model, nn.Module):
-        model.train(was_training)
+    if restore is not None:
+        model.train(restore)  # type: ignore[union-attr]
     return counter.get_total_flops() // 2
+
+
+def _is_exported(model: nn.Module) -> bool:
+    return isinstance(model, torch.fx.GraphModule)
 
 
 def count_params(model: nn.Module) -> int:

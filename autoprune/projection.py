@@ -73,7 +73,7 @@ def _fill(
         room = keep < sizes
         for metric, lim in limits.items():
             slack = lim - model.metric(metric, keep)
-            room &= model.increments(metric, keep) <= slack + 1e-9 * max(abs(lim), 1.0)
+            room &= model.increments(metric, keep) <= slack
         if not room.any():
             break
         deficit = np.where(room, target - keep / sizes, -np.inf)

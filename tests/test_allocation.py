@@ -1,0 +1,81 @@
+"""allocation.json: round trip, replay on a fresh model, refusal of another model's allocation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoprune.allocation import SCHEMA, Allocation
+from autoprune.budgets import parse_budget
+from autoprune.costs import CostModel
+from autoprune.errors import AllocationError
+from autoprune.masking import mask_model, slim
+from autoprune.measure import count_params
+from autoprune.models import build_model
+from autoprune.units import trace_units
+
+
+def _alloc(model: str = "lenet5") -> tuple[Allocation, CostModel]:
+    net = build_model(model)
+    graph = trace_units(net, (1, 28, 28), "channel", model)
+    cm = CostModel(graph)
+    keep = np.maximum(1, cm.sizes // 2)
+    alloc = Allocation.from_keep(graph, keep, num_classes=10, budgets=[parse_budget("macs", "50%")],
+                                 predicted=cm.costs(keep).as_dict(), method="uniform", seed=3)  # fmt: skip
+    return alloc, cm
+
+
+def test_round_trip_and_replay(tmp_path: Path) -> None:
+    alloc, cm = _alloc()
+    path = tmp_path / "allocation.json"
+    alloc.save(path)
+    data = json.loads(path.read_text())
+    assert data["schema"] == SCHEMA and data["provenance"]["seed"] == 3
+    assert all(isinstance(u["keep"], int) and isinstance(u["total"], int) for u in data["units"])
+    loaded = Allocation.load(path)
+    assert loaded.keep.tolist() == alloc.keep.tolist() and loaded.budgets == alloc.budgets
+    # Replay on a freshly built model: the slimmed model has exactly the predicted parameters.
+    fresh = build_model("lenet5")
+    graph = trace_units(fresh, (1, 28, 28), "channel", "lenet5")
+    loaded.check_fits(graph)
+    slimmed = slim(fresh, graph, mask_model(fresh, graph, loaded.keep))
+    assert count_params(slimmed) == loaded.predicted["params"]
+
+
+def test_other_model_is_refused() -> None:
+    alloc, _ = _alloc("lenet5")
+    other = trace_units(build_model("lenet300"), (1, 28, 28), "channel", "lenet300")
+    with pytest.raises(AllocationError, match="lenet5.*search a new allocation"):
+        alloc.check_fits(other)
+    weight = trace_units(build_model("lenet5"), (1, 28, 28), "weight", "lenet5")
+    with pytest.raises(AllocationError, match="granularity"):
+        alloc.check_fits(weight)
+
+
+@pytest.mark.parametrize(
+    "mutate",
+    [
+        lambda d: d.update(schema="something/v9"),
+        lambda d: d["units"][0].update(keep=0),
+        lambda d: d["units"][0].update(keep=10**9),
+        lambda d: d["units"][0].update(keep=2.5),
+        lambda d: d.pop("model"),
+    ],
+)
+def test_malformed_files_are_refused(tmp_path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
+    alloc, _ = _alloc()
+    data = alloc.to_dict()
+    mutate(data)
+    path = tmp_path / "allocation.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(AllocationError) as e:
+        Allocation.load(path)
+    assert "\n" not in str(e.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(AllocationError, match="does not exist"):
+        Allocation.load(tmp_path / "nope.json")
