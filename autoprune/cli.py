@@ -10,6 +10,7 @@ from typing import Any, ClassVar
 
 from autoprune import __version__
 from autoprune.budgets import FLAG_METRIC, Budget, format_value, parse_budget
+from autoprune.cli_search import DEFAULT_METHOD, add_search_arguments
 from autoprune.errors import AutoPruneError, UsageError
 
 
@@ -162,19 +163,20 @@ class Search(Command):
         p.add_argument("--checkpoint", help="dense checkpoint (from `autoprune train`)")
         for flag in FLAG_METRIC:
             p.add_argument(f"--budget-{flag}", metavar="B")
-        p.add_argument("--method", default="uniform", help="uniform | random | optuna | rl | dsa")
+        p.add_argument("--method", default=DEFAULT_METHOD, help="optuna (default) | uniform | random | rl | dsa")
         p.add_argument("--granularity", choices=["channel", "weight"], default="channel")
-        p.add_argument("--trials", type=int, help="proposals to score (random, optuna)")
         p.add_argument("--no-prune", action="store_true", help="export the allocation without backend training")
-        p.add_argument("--dense-epochs", type=int, default=0,
-                       help="without --checkpoint: train the dense model this long first")  # fmt: skip
+        p.add_argument("--dense-epochs", type=int,
+                       help="without --checkpoint: train the dense model this long first (default 1)")  # fmt: skip
         p.add_argument("--min-ratio", type=float, default=0.05, help="smallest keep ratio per unit")
         p.add_argument("--latency-table", metavar="FILE",
                        help="for --budget-latency: a table from `autoprune latency-table` (default: measure one)")  # fmt: skip
+        add_search_arguments(p)
         _backend_args(p)
-        p.add_argument("--out", required=True)
+        p.add_argument("--out", help="run directory (default runs/search-MODEL-DATASET-TIMESTAMP)")
 
     def run(self, args: argparse.Namespace) -> int:
+        from autoprune.cli_search import evaluator_config, method_options, resolve_defaults
         from autoprune.compress import SearchRun, run_search
         from autoprune.projection import ProjectionConfig
         from autoprune.training import TrainConfig
@@ -182,11 +184,12 @@ class Search(Command):
         budgets = _budgets(args)
         if not budgets:
             raise UsageError("no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)")
-        options = {"trials": args.trials} if args.trials is not None else {}
+        resolve_defaults(args)
         cfg = SearchRun(
             dataset=args.dataset, out=args.out, budgets=budgets, model=args.model, data_dir=args.data_dir,
             checkpoint=args.checkpoint, input_size=args.input_size, method=args.method,
-            method_options=options, granularity=args.granularity, seed=args.seed, no_prune=args.no_prune,
+            method_options=method_options(args), evaluator=evaluator_config(args), resume=args.study is not None,
+            granularity=args.granularity, seed=args.seed, no_prune=args.no_prune,
             backend=args.backend, backend_cfg=_backend_cfg(args),
             projection=ProjectionConfig(min_ratio=args.min_ratio),
             dense_train=TrainConfig(epochs=args.dense_epochs, seed=args.seed),
@@ -356,7 +359,9 @@ class Bench(Command):
         return 0
 
 
-COMMANDS: list[Command] = [Train(), Profile(), Search(), Prune(), Eval(), LatencyTableCmd(), Export()]
+COMMANDS: list[Command] = [
+    Train(), Profile(), Search(), Prune(), Eval(), LatencyTableCmd(), Export(), Dashboard(),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

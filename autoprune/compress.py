@@ -33,7 +33,9 @@ from autoprune.runs import (
     resolve_limits,
     trace,
 )
+from autoprune.report import write_search_report
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem
+from autoprune.staging import forget_stale_backend, refuse_interrupted, restore_dense
 from autoprune.training import TrainConfig, fit, set_seed
 from autoprune.units import Granularity
 
@@ -51,6 +53,7 @@ class SearchRun:
     input_size: tuple[int, int, int] | None = None
     method: str = "uniform"
     method_options: dict[str, Any] = field(default_factory=dict)
+    resume: bool = False  # continue an interrupted run in its staging folder (see autoprune.staging)
     granularity: Granularity = "channel"
     seed: int = 0
     no_prune: bool = False
@@ -95,17 +98,19 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
     method = make_method(cfg.method, cfg.method_options)
     backend = None if cfg.no_prune else get_backend(cfg.backend)()
     _refuse_existing(cfg.out, cfg.overwrite)
+    refuse_interrupted(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     timings["trace"] = time.perf_counter() - t0
     set_seed(cfg.seed)
 
-    with staged_run_dir(cfg.out, overwrite=cfg.overwrite) as stage:
+    with staged_run_dir(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume) as stage:
         if latency is not None:
             latency.save(stage / TABLE_FILE)
         checkpoint = cfg.checkpoint
         if checkpoint is None:  # no dense checkpoint given: train one (or keep the init) and keep it
             t = time.perf_counter()
-            _train_dense(loaded, cfg.dense_train, cfg.progress)
-            (stage / "dense").mkdir()
+            if not (cfg.resume and restore_dense(loaded.model, stage)):
+                _train_dense(loaded, cfg.dense_train, cfg.progress)
+            (stage / "dense").mkdir(exist_ok=True)
             save_checkpoint(stage / "dense" / "checkpoint.pt", state_dict=loaded.model.state_dict(),
                             meta=_meta(loaded, CHECKPOINT_KIND_DENSE, cfg.seed))  # fmt: skip
             checkpoint = str((Path(cfg.out) / "dense" / "checkpoint.pt").resolve())
@@ -116,8 +121,9 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         t = time.perf_counter()
         evaluate = None
         if method.needs_evaluator:
-            evaluate = MaskEvaluator(loaded.model, graph, loaded.data.train, loaded.data.val, cfg.evaluator)
-        problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection)
+            evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg.evaluator)
+        problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
+                                progress=cfg.progress)  # fmt: skip
         result = method.search(problem)
         timings["search"] = time.perf_counter() - t
 
@@ -133,6 +139,7 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         if backend is None:
             kept = select_kept(model, graph, keep, cfg.backend_cfg.importance)
         else:
+            forget_stale_backend(stage, keep)
             res = _run_backend(backend, loaded, graph, keep, cfg.backend_cfg, stage)
             model, kept, history = res.model, res.kept, res.history
         timings["prune"] = time.perf_counter() - t
@@ -145,6 +152,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         metrics = finish_run(stage, loaded, graph, allocation, model, kept, dense_metrics=dense_metrics,
                              extra=extra, latency_batch=latency.batch if latency else 1)  # fmt: skip
         _write_trials(stage, result)
+        write_search_report(stage, graph=graph, result=result, keep=keep, limits=limits, metrics=metrics,
+                            method=cfg.method)  # fmt: skip
     return metrics
 
 

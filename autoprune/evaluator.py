@@ -1,8 +1,11 @@
 """The shared evaluator: scores an allocation without full training (validation split only).
 
-Each unit keeps its most important elements (an importance measure from the registry), BatchNorm
-statistics are recomputed on a few training batches (pruning shifts them), optionally a short
-fine-tune runs, and accuracy on the validation split is the score. Results are cached per keep.
+Each unit keeps its most important elements (an importance measure from the registry, computed
+once on the dense model; `taylor` first accumulates gradients on a few training batches),
+optionally a short fine-tune runs, BatchNorm statistics are recomputed on a few training batches
+(pruning shifts them), and accuracy and loss on the validation split are the score. Results are
+cached per allocation. The test split is never read: the evaluator is only ever handed the train
+and validation splits.
 """
 
 from __future__ import annotations
@@ -10,28 +13,54 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from autoprune.data import make_loader
-from autoprune.importance import score_units, top_k
-from autoprune.masking import apply_masks, element_masks, remove_masks
+from autoprune.data import DataSplits, make_loader
+from autoprune.errors import UsageError
+from autoprune.importance import IMPORTANCE, score_units, top_k
+from autoprune.masking import apply_masks, element_masks, remove_masks, slim
 from autoprune.training import EvalResult, evaluate
 from autoprune.units import UnitGraph
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+PHYSICAL_MACS = (
+    100_000_000  # above this many dense MACs per image, scoring a slimmed copy is faster
+)
 
 
 @dataclass(frozen=True)
 class EvaluatorConfig:
     importance: str = "l1"  # magnitude is cheap and needs no gradients
-    bn_batches: int = 8  # enough batches for stable BN means/variances after pruning
+    grad_batches: int = 4  # training batches whose gradients `taylor` accumulates (once)
+    bn_batches: int = 4  # enough batches for stable BN means/variances after pruning
     batch_size: int = 256
     val_limit: int | None = None  # score on the first N validation samples (None: all)
     finetune_steps: int = 0  # short SGD fine-tune before scoring; 0 = pure proxy
     finetune_lr: float = 0.01
     seed: int = 0
+    # Score a physically slimmed copy instead of a masked model (channel granularity only): the
+    # forward passes then cost what the allocation costs, which repays the slimming (about a
+    # second) on large models. None: slim when the dense model needs >= 100M MACs per image.
+    physical: bool | None = None
+
+    def __post_init__(self) -> None:
+        IMPORTANCE.get(self.importance)
+        for name in ("grad_batches", "bn_batches", "finetune_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UsageError(f"evaluator {name} must be an integer >= 0, got {value!r}")
+        if self.val_limit is not None and self.val_limit < 1:
+            raise UsageError(f"evaluator val_limit must be >= 1 or None, got {self.val_limit!r}")
+        if self.batch_size < 1 or not self.finetune_lr > 0:
+            raise UsageError(
+                f"evaluator batch size and fine-tune lr must be positive, got "
+                f"{self.batch_size!r} and {self.finetune_lr!r}"
+            )
 
 
 def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
@@ -53,71 +82,118 @@ def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
     model.train(was_training)
 
 
+def accumulate_gradients(model: nn.Module, batches: Sequence[Batch]) -> None:
+    """Sum cross-entropy gradients of `batches` into `.grad` (eval mode: BN statistics kept)."""
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
 class MaskEvaluator:
-    """Callable keep -> validation accuracy; the dense model is never modified."""
+    """Callable keep -> validation accuracy; the dense model is never modified.
+
+    `evaluate(keep)` gives accuracy and loss; `cache` maps each scored allocation to its result.
+    """
 
     def __init__(
         self,
         model: nn.Module,
         graph: UnitGraph,
-        train: Dataset,
-        val: Dataset,
+        train: Dataset[Any],
+        val: Dataset[Any],
         cfg: EvaluatorConfig | None = None,
     ) -> None:
         self.cfg = cfg or EvaluatorConfig()
         self.graph = graph
         self.model = copy.deepcopy(model).eval()
         remove_masks(self.model, bake=True)
-        self._dense_state = copy.deepcopy(self.model.state_dict())
-        self.scores = score_units(self.model, graph.units, self.cfg.importance)
-        loader = make_loader(train, batch_size=self.cfg.batch_size, shuffle=True, seed=self.cfg.seed)
-        self._bn_batches: list[torch.Tensor] = []
-        self._train_batches: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for i, (x, y) in enumerate(loader):
-            if i >= max(self.cfg.bn_batches, self.cfg.finetune_steps):
+        loader = make_loader(
+            train, batch_size=self.cfg.batch_size, shuffle=True, seed=self.cfg.seed
+        )
+        needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches)
+        self._train_batches: list[Batch] = []
+        for x, y in loader:
+            if len(self._train_batches) >= needed:
                 break
             self._train_batches.append((x, y))
-            if i < self.cfg.bn_batches:
-                self._bn_batches.append(x)
+        self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
+        if self.cfg.importance == "taylor":
+            accumulate_gradients(self.model, self._train_batches[: self._grad_batches])
+        self.scores = score_units(self.model, graph.units, self.cfg.importance)
+        self.model.zero_grad(set_to_none=True)
+        self._dense_state = copy.deepcopy(self.model.state_dict())
         val_data = list(make_loader(val, batch_size=self.cfg.batch_size, shuffle=False))
         if self.cfg.val_limit is not None:
             val_data = _limit(val_data, self.cfg.val_limit)
+        if not val_data:
+            raise UsageError("the validation split is empty; the evaluator needs validation images")
         self._val = val_data
         self.cache: dict[tuple[int, ...], EvalResult] = {}
         self.calls = 0
+        physical = self.cfg.physical
+        if physical is None:
+            physical = sum(lay.macs for lay in graph.layers) >= PHYSICAL_MACS
+        self.physical = bool(physical) and graph.granularity == "channel"
+
+    @classmethod
+    def from_splits(
+        cls,
+        model: nn.Module,
+        graph: UnitGraph,
+        data: DataSplits,
+        cfg: EvaluatorConfig | None = None,
+    ) -> MaskEvaluator:
+        """The evaluator of a dataset: reads its train and validation splits, never its test."""
+        return cls(model, graph, data.train, data.val, cfg)
+
+    @property
+    def _grad_batches(self) -> int:
+        return max(1, self.cfg.grad_batches) if self.cfg.importance == "taylor" else 0
 
     def __call__(self, keep: Sequence[int] | np.ndarray) -> float:
         return self.evaluate(keep).accuracy
 
     def evaluate(self, keep: Sequence[int] | np.ndarray) -> EvalResult:
         key = tuple(int(k) for k in keep)
+        if len(key) != len(self.graph.units):
+            raise ValueError(f"expected {len(self.graph.units)} keeps, got {len(key)}")
         if key not in self.cache:
             self.calls += 1
             self.cache[key] = self._score(key)
         return self.cache[key]
 
     def _score(self, keep: tuple[int, ...]) -> EvalResult:
-        model = self.model
-        remove_masks(model, bake=False)
-        model.load_state_dict(self._dense_state)
-        kept = [top_k(s, k) for s, k in zip(self.scores, keep)]
-        apply_masks(model, element_masks(model, self.graph, kept))
+        kept = [top_k(s, k) for s, k in zip(self.scores, keep, strict=True)]
+        if self.physical:
+            model = slim(copy.deepcopy(self.model), self.graph, kept)
+        else:
+            model = self.model
+            remove_masks(model, bake=False)
+            model.load_state_dict(self._dense_state)
+            apply_masks(model, element_masks(model, self.graph, kept))
         if self.cfg.finetune_steps:
             self._finetune(model)
         recalibrate_bn(model, self._bn_batches)
         return evaluate(model, self._val)
 
     def _finetune(self, model: nn.Module) -> None:
+        # The same batches for every allocation, so scores differ only by the allocation.
         opt = torch.optim.SGD(model.parameters(), lr=self.cfg.finetune_lr, momentum=0.9)
         model.train()
-        for x, y in self._train_batches[: self.cfg.finetune_steps]:
+        steps = self.cfg.finetune_steps
+        batches = self._train_batches
+        for i in range(steps):
+            x, y = batches[i % len(batches)]
             opt.zero_grad(set_to_none=True)
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         model.eval()
 
 
-def _limit(batches: list[tuple[torch.Tensor, torch.Tensor]], n: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _limit(batches: list[Batch], n: int) -> list[Batch]:
     out, seen = [], 0
     for x, y in batches:
         if seen >= n:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -27,6 +28,10 @@ class SearchProblem:
     evaluate: Evaluator | None = None
     seed: int = 0
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
+    # Where a method may keep state that must survive an interrupt (an Optuna study database);
+    # None: nowhere, the method keeps everything in memory.
+    workdir: Path | None = None
+    progress: bool = False  # show a progress bar while searching
 
     @property
     def sizes(self) -> np.ndarray:

@@ -1,0 +1,104 @@
+"""The search flags of `autoprune search` (methods, study storage, evaluator) and their defaults.
+
+Bare `autoprune search --budget-flops 300M` means: ResNet-18 (torchvision, 1.82G MACs at its own
+3x224x224 input, so 300M is a 6x cut) on the embedded digits set, trained densely for one epoch
+because no --checkpoint is given, an Optuna (TPE) search of 20 trials scored by the shared
+evaluator, the reweighted backend, and a run directory runs/search-resnet18-digits-TIMESTAMP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+DEFAULT_MODEL = (
+    "resnet18"  # a model whose dense cost (1.82G MACs) makes budgets like 300M meaningful
+)
+DEFAULT_METHOD = "optuna"
+DENSE_EPOCHS_WITHOUT_CHECKPOINT = 1  # a short dense training so the search ranks a trained model
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the search methods, their Optuna study and the shared evaluator."""
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, help="proposals to score (random, optuna; default 20)")
+    g.add_argument(
+        "--sampler",
+        help="optuna sampler: tpe (default) | random | qmc | nsga2 (default, --multi-objective)",
+    )
+    g.add_argument(
+        "--multi-objective",
+        nargs="?",
+        const="macs",
+        metavar="COST",
+        help="optuna: trade validation accuracy against COST (macs, the default | params | size) "
+        "with NSGA-II and keep the Pareto front",
+    )
+    g.add_argument(
+        "--pick",
+        help="from the Pareto front: best (default) | knee | cheapest | 1%% (cheapest within 1 pt)",
+    )
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="optuna study storage, any SQLAlchemy URL (default sqlite:///RUN/study.db)",
+    )
+    g.add_argument(
+        "--study",
+        metavar="NAME",
+        help="optuna study name; an existing (interrupted) study of that name is resumed",
+    )
+    g.add_argument(
+        "--n-jobs", type=int, help="optuna: worker processes sharing the study (default 1)"
+    )
+    e = p.add_argument_group("evaluator (scores allocations on the validation split)")
+    e.add_argument(
+        "--eval-importance", default="l1", help="which elements a unit keeps: l1 | l2 | taylor"
+    )
+    e.add_argument(
+        "--bn-batches", type=int, default=4, help="training batches for BatchNorm recalibration"
+    )
+    e.add_argument(
+        "--finetune-steps", type=int, default=0, help="SGD steps before scoring (0: none)"
+    )
+    e.add_argument(
+        "--val-limit", type=int, help="score on the first N validation images (default all)"
+    )
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options the user gave: a method that takes no such option rejects it by name."""
+    flags = {
+        "trials": args.trials,
+        "sampler": args.sampler,
+        "multi_objective": args.multi_objective,
+        "pick": args.pick,
+        "storage": args.storage,
+        "study": args.study,
+        "n_jobs": args.n_jobs,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def evaluator_config(args: argparse.Namespace) -> Any:
+    from autoprune.evaluator import EvaluatorConfig
+
+    return EvaluatorConfig(
+        importance=args.eval_importance,
+        bn_batches=args.bn_batches,
+        finetune_steps=args.finetune_steps,
+        val_limit=args.val_limit,
+        seed=args.seed,
+    )
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the defaults that depend on other flags (model, out, dense epochs) in place."""
+    if args.model is None and args.checkpoint is None:
+        args.model = DEFAULT_MODEL
+    if args.dense_epochs is None:
+        args.dense_epochs = 0 if args.checkpoint else DENSE_EPOCHS_WITHOUT_CHECKPOINT
+    if args.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.out = f"runs/search-{args.model or 'checkpoint'}-{args.dataset}-{stamp}"

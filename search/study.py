@@ -1,0 +1,215 @@
+"""Optuna plumbing of the search: storages, samplers, the study's identity check, trial notes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+from autoprune.search.base import SearchProblem
+from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
+
+from autoprune.budgets import format_value
+from autoprune.errors import UsageError
+from autoprune.registry import Registry
+
+SamplerFactory = Callable[[int, int, bool], optuna.samplers.BaseSampler]  # (seed, trials, multi)
+SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
+IDENTITY_ATTR = "autoprune"  # study user attribute: what the study searches (model, budgets)
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything a worker process needs to join the study (picklable)."""
+
+    storage: str | None  # SQLAlchemy URL; None: in memory (one process only)
+    study: str
+    trials: int  # completed trials the study should hold when the search ends
+    seed: int
+    sampler: str
+    cost_metric: str | None  # None: single objective (accuracy)
+    artifact_dir: str | None
+    heartbeat_s: int
+    progress: bool
+    threads: int  # torch threads per worker: the cores split between workers
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] if self.cost_metric is None else ["maximize", "minimize"]
+
+
+@SAMPLERS.register("tpe")
+def _tpe(seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
+    # A quarter of the trials (4..10) explore at random before the model of good ratios is used;
+    # multivariate TPE models the units jointly, since their keeps trade against one budget.
+    startup = max(4, min(10, trials // 4))
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=startup, multivariate=True, constant_liar=True
+    )
+
+
+@SAMPLERS.register("random")
+def _random(seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.RandomSampler(seed=seed)
+
+
+@SAMPLERS.register("nsga2")
+def _nsga2(seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
+    # Several generations even for short searches: the default population of 50 would leave a
+    # 40-trial search entirely random.
+    return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(8, min(50, trials // 4)))
+
+
+@SAMPLERS.register("qmc")
+def _qmc(seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.QMCSampler(seed=seed, scramble=True)
+
+
+def open_storage(url: str | None, heartbeat_s: int) -> BaseStorage:
+    """An Optuna storage for `url` (None: in memory), with heartbeats so killed trials turn FAIL."""
+    if url is None:
+        return InMemoryStorage()
+    # SQLite locks the whole file per write; several workers wait for each other, not fail.
+    engine: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
+    try:
+        storage = RDBStorage(
+            url, engine_kwargs=engine, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s
+        )
+    except ImportError as e:
+        raise UsageError(
+            f"--storage {safe_url(url)}: its database driver is not installed ({e}); pip install it"
+        ) from None
+    except Exception as e:  # SQLAlchemy's errors for a malformed or unreachable URL
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UsageError(
+            f"cannot open --storage {safe_url(url)} ({first}); pass a SQLAlchemy URL "
+            "like sqlite:///study.db or postgresql://user@host/db"
+        ) from None
+    if url.startswith("sqlite"):
+        _fast_sqlite(storage)
+    return storage
+
+
+def _fast_sqlite(storage: RDBStorage) -> None:
+    """WAL journal with normal sync: a commit survives the process being killed (only a power cut
+    could lose the last ones) and costs no fsync, and readers no longer block the writer."""
+    from sqlalchemy import event
+
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    event.listen(storage.engine, "connect", on_connect)
+    storage.engine.dispose()  # connections opened before the listener reconnect with it
+
+
+def safe_url(url: str | None) -> str | None:
+    """`url` with any password hidden, fit to print or record."""
+    if url is None:
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable storage URL>"
+
+
+def identity(problem: SearchProblem, spec: StudySpec) -> dict[str, Any]:
+    """What a study's trials depend on; a resumed study must match it exactly."""
+    graph = problem.cost_model.graph
+    return {
+        "model": graph.model_name,
+        "signature": graph.signature,
+        "sizes": [int(s) for s in problem.sizes],
+        "limits": {m: float(v) for m, v in sorted(problem.limits.items())},
+        "min_ratio": problem.projection.min_ratio,
+        "cost_metric": spec.cost_metric,
+    }
+
+
+def check_study(
+    study: optuna.Study, problem: SearchProblem, spec: StudySpec, *, resume: bool
+) -> None:
+    """Refuse to mix trials of different searches; label a new study for the dashboard."""
+    where = safe_url(spec.storage) or "memory"
+    if study.trials and not resume:
+        raise UsageError(
+            f"study {spec.study!r} in {where} already holds {len(study.trials)} trials; pass "
+            f"--study {spec.study} to resume it, or name a new study with --study"
+        )
+    wanted = [
+        optuna.study.StudyDirection.MAXIMIZE
+        if d == "maximize"
+        else optuna.study.StudyDirection.MINIMIZE
+        for d in spec.directions
+    ]
+    if list(study.directions) != wanted:
+        raise UsageError(
+            f"study {spec.study!r} in {where} has {len(study.directions)} objective(s), this "
+            f"search {len(wanted)}; resume it with the same --multi-objective or choose another "
+            "--study"
+        )
+    mine = identity(problem, spec)
+    theirs = study.user_attrs.get(IDENTITY_ATTR)
+    if theirs is None:
+        study.set_user_attr(IDENTITY_ATTR, mine)
+        study.set_metric_names(["val_accuracy"] + ([spec.cost_metric] if spec.cost_metric else []))
+        _study_note(study, problem)
+    elif theirs != mine:
+        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        raise UsageError(
+            f"study {spec.study!r} in {where} searched another problem "
+            f"(its {', '.join(diff)} differ); resume it with the same model and budgets, or "
+            "choose another --study"
+        )
+
+
+def _study_note(study: optuna.Study, problem: SearchProblem) -> None:
+    from optuna_dashboard import save_note
+
+    graph = problem.cost_model.graph
+    dense_keep = problem.cost_model.dense_keep
+    dense = {m: format_value(m, problem.cost_model.metric(m, dense_keep)) for m in problem.limits}
+    budgets = ", ".join(
+        f"{m} <= {format_value(m, v)} (dense {dense[m]})" for m, v in problem.limits.items()
+    )
+    save_note(
+        study,
+        f"## {graph.model_name}, {graph.granularity} granularity\n\n"
+        f"{len(graph.units)} units, input {'x'.join(map(str, graph.input_size))}; "
+        f"budgets: {budgets}.\n\n"
+        "Each trial's user attributes hold its allocation (`keep`), `costs` and `val_accuracy`; "
+        "its note and artifact show the keep ratio per unit.",
+    )
+
+
+def trial_note(
+    trial: optuna.Trial,
+    names: Sequence[str],
+    keep: np.ndarray,
+    sizes: np.ndarray,
+    costs: Mapping[str, float],
+    accuracy: float,
+    limits: Mapping[str, float],
+) -> None:
+    """A Markdown note on the trial: costs against limits and a bar per unit of its keep ratio."""
+    from optuna_dashboard import save_note
+
+    parts = [
+        f"{m} {format_value(m, v)}" + (f" / {format_value(m, limits[m])}" if m in limits else "")
+        for m, v in costs.items()
+    ]
+    rows = [
+        f"| {n} | {k} | {s} | {k / s:.1%} | `{'#' * round(20 * k / s):<20}` |"
+        for n, k, s in zip(names, keep.tolist(), sizes.tolist(), strict=False)
+    ]
+    body = (
+        f"**val accuracy {100 * accuracy:.2f}%**; {'; '.join(parts)}\n\n"
+        "| unit | keep | total | ratio | |\n|---|---:|---:|---:|---|\n" + "\n".join(rows)
+    )
+    save_note(trial, body)

@@ -1,0 +1,127 @@
+"""Search methods (uniform, random, optuna): budgets met on real models, seeds, Pareto picks."""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+import pytest
+from autoprune.search import SEARCH_METHODS, SearchProblem
+from autoprune.search.optuna_search import OptunaSearch
+from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
+from autoprune.search.testing import SyntheticEvaluator
+
+from autoprune.budgets import parse_budget
+from autoprune.compress import make_method
+from autoprune.costs import CostModel
+from autoprune.errors import UsageError
+from autoprune.models import build_model
+from autoprune.projection import ProjectionConfig
+from autoprune.runs import resolve_limits
+from autoprune.units import trace_units
+
+MODELS = {"lenet5": (1, 28, 28), "resnet18": (3, 32, 32), "mobilenet_v2": (3, 32, 32)}
+BUDGETS = [("macs", "30%"), ("params", "40%")]
+METHODS = {"uniform": {}, "random": {"trials": 5}, "optuna": {"trials": 8, "artifacts": False}}
+
+
+@cache
+def _cost_model(name: str) -> CostModel:
+    size = MODELS[name]
+    graph = trace_units(build_model(name, num_classes=10, input_size=size), size, "channel", name)
+    return CostModel(graph)
+
+
+def problem_for(
+    name: str, budgets: list[tuple[str, str]] = BUDGETS, seed: int = 0
+) -> SearchProblem:
+    """A search problem with a cheap synthetic evaluator (no data, no training)."""
+    cost_model = _cost_model(name)
+    parsed = [parse_budget(m, text) for m, text in budgets]
+    limits, _ = resolve_limits(parsed, cost_model, ProjectionConfig())
+    return SearchProblem(cost_model, limits, SyntheticEvaluator(cost_model.sizes), seed)
+
+
+def lenet5_problem() -> SearchProblem:
+    return problem_for("lenet5", [("macs", "10%")])
+
+
+def _meets(problem: SearchProblem, keep: np.ndarray) -> bool:
+    return all(problem.cost_model.metric(m, keep) <= lim for m, lim in problem.limits.items())
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+@pytest.mark.parametrize("method", list(METHODS))
+def test_every_allocation_meets_every_budget(model: str, method: str) -> None:
+    problem = problem_for(model)
+    result = SEARCH_METHODS.get(method)(**METHODS[method]).search(problem)
+    sizes = problem.sizes
+    assert (
+        result.keep.dtype.kind == "i" and np.all(result.keep >= 1) and np.all(result.keep <= sizes)
+    )
+    assert _meets(problem, result.keep)
+    assert result.trials and all(_meets(problem, t.keep) for t in result.trials)
+    assert result.score == max(t.score for t in result.trials)
+
+
+@pytest.mark.parametrize("method", ["random", "optuna"])
+def test_the_same_seed_gives_the_same_allocation(method: str) -> None:
+    runs = [
+        SEARCH_METHODS.get(method)(**METHODS[method]).search(problem_for("resnet18", seed=s))
+        for s in (3, 3, 4)
+    ]
+    assert np.array_equal(runs[0].keep, runs[1].keep)
+    assert [t.keep.tolist() for t in runs[0].trials] == [t.keep.tolist() for t in runs[1].trials]
+    assert [t.keep.tolist() for t in runs[0].trials] != [t.keep.tolist() for t in runs[2].trials]
+
+
+def test_optuna_beats_random_proposals_on_a_smooth_objective() -> None:
+    problem = problem_for("lenet5", [("macs", "10%")])
+    tpe = OptunaSearch(trials=30, artifacts=False).search(problem)
+    rnd = SEARCH_METHODS.get("random")(trials=30).search(problem)
+    assert tpe.score is not None and rnd.score is not None
+    assert tpe.score >= rnd.score - 1e-3
+
+
+def test_multi_objective_keeps_a_pareto_front_and_picks_from_it() -> None:
+    problem = problem_for("lenet5", [("macs", "30%")])
+    picks = {
+        p: OptunaSearch(trials=16, multi_objective="macs", pick=p, artifacts=False).search(problem)
+        for p in ("best", "cheapest", "knee")
+    }
+    best, cheapest = picks["best"], picks["cheapest"]
+    front = set(best.info["pareto"])
+    assert front and all(r.info["best_trial"] in front for r in picks.values())
+    assert best.info["objective"] == ["val_accuracy", "macs"]
+    macs = problem.cost_model.metric
+    assert macs("macs", cheapest.keep) <= macs("macs", best.keep)
+    assert cheapest.score is not None and best.score is not None and cheapest.score <= best.score
+    # proposals that already fit are kept as they are, so the front spans costs below the budget
+    costs = {t.costs["macs"] for t in best.trials}
+    assert min(costs) < 0.9 * problem.limits["macs"]
+    assert all(_meets(problem, t.keep) for t in best.trials)
+
+
+def test_pareto_front_and_pick_rules() -> None:
+    points = [(0.90, 100.0), (0.80, 50.0), (0.85, 120.0), (0.70, 10.0), (0.89, 60.0), (0.90, 100.0)]
+    front = pareto_front(points)
+    assert front == [3, 1, 4, 0]  # by cost; (0.85, 120) is dominated, the duplicate is dropped
+    assert pick_from_front(points, front, "best") == 0
+    assert pick_from_front(points, front, "cheapest") == 3
+    assert pick_from_front(points, front, "1%") == 4  # cheapest within 1 point of 0.90
+    assert pick_from_front(points, front, "knee") == 4
+    with pytest.raises(UsageError, match="--pick 'fastest'"):
+        check_pick("fastest")
+
+
+def test_bad_options_are_rejected_by_name() -> None:
+    with pytest.raises(UsageError, match="takes no option bogus"):
+        make_method("optuna", {"bogus": 1})
+    with pytest.raises(UsageError, match="takes no option storage"):
+        make_method("random", {"storage": "sqlite:///x.db"})
+    with pytest.raises(UsageError, match="--multi-objective 'speed'"):
+        OptunaSearch(multi_objective="speed")
+    with pytest.raises(UsageError, match="unknown sampler 'tpee'; did you mean 'tpe'"):
+        OptunaSearch(sampler="tpee")
+    with pytest.raises(UsageError, match="--n-jobs > 1 needs a shared storage"):
+        OptunaSearch(n_jobs=2).search(lenet5_problem())
