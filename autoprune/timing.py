@@ -11,6 +11,7 @@ import math
 import os
 import platform
 import statistics
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,9 @@ class TimingConfig:
     warmup: int = 3  # calls before the first block (allocator, oneDNN primitive caches)
     min_block_s: float = 1e-3  # a block repeats a fast call until it lasts this long (timer noise)
     threads: int | None = None  # None: torch's current setting
+    # After this long, stop at the end of a round (three rounds at least): a heavily loaded
+    # machine should make a run slower to report, not minutes longer.
+    max_seconds: float = 30.0
 
 
 def interleaved_medians(
@@ -51,7 +55,10 @@ def interleaved_medians(
         numbers.append(max(1, math.ceil(cfg.min_block_s / max(one, 1e-7))))
     samples: list[list[float]] = [[] for _ in fns]
     order = list(range(len(fns)))
+    start = time.perf_counter()
     for r in range(cfg.rounds):
+        if r >= 3 and time.perf_counter() - start > cfg.max_seconds:
+            break
         for i in order if r % 2 == 0 else reversed(order):
             samples[i].append(timers[i].timeit(numbers[i]).median)
     return [statistics.median(s) for s in samples]
