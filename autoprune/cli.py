@@ -290,7 +290,7 @@ class LatencyTableCmd(Command):
         else:
             _print(args, f"{args.model} @ {size}: {len(table.layers)} layers, dense "
                          f"{format_value('latency', table.info['dense_model_s'])} at batch {table.batch}, "
-                         f"{table.threads} threads, load {table.info['machine_before']['loadavg'][0]}; wrote {out}")  # fmt: skip
+                         f"{table.threads} threads, other jobs busy {table.info['others_cores']} cores; wrote {out}")  # fmt: skip
         return 0
 
 

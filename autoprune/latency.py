@@ -27,6 +27,7 @@ from autoprune.latency_table import LatencyPredictor, LatencyTable, LayerTiming
 from autoprune.masking import slim
 from autoprune.projection import ProjectionConfig, min_keeps
 from autoprune.timing import (
+    OtherJobs,
     TimingConfig,
     compare_latency,
     machine_info,
@@ -37,6 +38,7 @@ from autoprune.units import UnitGraph
 
 TABLE_FILE = "latency_table.json"
 MISS_TOLERANCE = 0.10  # `search` warns when the measured latency exceeds its budget by more
+BUSY_WARNING_CORES = 0.5  # other jobs' CPU use while measuring that makes a table suspect
 
 
 @dataclass(frozen=True)
@@ -77,47 +79,33 @@ def measure_table(
     lo_out, lo_in = cost_model.layer_widths(np.ones(len(graph.units), dtype=np.int64))
     hi_out, hi_in = cost_model.layer_widths(cost_model.dense_keep)
     layers = []
-    for i, lay in enumerate(graph.layers):
-        mod, shape = inputs[lay.name]
-        multiple = (
-            1 if lay.depthwise else lay.groups
-        )  # a grouped conv needs widths divisible by groups
-        outs = _grid(lo_out[i], hi_out[i], cfg.fractions, multiple)
-        if lay.depthwise:
-            ins = [max(1, round(o * lay.in_channels / lay.out_channels)) for o in outs]
-        else:
-            ins = _grid(lo_in[i], hi_in[i], cfg.fractions, multiple)
-        secs = time_layer(mod, shape, outs, ins, lay.depthwise, cfg.batch, cfg.timing)
-        layers.append(
-            LayerTiming(
-                lay.name,
-                outs,
-                ins,
-                secs,
-                lay.depthwise,
-                f"{type(mod).__name__} input {list(shape)}",
+    with OtherJobs() as others:
+        for i, lay in enumerate(graph.layers):
+            mod, shape = inputs[lay.name]
+            multiple = 1 if lay.depthwise else lay.groups  # grouped: widths divisible by groups
+            outs = _grid(lo_out[i], hi_out[i], cfg.fractions, multiple)
+            ins = (
+                [max(1, round(o * lay.in_channels / lay.out_channels)) for o in outs]
+                if lay.depthwise
+                else _grid(lo_in[i], hi_in[i], cfg.fractions, multiple)
             )
-        )
-        if progress:
-            print(
-                f"  {lay.name}: {len(outs)}x{1 if lay.depthwise else len(ins)} widths, dense "
-                f"{format_value('latency', secs[-1][-1])}",
-                flush=True,
-            )
-    table = LatencyTable(
-        graph.model_name,
-        graph.input_size,
-        graph.signature,
-        cfg.batch,
-        threads,
-        layers,
-        0.0,
-        0.0,
-        info,
-    )
-    _fit_rest(table, model, graph, cost_model, cfg)
-    info["machine_after"] = machine_info(threads)
-    info["seconds_to_measure"] = round(time.perf_counter() - t0, 2)
+            secs = time_layer(mod, shape, outs, ins, lay.depthwise, cfg.batch, cfg.timing)
+            what = f"{type(mod).__name__} input {list(shape)}"
+            layers.append(LayerTiming(lay.name, outs, ins, secs, lay.depthwise, what))
+            if progress:
+                grid = f"{len(outs)}x{1 if lay.depthwise else len(ins)}"
+                dense = format_value("latency", secs[-1][-1])
+                print(f"  {lay.name}: {grid} widths, dense {dense}", flush=True)
+        g = graph
+        table = LatencyTable(g.model_name, g.input_size, g.signature, cfg.batch, threads, layers,
+                             0.0, 0.0, info)  # fmt: skip
+        _fit_rest(table, model, graph, cost_model, cfg)
+    info.update(machine_after=machine_info(threads), others_cores=others.cores,
+                seconds_to_measure=round(time.perf_counter() - t0, 2))  # fmt: skip
+    if others.cores is not None and others.cores > BUSY_WARNING_CORES:
+        warnings.warn(f"other jobs kept {others.cores:.1f} CPU cores busy while the latency table "
+                      "was measured; its timings may be inflated: re-measure on an idle machine",
+                      stacklevel=2)  # fmt: skip
     return table
 
 

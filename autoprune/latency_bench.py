@@ -15,6 +15,8 @@ import os
 import shlex
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +31,7 @@ from autoprune.latency_report import plot, readme
 from autoprune.masking import slim
 from autoprune.models import build_model
 from autoprune.projection import ProjectionConfig, project
-from autoprune.timing import TimingConfig, compare_latency, machine_info
+from autoprune.timing import OtherJobs, TimingConfig, compare_latency, machine_info
 from autoprune.units import trace_units
 
 
@@ -47,12 +49,29 @@ MODELS = {
 }
 
 
-def wait_for_quiet(max_load: float, max_wait_s: float) -> float:
-    """Wait until the 1-minute load average drops below `max_load` (other jobs share the CPUs)."""
+@dataclass(frozen=True)
+class Quiet:
+    """When to start a measurement: other jobs keep fewer than `max_busy` cores busy."""
+
+    max_busy: float = 0.3
+    max_wait_s: float = 900.0  # then measure anyway; the conditions are recorded either way
+
+
+@contextmanager
+def watched(quiet: Quiet) -> Iterator[dict[str, float | None]]:
+    """Wait for a quiet machine, then record how busy other jobs kept it during the block."""
     start = time.monotonic()
-    while os.getloadavg()[0] > max_load and time.monotonic() - start < max_wait_s:
-        time.sleep(15)
-    return os.getloadavg()[0]
+    while True:
+        with OtherJobs() as idle:
+            time.sleep(5.0)
+        waited = time.monotonic() - start
+        if (idle.cores or 0.0) <= quiet.max_busy or waited > quiet.max_wait_s:
+            break
+    conditions = {"others_cores_before": idle.cores, "waited_s": round(waited),
+                  "loadavg_before": os.getloadavg()[0]}  # fmt: skip
+    with OtherJobs() as during:
+        yield conditions
+    conditions.update(others_cores_during=during.cores, loadavg_after=os.getloadavg()[0])
 
 
 def random_keeps(cm: CostModel, n: int, seed: int) -> list[np.ndarray]:
@@ -76,8 +95,7 @@ def bench_model(
     *,
     n_random: int,
     seed: int,
-    max_load: float,
-    max_wait_s: float,
+    quiet: Quiet,
     tables: Path,
 ) -> dict[str, Any]:
     torch.manual_seed(seed)
@@ -90,8 +108,8 @@ def bench_model(
         "units": len(graph.units),
     }
 
-    out["load_before_table"] = wait_for_quiet(max_load, max_wait_s)
-    table = measure_table(model, graph, cm, cfg, progress=True)
+    with watched(quiet) as out["conditions_table"]:
+        table = measure_table(model, graph, cm, cfg, progress=True)
     table.save(tables / f"{spec.name}.json")
     predict = register_latency(cm, table)
     out["table"] = {
@@ -99,14 +117,12 @@ def bench_model(
         "layers": len(table.layers),
         "rest_const_s": table.rest_const,
         "rest_per_activation_s": table.rest_per_activation,
-        "load": [table.info["machine_before"]["loadavg"], table.info["machine_after"]["loadavg"]],
     }
 
     keeps = random_keeps(cm, n_random, seed)
     models = {"dense": model} | {f"r{i}": slimmed(model, cm, k) for i, k in enumerate(keeps)}
-    out["load_before_random"] = wait_for_quiet(max_load, max_wait_s)
-    measured = compare_latency(models, spec.input_size, batch=cfg.batch, cfg=cfg.timing)
-    out["load_after_random"] = os.getloadavg()[0]
+    with watched(quiet) as out["conditions_random"]:
+        measured = compare_latency(models, spec.input_size, batch=cfg.batch, cfg=cfg.timing)
     pred = np.array([predict(k) for k in keeps])
     meas = np.array([measured[f"r{i}"] for i in range(len(keeps))])
     out["random"] = {
@@ -124,7 +140,7 @@ def bench_model(
         "bias_s": float((pred - meas).mean()),
     }
     out["budgets"] = [
-        budget_row(model, cm, spec, cfg, metric, frac, max_load, max_wait_s)
+        budget_row(model, cm, spec, cfg, metric, frac, quiet)
         for metric, frac in (("macs", 0.5), ("macs", 0.3), ("latency", 0.5))
     ]
     return out
@@ -137,17 +153,15 @@ def budget_row(
     cfg: LatencyConfig,
     metric: str,
     frac: float,
-    max_load: float,
-    max_wait_s: float,
+    quiet: Quiet,
 ) -> dict[str, Any]:
     """Project uniform ratios onto one budget, slim, and time the result against the dense model."""
     dense = {m: cm.metric(m, cm.dense_keep) for m in ("macs", "latency")}
     keep = project(np.full(len(cm.sizes), 1.0), cm, {metric: frac * dense[metric]})
     final = slimmed(model, cm, keep)
-    load = wait_for_quiet(max_load, max_wait_s)
-    t = compare_latency(
-        {"dense": model, "final": final}, spec.input_size, batch=cfg.batch, cfg=cfg.timing
-    )
+    with watched(quiet) as conditions:
+        t = compare_latency({"dense": model, "final": final}, spec.input_size, batch=cfg.batch,
+                            cfg=cfg.timing)  # fmt: skip
     macs = cm.metric("macs", keep)
     return {
         "budget": f"{metric} {100 * frac:.0f}%",
@@ -158,7 +172,7 @@ def budget_row(
         "dense_s": t["dense"],
         "final_s": t["final"],
         "measured_latency_fraction": t["final"] / t["dense"],
-        "load": load,
+        "conditions": conditions,
     }
 
 
@@ -170,12 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--random", type=int, default=20)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--max-load", type=float, default=1.0, help="wait for a 1-minute load average below this"
-    )
-    p.add_argument(
-        "--max-wait", type=float, default=900.0, help="seconds to wait for it, per measurement"
-    )
+    p.add_argument("--max-busy", type=float, default=Quiet.max_busy,
+                   help="wait until other jobs keep fewer CPU cores than this busy")  # fmt: skip
+    p.add_argument("--max-wait", type=float, default=Quiet.max_wait_s,
+                   help="seconds to wait for that, per measurement")  # fmt: skip
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -191,8 +203,7 @@ def main(argv: list[str] | None = None) -> int:
                 cfg,
                 n_random=args.random,
                 seed=args.seed,
-                max_load=args.max_load,
-                max_wait_s=args.max_wait,
+                quiet=Quiet(args.max_busy, args.max_wait),
                 tables=out / "tables",
             )
         )
@@ -207,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         "rounds": args.rounds,
         "random": args.random,
         "fractions": list(cfg.fractions),
-        "max_load": args.max_load,
+        "max_busy": args.max_busy,
         "max_wait_s": args.max_wait,
         "results": results,
     }

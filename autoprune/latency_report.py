@@ -44,15 +44,19 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 RANDOM_HEADER = (
     "model|input|units|table built in|dense measured|dense predicted|Pearson r|"
-    "Spearman rho|MAE|MAPE|mean bias|load (1 min)"
+    "Spearman rho|MAE|MAPE|mean bias|other jobs (cores): table, timing|load avg"
 )
-BUDGET_HEADER = "model|budget|MAC reduction|predicted speed-up|measured speed-up|dense|final|load"
+BUDGET_HEADER = (
+    "model|budget|MAC reduction|predicted speed-up|measured speed-up|dense|final|"
+    "other jobs (cores)|load avg"
+)
 
 
 def _table(header: str, rows: list[list[object]]) -> list[str]:
     """A Markdown table from a '|'-separated header and rows of cells."""
-    cols = header.split("|")
-    lines = [cols, ["---"] * len(cols), *rows]
+    cols: list[object] = list(header.split("|"))
+    sep: list[object] = ["---"] * len(cols)
+    lines = [cols, sep, *rows]
     return ["| " + " | ".join(str(c) for c in cells) + " |" for cells in lines]
 
 
@@ -63,14 +67,17 @@ def _random_row(res: dict[str, Any]) -> list[object]:
         f"{res['table']['seconds_to_measure']:.0f} s", _ms(r["dense_measured_s"]),
         _ms(r["dense_predicted_s"]), f"{r['pearson_r']:.3f}", f"{r['spearman_rho']:.3f}",
         _ms(r["mae_s"]), f"{100 * r['mape']:.1f}%", _ms(r["bias_s"]),
-        f"{res['load_before_random']:.2f} -> {res['load_after_random']:.2f}",
+        f"{res['conditions_table']['others_cores_during']:.2f}, "
+        f"{res['conditions_random']['others_cores_during']:.2f}",
+        _load(res["conditions_random"]),
     ]  # fmt: skip
 
 
 def _budget_row(model: str, b: dict[str, Any]) -> list[object]:
     return [
         model, b["budget"], f"{b['mac_reduction']:.2f}x", f"{b['predicted_speedup']:.2f}x",
-        f"{b['measured_speedup']:.2f}x", _ms(b["dense_s"]), _ms(b["final_s"]), f"{b['load']:.2f}",
+        f"{b['measured_speedup']:.2f}x", _ms(b["dense_s"]), _ms(b["final_s"]),
+        f"{b['conditions']['others_cores_during']:.2f}", _load(b["conditions"]),
     ]  # fmt: skip
 
 
@@ -85,10 +92,13 @@ def readme(summary: dict[str, Any]) -> str:
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
         f"**{s['threads']} threads**, batch {s['batch']}. Timings are medians of {s['rounds']} "
         "interleaved rounds (torch.utils.benchmark, warm-up before every block) of models with "
-        "untrained weights (a dense kernel's speed does not depend on the values). The machine "
-        "is shared: the 1-minute load average is listed with every measurement, and the script "
-        f"waits for it to drop below {s['max_load']} before each one (at most "
-        f"{s['max_wait_s']:.0f} s).",
+        "untrained weights (a dense kernel's speed does not depend on the values).",
+        "",
+        "The machine is shared. Before each measurement the script waits (at most "
+        f"{s['max_wait_s']:.0f} s) until other jobs keep fewer than {s['max_busy']} cores busy "
+        "over 5 s; *other jobs (cores)* is what they used during the measurement (all CPU time "
+        "from /proc/stat minus this process's own), and *load avg* is os.getloadavg()'s 1-minute "
+        "value before -> after (it counts this benchmark's own threads too).",
         "",
         f"## Predicted against measured latency, {s['random']} random allocations per model",
         "",
@@ -101,6 +111,10 @@ def readme(summary: dict[str, Any]) -> str:
         *_table(BUDGET_HEADER, [_budget_row(r["model"], b) for r in results for b in r["budgets"]]),
         "",
     ])  # fmt: skip
+
+
+def _load(c: dict[str, float]) -> str:
+    return f"{c['loadavg_before']:.2f} -> {c['loadavg_after']:.2f}"
 
 
 def _ms(s: float) -> str:

@@ -193,6 +193,37 @@ def time_layer(
     return [medians[r * n : (r + 1) * n] for r in range(len(out_widths))]
 
 
+def system_busy_s() -> float | None:
+    """CPU seconds all processes spent busy since boot (not idle or iowait); None off Linux."""
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    return (sum(fields) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class OtherJobs:
+    """How many CPU cores other processes kept busy while the `with` block ran.
+
+    The machine's busy time minus this process's own CPU time, so the timed code's threads do not
+    count (the load average counts them, and lags by a minute). `cores` is None off Linux.
+    """
+
+    cores: float | None = None
+
+    def __enter__(self) -> OtherJobs:
+        self._start = (time.monotonic(), system_busy_s(), time.process_time())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        t0, busy0, own0 = self._start
+        busy = system_busy_s()
+        if busy is not None and busy0 is not None:
+            own, wall = time.process_time() - own0, time.monotonic() - t0
+            self.cores = round(max(0.0, (busy - busy0 - own) / max(wall, 1e-9)), 2)
+
+
 def machine_info(threads: int | None = None) -> dict[str, Any]:
     """What a timing depends on: CPU, thread count, torch build and the load when it was taken."""
     return {
