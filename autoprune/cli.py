@@ -172,6 +172,8 @@ class Search(Command):
         p.add_argument("--latency-table", metavar="FILE",
                        help="for --budget-latency: a table from `autoprune latency-table` (default: measure one)")  # fmt: skip
         add_search_arguments(p)
+        p.add_argument("--episodes", type=int, help="rl: episodes the agent plays (default 200)")
+        p.add_argument("--agent", help="rl: ddpg (default) | td3 | sac")
         _backend_args(p)
         p.add_argument("--out", help="run directory (default runs/search-MODEL-DATASET-TIMESTAMP)")
 
@@ -185,10 +187,12 @@ class Search(Command):
         if not budgets:
             raise UsageError("no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)")
         resolve_defaults(args)
+        options = method_options(args)
+        options.update({k: v for k, v in {"episodes": args.episodes, "agent": args.agent}.items() if v is not None})
         cfg = SearchRun(
             dataset=args.dataset, out=args.out, budgets=budgets, model=args.model, data_dir=args.data_dir,
             checkpoint=args.checkpoint, input_size=args.input_size, method=args.method,
-            method_options=method_options(args), evaluator=evaluator_config(args), resume=args.study is not None,
+            method_options=options, evaluator=evaluator_config(args), resume=args.study is not None,
             granularity=args.granularity, seed=args.seed, no_prune=args.no_prune,
             backend=args.backend, backend_cfg=_backend_cfg(args),
             projection=ProjectionConfig(min_ratio=args.min_ratio),
