@@ -96,9 +96,11 @@ def readme(summary: dict[str, Any]) -> str:
         "",
         "The machine is shared. Before each measurement the script waits (at most "
         f"{s['max_wait_s']:.0f} s) until other jobs keep fewer than {s['max_busy']} cores busy "
-        "over 5 s; *other jobs (cores)* is what they used during the measurement (all CPU time "
-        "from /proc/stat minus this process's own), and *load avg* is os.getloadavg()'s 1-minute "
-        "value before -> after (it counts this benchmark's own threads too).",
+        "over 5 s, and repeats a measurement during which they used more than "
+        f"{s['max_busy_during']} (at most {s['attempts']} times, keeping the quietest). "
+        "*other jobs (cores)* is what they used during the kept measurement (all CPU time from "
+        "/proc/stat minus this process's own); *load avg* is os.getloadavg()'s 1-minute value "
+        "before -> after (it counts this benchmark's own threads too).",
         "",
         f"## Predicted against measured latency, {s['random']} random allocations per model",
         "",
