@@ -44,8 +44,8 @@ class EvaluatorConfig:
     finetune_lr: float = 0.01
     seed: int = 0
     # Score a physically slimmed copy instead of a masked model (channel granularity only): the
-    # forward passes then cost what the allocation costs, which repays the slimming (about a
-    # second) on large models. None: slim when the dense model needs >= 100M MACs per image.
+    # passes then cost what the allocation costs, which repays the slimming (a fraction of a
+    # second to a few seconds). None: slim when fine-tuning or at >= 100M dense MACs per image.
     physical: bool | None = None
 
     def __post_init__(self) -> None:
@@ -134,8 +134,11 @@ class MaskEvaluator:
         self.cache: dict[tuple[int, ...], EvalResult] = {}
         self.calls = 0
         physical = self.cfg.physical
-        if physical is None:
-            physical = sum(lay.macs for lay in graph.layers) >= PHYSICAL_MACS
+        if physical is None:  # a fine-tune runs forward and backward many times: slimming repays
+            physical = (
+                self.cfg.finetune_steps > 0
+                or sum(lay.macs for lay in graph.layers) >= PHYSICAL_MACS
+            )
         self.physical = bool(physical) and graph.granularity == "channel"
 
     @classmethod

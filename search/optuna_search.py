@@ -7,19 +7,12 @@ params or size) and the allocation is picked from the Pareto front.
 
 The study lives in a real Optuna storage (SQLite in the run directory by default, any SQLAlchemy
 URL otherwise), so a search survives Ctrl-C and kill -9 (finished trials are committed one by one)
-and `n_jobs` worker processes can share it. Every trial records its allocation, predicted costs
-and validation accuracy as user attributes, plus a Markdown note (and, with an artifact folder, a
-PNG chart) of the keep ratio per unit, for optuna-dashboard.
+and `n_jobs` worker processes can share it (see autoprune.search.trials). Every trial records its
+allocation, predicted costs and validation accuracy for optuna-dashboard.
 """
 
 from __future__ import annotations
 
-import contextlib
-import multiprocessing
-import os
-import socket
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,21 +29,12 @@ from autoprune.search.base import (
     best_of,
 )
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
-from autoprune.search.study import (
-    SAMPLERS,
-    StudySpec,
-    check_study,
-    open_storage,
-    safe_url,
-    trial_note,
-)
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from autoprune.search.study import SAMPLERS, StudySpec, check_study, open_storage, safe_url
+from autoprune.search.trials import quiet_optuna, run_workers
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
-from tqdm.auto import tqdm
 
 from autoprune.errors import AutoPruneError, UsageError
-from autoprune.projection import min_keeps
 
 STUDY_DB = "study.db"  # the default storage's file inside SearchProblem.workdir
 ARTIFACTS = "artifacts"  # the artifact store's folder inside SearchProblem.workdir
@@ -111,7 +95,7 @@ class OptunaSearch(SearchMethod):
         before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         check_study(study, problem, spec, resume=self.study is not None)
         try:
-            _run_workers(spec, problem, study, self.n_jobs)
+            run_workers(spec, problem, study, self.n_jobs)
             return self._result(study, problem, spec, before)
         finally:
             if isinstance(storage, RDBStorage):
@@ -181,157 +165,3 @@ class OptunaSearch(SearchMethod):
             }
         info["best_trial"] = best.number
         return SearchResult(best.keep, best.score, trials, info)
-
-
-def _run_workers(spec: StudySpec, problem: SearchProblem, study: optuna.Study, n_jobs: int) -> None:
-    """Worker 0 runs here; workers 1.. are spawned processes on the same storage."""
-    if n_jobs == 1:
-        optimize(study, problem, spec, worker=0)
-        return
-    ctx = multiprocessing.get_context("spawn")  # fork is unsafe after torch has started threads
-    procs = [
-        ctx.Process(target=_work, args=(spec, problem, w), daemon=False) for w in range(1, n_jobs)
-    ]
-    try:
-        for p in procs:
-            p.start()
-    except (TypeError, AttributeError, RuntimeError) as e:  # pickling the problem failed
-        raise UsageError(
-            f"--n-jobs {n_jobs} needs a picklable evaluator and cost model ({e}); use --n-jobs 1"
-        ) from None
-    interrupted = False
-    try:
-        optimize(study, problem, spec, worker=0)
-    except KeyboardInterrupt:
-        interrupted = True
-        for p in procs:  # SIGINT lets each worker mark its running trial FAIL before it exits
-            if p.is_alive() and p.pid is not None:
-                os.kill(p.pid, 2)
-        raise
-    finally:
-        for p in procs:
-            p.join(timeout=None if not interrupted else 30)
-            if p.is_alive():
-                p.terminate()
-                p.join()
-    failed = [
-        f"worker {w} exit code {p.exitcode}" for w, p in enumerate(procs, 1) if p.exitcode != 0
-    ]
-    if failed:
-        raise AutoPruneError(
-            f"search workers failed ({', '.join(failed)}); see their tracebacks above"
-        )
-
-
-def quiet_optuna() -> None:
-    """Optuna's per-trial INFO lines and experimental-API warnings would drown the progress bar."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-
-
-def _work(spec: StudySpec, problem: SearchProblem, worker: int) -> None:
-    """Entry point of a spawned worker process."""
-    torch.set_num_threads(spec.threads)
-    storage = open_storage(spec.storage, spec.heartbeat_s)
-    study = optuna.load_study(study_name=spec.study, storage=storage)
-    # On Ctrl-C the running trial is already marked FAIL; the parent reports the interrupt.
-    with contextlib.suppress(KeyboardInterrupt):
-        optimize(study, problem, spec, worker=worker)
-
-
-def optimize(study: optuna.Study, problem: SearchProblem, spec: StudySpec, *, worker: int) -> None:
-    """Run trials until the study holds `spec.trials` completed ones."""
-    quiet_optuna()
-    study.sampler = SAMPLERS.get(spec.sampler)(
-        spec.seed + worker, spec.trials, spec.cost_metric is not None
-    )
-    objective = _Objective(problem, spec)
-
-    def complete() -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-
-    done = complete()
-    with tqdm(
-        total=spec.trials,
-        initial=min(done, spec.trials),
-        desc="search",
-        leave=False,
-        disable=not (spec.progress and worker == 0),
-    ) as bar:
-        while done < spec.trials:
-            study.optimize(objective, n_trials=1, catch=())
-            now = complete()
-            bar.update(min(now, spec.trials) - min(done, spec.trials))
-            done = now
-
-
-class _Objective:
-    """One trial: ratios -> projected keeps -> validation accuracy (and cost), all recorded."""
-
-    def __init__(self, problem: SearchProblem, spec: StudySpec) -> None:
-        self.problem = problem
-        self.spec = spec
-        self.names = [u.name for u in problem.cost_model.graph.units]
-        self.store = None
-        if spec.artifact_dir is not None:
-            Path(spec.artifact_dir).mkdir(parents=True, exist_ok=True)
-            self.store = FileSystemArtifactStore(spec.artifact_dir)
-
-    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        p = self.problem
-        lo = p.projection.min_ratio
-        ratios = np.array([trial.suggest_float(n, lo, 1.0) for n in self.names])
-        keep = self._keep(ratios)
-        costs = p.costs(keep)
-        assert p.evaluate is not None  # checked by OptunaSearch.search
-        detailed = getattr(p.evaluate, "evaluate", None)  # MaskEvaluator also reports the loss
-        if detailed is not None:
-            res = detailed(keep)
-            acc, loss = float(res.accuracy), float(res.loss)
-        else:
-            acc, loss = float(p.evaluate(keep)), None
-        ratio = (keep / p.sizes).round(4).tolist()
-        attrs = {
-            "keep": [int(k) for k in keep],
-            "keep_ratio": ratio,
-            "costs": costs,
-            "val_accuracy": acc,
-            "val_loss": loss,
-            "worker": f"{socket.gethostname()}:{os.getpid()}",  # which process ran it (--n-jobs)
-        }
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        trial_note(trial, self.names, keep, p.sizes, costs, acc, p.limits)
-        self._chart(trial, ratio, acc)
-        if self.spec.cost_metric is None:
-            return acc
-        return acc, float(p.cost_model.metric(self.spec.cost_metric, keep))
-
-    def _keep(self, ratios: np.ndarray) -> np.ndarray:
-        p = self.problem
-        if self.spec.cost_metric is None:
-            return p.project(ratios)  # accuracy grows with size: fill the budget
-        # Trading accuracy against cost: keep the proposal as it is when it already fits, so the
-        # front spans every cost below the budget, and project only what does not fit.
-        raw = np.clip(np.round(ratios * p.sizes), min_keeps(p.sizes, p.projection), p.sizes).astype(
-            np.int64
-        )
-        fits = all(p.cost_model.metric(m, raw) <= lim for m, lim in p.limits.items())
-        return raw if fits else p.project(ratios)
-
-    def _chart(self, trial: optuna.Trial, ratio: list[float], acc: float) -> None:
-        if self.store is None:
-            return
-        from autoprune.plots import keep_ratio_chart
-
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / f"keep_ratio_trial{trial.number}.png"
-            keep_ratio_chart(
-                self.names, ratio, path, title=f"trial {trial.number}: val acc {100 * acc:.2f}%"
-            )
-            upload_artifact(
-                artifact_store=self.store,
-                file_path=str(path),
-                study_or_trial=trial,
-                mimetype="image/png",
-            )

@@ -1,0 +1,311 @@
+"""`autoprune bench search-lenet5-mnist`: the search methods against each other on LeNet-5 / MNIST.
+
+At channel granularity and 10% / 5% of the dense MACs, `uniform`, `random` and `optuna` each
+search an allocation of one dense checkpoint (random and optuna with the same trials and the same
+evaluator: a validation subset and a short fine-tune), the same backend trains every allocation
+with the same epochs, and the test split gives the final accuracy. Then allocations drawn from
+the trials at 10% (spread over their proxy accuracies) are trained the same way, to measure how
+well the proxy ranks them (Spearman). Finished runs in OUT are reused; `force` redoes them.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.backends.base import BackendConfig
+from autoprune.bench_search_report import checks as render_checks
+from autoprune.bench_search_report import render_readme, spearman
+from autoprune.budgets import parse_budget
+from autoprune.compress import PruneRun, SearchRun, run_prune, run_search
+from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
+from autoprune.projection import ProjectionConfig
+from autoprune.runs import TrainRun, load_model_and_data, resolve_limits, run_train, trace
+from autoprune.training import TrainConfig
+
+NAME = "search-lenet5-mnist"
+SHARED_DENSE = Path("results") / "lenet5-mnist" / "dense"  # the backend benchmark's, if present
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides the numbers; the defaults keep the benchmark near 30 CPU minutes."""
+
+    dataset: str = "mnist"
+    budgets: tuple[str, ...] = ("10%", "5%")  # of the dense MACs
+    methods: tuple[str, ...] = ("uniform", "random", "optuna")
+    trials: int = 40  # random and optuna alike
+    # 2000 validation images after 20 SGD steps of 128 on the slimmed model: a couple of seconds a
+    # trial, and a fine-tuned proxy ranks allocations better than the raw masked accuracy
+    # (LeNet-5 has no BatchNorm to recalibrate)
+    evaluator: EvaluatorConfig = field(
+        default_factory=lambda: EvaluatorConfig(
+            val_limit=2000, finetune_steps=20, batch_size=128, bn_batches=0, physical=True
+        )
+    )
+    backend: str = "reweighted"
+    epochs: int = 2
+    finetune_epochs: int = 1
+    lr: float = 0.01
+    correlation: int = 10  # allocations (the methods' own included) behind the rank correlation
+    dense: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=15, seed=0))
+    seed: int = 0
+
+    def backend_cfg(self, progress: bool) -> BackendConfig:
+        return BackendConfig(
+            epochs=self.epochs,
+            finetune_epochs=self.finetune_epochs,
+            lr=self.lr,
+            seed=self.seed,
+            progress=progress,
+        )
+
+
+QUICK = Recipe(
+    dataset="digits",
+    trials=6,
+    epochs=1,
+    finetune_epochs=1,
+    correlation=4,
+    evaluator=EvaluatorConfig(finetune_steps=5, bn_batches=0),
+    dense=TrainConfig(epochs=3, seed=0),
+)
+
+
+def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
+    """Run (or reuse) every search and training run; write OUT/README.md and OUT/summary.json.
+
+    `cfg` has the fields of the bench registry's BenchConfig: data_dir, out, quick, force, progress.
+    """
+    recipe = QUICK if cfg.quick else Recipe()
+    out = Path(cfg.out or Path("results") / NAME)
+    data_dir = None if cfg.quick else cfg.data_dir
+    dense = _dense(out, recipe, data_dir, cfg)
+    rows = []
+    for budget in recipe.budgets:
+        for method in recipe.methods:
+            run = out / "runs" / f"{method}-{budget.rstrip('%')}pct"
+            if cfg.force or not (run / "metrics.json").is_file():
+                run_search(_search_run(recipe, method, budget, dense, data_dir, run, cfg.progress))
+            rows.append(_row(run, method, budget))
+    _fill_uniform_proxy(rows, recipe, dense, data_dir)
+    corr = _correlation(out, recipe, rows, dense, data_dir, cfg)
+    summary = {
+        "benchmark": NAME,
+        "quick": bool(cfg.quick),
+        "dataset": recipe.dataset,
+        "command": _command(cfg),
+        "dense": _dense_row(dense),
+        "recipe": _recipe_dict(recipe),
+        "rows": rows,
+        "correlation": corr,
+    }
+    write_json_atomic(out / "summary.json", summary)
+    (out / "README.md").write_text(render_readme(summary, out))
+    (out / ".gitignore").write_text(
+        "# large or re-creatable: checkpoints, programs, studies\n"
+        "*.pt\n*.pt2\n*.db\n*.db-*\nartifacts/\nepochs/\n.*.partial/\n"
+    )
+    return summary
+
+
+def _dense(out: Path, recipe: Recipe, data_dir: str | None, cfg: Any) -> str:
+    """The dense checkpoint: this benchmark's own if trained already, else the backend
+    benchmark's (results/lenet5-mnist/dense) if present, else one trained here now."""
+    own = out / "dense" / "checkpoint.pt"
+    shared = SHARED_DENSE / "checkpoint.pt"
+    if own.is_file() or cfg.quick or not shared.is_file():
+        if not own.is_file():
+            train = TrainRun("lenet5", recipe.dataset, str(own.parent), data_dir,
+                             train=recipe.dense, progress=cfg.progress, overwrite=True)  # fmt: skip
+            run_train(train)
+        return str(own)
+    return str(shared)
+
+
+def _search_run(
+    recipe: Recipe,
+    method: str,
+    budget: str,
+    dense: str,
+    data_dir: str | None,
+    run: Path,
+    progress: bool,
+) -> SearchRun:
+    options = {} if method == "uniform" else {"trials": recipe.trials}
+    return SearchRun(
+        dataset=recipe.dataset,
+        out=str(run),
+        budgets=[parse_budget("macs", budget)],
+        data_dir=data_dir,
+        checkpoint=dense,
+        method=method,
+        method_options=options,
+        granularity="channel",
+        seed=recipe.seed,
+        backend=recipe.backend,
+        backend_cfg=recipe.backend_cfg(progress),
+        evaluator=recipe.evaluator,
+        progress=progress,
+        overwrite=True,
+    )
+
+
+def _row(run: Path, method: str, budget: str) -> dict[str, Any]:
+    m = json.loads((run / "metrics.json").read_text())
+    return {
+        "method": method,
+        "budget": budget,
+        "run": str(run),
+        "proxy_accuracy": m["search"]["proxy_accuracy"],
+        "test_accuracy": m["final"]["accuracy"],
+        "search_s": m["search"]["seconds"],
+        "trials": m["search"]["trials"],
+        "macs": m["final"]["macs"],
+        "dense_macs": m["dense"]["macs"],
+        "keep": [u["keep"] for u in json.loads((run / "allocation.json").read_text())["units"]],
+        "budget_met": all(c["met"] for c in m["budgets"].values()),
+        "backend_s": m["wall_time_s"].get("prune"),
+    }
+
+
+def _fill_uniform_proxy(
+    rows: list[dict[str, Any]], recipe: Recipe, dense: str, data_dir: str | None
+) -> None:
+    """Uniform needs no evaluator to choose; score its allocation with the same one anyway."""
+    missing = [r for r in rows if r["proxy_accuracy"] is None]
+    if not missing:
+        return
+    loaded = load_model_and_data(
+        model=None, dataset=recipe.dataset, data_dir=data_dir, checkpoint=dense
+    )
+    graph, _ = trace(loaded, "channel")
+    evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, recipe.evaluator)
+    for r in missing:
+        r["proxy_accuracy"] = evaluate(np.array(r["keep"]))
+
+
+def _correlation(
+    out: Path,
+    recipe: Recipe,
+    rows: list[dict[str, Any]],
+    dense: str,
+    data_dir: str | None,
+    cfg: Any,
+) -> dict[str, Any]:
+    """Proxy against final accuracy at the first budget: the methods' own allocations, topped up
+    with trial allocations spread evenly over the proxy range, all trained the same way."""
+    budget = recipe.budgets[0]
+    mine = [r for r in rows if r["budget"] == budget]
+    points = {tuple(r["keep"]): (r["proxy_accuracy"], r["test_accuracy"]) for r in mine}
+    pool: dict[tuple[int, ...], float] = {}
+    for r in mine:
+        trials = Path(r["run"]) / "trials.json"
+        for t in json.loads(trials.read_text()) if r["method"] != "uniform" else []:
+            if tuple(t["keep"]) not in points:
+                pool.setdefault(tuple(t["keep"]), float(t["score"]))
+    ranked = sorted(pool.items(), key=lambda kv: kv[1])
+    extra = max(0, recipe.correlation - len(points))
+    spread = np.unique(np.linspace(0, len(ranked) - 1, extra).round().astype(int)) if extra else []
+    for keep, proxy in (ranked[i] for i in spread):
+        points[keep] = (proxy, _train_allocation(out, recipe, keep, proxy, dense, data_dir, cfg))
+    listed = [
+        {"keep": list(k), "proxy_accuracy": p, "test_accuracy": f} for k, (p, f) in points.items()
+    ]
+    rho = spearman([p["proxy_accuracy"] for p in listed], [p["test_accuracy"] for p in listed])
+    return {"budget": budget, "n": len(listed), "spearman": rho, "points": listed}
+
+
+def _train_allocation(
+    out: Path,
+    recipe: Recipe,
+    keep: tuple[int, ...],
+    proxy: float,
+    dense: str,
+    data_dir: str | None,
+    cfg: Any,
+) -> float:
+    """Final test accuracy of `keep` after the backend (a run directory named by the keeps)."""
+    name = "keep-" + "-".join(map(str, keep))
+    run = out / "correlation" / name
+    if cfg.force or not (run / "metrics.json").is_file():
+        loaded = load_model_and_data(
+            model=None, dataset=recipe.dataset, data_dir=data_dir, checkpoint=dense
+        )
+        graph, cost_model = trace(loaded, "channel")
+        budgets = [parse_budget("macs", recipe.budgets[0])]
+        _, dense_costs = resolve_limits(budgets, cost_model, ProjectionConfig())
+        k = np.array(keep)
+        path = out / "correlation" / f"{name}.json"
+        predicted = {m: cost_model.metric(m, k) for m in dense_costs}
+        Allocation.from_keep(graph, k, num_classes=loaded.num_classes, budgets=budgets,
+                             predicted=predicted, dense=dense_costs, method="bench",
+                             seed=recipe.seed, dataset=recipe.dataset, checkpoint=dense,
+                             extra={"proxy_accuracy": proxy}).save(path)  # fmt: skip
+        run_prune(PruneRun(str(path), str(run), recipe.backend, recipe.backend_cfg(cfg.progress),
+                           data_dir=data_dir, progress=cfg.progress, overwrite=True))  # fmt: skip
+    return float(json.loads((run / "metrics.json").read_text())["final"]["accuracy"])
+
+
+def _dense_row(dense: str) -> dict[str, Any]:
+    m = json.loads((Path(dense).parent / "metrics.json").read_text())
+    return {
+        "checkpoint": dense,
+        "test_accuracy": m["final"]["accuracy"],
+        "macs": m["final"]["macs"],
+        "epochs": len(m.get("history", [])),
+    }
+
+
+def _recipe_dict(r: Recipe) -> dict[str, Any]:
+    return {
+        "trials": r.trials,
+        "backend": r.backend,
+        "epochs": r.epochs,
+        "finetune_epochs": r.finetune_epochs,
+        "lr": r.lr,
+        "evaluator": r.evaluator.__dict__,
+        "seed": r.seed,
+        "budgets": list(r.budgets),
+        "dense_epochs": r.dense.epochs,
+    }
+
+
+def _command(cfg: Any) -> str:
+    parts = ["autoprune", "bench", NAME]
+    if cfg.quick:
+        parts.append("--quick")
+    elif cfg.data_dir:
+        parts += ["--data-dir", cfg.data_dir]
+    if cfg.out:
+        parts += ["--out", cfg.out]
+    return shlex.join(parts)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m autoprune.bench_search`: the benchmark without the bench registry."""
+    import argparse
+    from types import SimpleNamespace
+
+    p = argparse.ArgumentParser(prog="python -m autoprune.bench_search", description=__doc__)
+    p.add_argument("--data-dir")
+    p.add_argument("--out")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--force", action="store_true")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    cfg = SimpleNamespace(
+        data_dir=a.data_dir, out=a.out, quick=a.quick, force=a.force, progress=not a.quiet
+    )
+    summary = search_lenet5_mnist(cfg)
+    print("\n".join(line for line in render_checks(summary)))
+
+
+if __name__ == "__main__":
+    main()

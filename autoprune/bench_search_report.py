@@ -1,0 +1,140 @@
+"""The README of the search benchmark: a table per budget, the proxy's rank correlation, a plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autoprune.budgets import format_value
+
+SCATTER = "proxy_vs_final.png"
+
+
+def spearman(x: list[float], y: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None when undefined."""
+    from scipy.stats import spearmanr
+
+    if len(x) < 3 or len(set(x)) < 2 or len(set(y)) < 2:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _scatter(corr: dict[str, Any], path: Path) -> None:
+    from autoprune.plots import plt
+
+    pts = corr["points"]
+    fig, ax = plt.subplots(figsize=(5.6, 4.2))
+    ax.scatter(
+        [100 * p["proxy_accuracy"] for p in pts], [100 * p["test_accuracy"] for p in pts], s=22
+    )
+    rho = corr["spearman"]
+    ax.set_title(
+        f"{corr['n']} allocations at {corr['budget']} MACs: Spearman {rho:.2f}"
+        if rho is not None
+        else f"{corr['n']} allocations"
+    )
+    ax.set_xlabel("proxy: validation accuracy after the short fine-tune (%)")
+    ax.set_ylabel("final test accuracy after the backend (%)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def checks(summary: dict[str, Any]) -> list[str]:
+    """Optuna against uniform (final test accuracy) at every budget, and the correlation size."""
+    lines = []
+    for budget in summary["recipe"]["budgets"]:
+        by = {r["method"]: r for r in summary["rows"] if r["budget"] == budget}
+        if "optuna" in by and "uniform" in by:
+            o, u = by["optuna"]["test_accuracy"], by["uniform"]["test_accuracy"]
+            verdict = "beats" if o > u else "does NOT beat"
+            lines.append(
+                f"- {budget} MACs: optuna {verdict} uniform on final test accuracy "
+                f"({_pct(o)} vs {_pct(u)}, {100 * (o - u):+.2f} points)"
+            )
+    corr = summary["correlation"]
+    rho = corr["spearman"]
+    lines.append(
+        f"- Spearman rank correlation, proxy vs final, over {corr['n']} allocations at "
+        f"{corr['budget']} MACs: {'undefined' if rho is None else f'{rho:.2f}'}"
+    )
+    return lines
+
+
+TABLE_HEAD = (
+    "| method | proxy (val) accuracy | final test accuracy | search wall time | trials "
+    "| MACs (measured) | keep per unit |\n|---|---:|---:|---:|---:|---:|---|"
+)
+
+
+def _keep(keep: list[int]) -> str:
+    return " / ".join(map(str, keep))
+
+
+def _intro(summary: dict[str, Any]) -> list[str]:
+    r, d, ev = summary["recipe"], summary["dense"], summary["recipe"]["evaluator"]
+    val = ev["val_limit"] or "all"
+    return [
+        f"# {summary['benchmark']}: search methods on LeNet-5 / {summary['dataset']}",
+        "",
+        f"Produced by\n\n```\n{summary['command']}\n```",
+        "",
+        f"Dense LeNet-5 (`{d['checkpoint']}`, {d['epochs']} epochs): test accuracy "
+        f"{_pct(d['test_accuracy'])}, {format_value('macs', d['macs'])} MACs. Channel "
+        "granularity; budgets on MACs.",
+        "",
+        f"Every allocation is trained by the `{r['backend']}` backend for {r['epochs']} + "
+        f"{r['finetune_epochs']} (fine-tune) epochs at lr {r['lr']}, seed {r['seed']}. The proxy "
+        f"(what random and optuna maximise) is the validation accuracy on {val} held-out training "
+        f"images after {ev['finetune_steps']} SGD steps on the pruned model; random and optuna get "
+        f"{r['trials']} trials each. Search time is the wall time of the search stage only (2 CPU "
+        "cores shared with other jobs); the test split is read once, after the backend.",
+        "",
+    ]
+
+
+def render_readme(summary: dict[str, Any], out: Path) -> str:
+    _scatter(summary["correlation"], out / SCATTER)
+    lines = _intro(summary)
+    for budget in summary["recipe"]["budgets"]:
+        rows = [x for x in summary["rows"] if x["budget"] == budget]
+        if not rows:
+            continue
+        limit = float(budget.rstrip("%")) / 100 * rows[0]["dense_macs"]
+        lines += [f"## {budget} of dense MACs (<= {format_value('macs', limit)})", "", TABLE_HEAD]
+        lines += [
+            f"| {x['method']} | {_pct(x['proxy_accuracy'])} | {_pct(x['test_accuracy'])} | "
+            f"{x['search_s']:.1f} s | {x['trials']} | {format_value('macs', x['macs'])} | "
+            f"{_keep(x['keep'])} |"
+            for x in rows
+        ]
+        lines.append("")
+    corr = summary["correlation"]
+    lines += [
+        "## Does the proxy rank allocations like the final accuracy does?",
+        "",
+        f"{corr['n']} distinct allocations from the random and optuna trials at {corr['budget']} "
+        "MACs, spread evenly over their proxy accuracies, each trained like the rows above:",
+        "",
+        f"![proxy vs final]({SCATTER})",
+        "",
+        "| proxy (val) | final test | keep per unit |\n|---:|---:|---|",
+    ]
+    points = sorted(corr["points"], key=lambda p: p["proxy_accuracy"])
+    lines += [
+        f"| {_pct(p['proxy_accuracy'])} | {_pct(p['test_accuracy'])} | {_keep(p['keep'])} |"
+        for p in points
+    ]
+    lines += ["", "## Checks", "", *checks(summary), ""]
+    finals = np.array([p["test_accuracy"] for p in points])
+    if len(finals):
+        span = f"{_pct(finals.min())} to {_pct(finals.max())}"
+        lines += [f"Final accuracies of those allocations span {span}.", ""]
+    return "\n".join(lines)
