@@ -125,3 +125,35 @@ def test_bad_options_are_rejected_by_name() -> None:
         OptunaSearch(sampler="tpee")
     with pytest.raises(UsageError, match="--n-jobs > 1 needs a shared storage"):
         OptunaSearch(n_jobs=2).search(lenet5_problem())
+
+
+def test_bare_search_command_has_documented_defaults() -> None:
+    from autoprune.cli import build_parser
+    from autoprune.cli_search import method_options, resolve_defaults
+
+    args = build_parser().parse_args(["search", "--budget-flops", "300M"])
+    resolve_defaults(args)
+    assert (args.model, args.dataset, args.method, args.dense_epochs) == (
+        "resnet18",
+        "digits",
+        "optuna",
+        1,
+    )
+    assert args.out.startswith("runs/search-resnet18-digits-") and method_options(args) == {}
+    args = build_parser().parse_args(
+        [
+            "search",
+            "--budget-flops",
+            "50%",
+            "--checkpoint",
+            "c.pt",
+            "--multi-objective",
+            "--study",
+            "s",
+            "--n-jobs",
+            "2",
+        ]
+    )
+    resolve_defaults(args)
+    assert args.model is None and args.dense_epochs == 0
+    assert method_options(args) == {"multi_objective": "macs", "study": "s", "n_jobs": 2}
