@@ -35,6 +35,7 @@ from autoprune.runs import (
 )
 from autoprune.report import write_search_report
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem
+from autoprune.search.base import SearchContext
 from autoprune.staging import forget_stale_backend, refuse_interrupted, restore_dense
 from autoprune.training import TrainConfig, fit, set_seed
 from autoprune.units import Granularity
@@ -122,8 +123,9 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         evaluate = None
         if method.needs_evaluator:
             evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg.evaluator)
+        context = SearchContext(loaded.model, graph, loaded.data.train, loaded.data.val)
         problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
-                                progress=cfg.progress)  # fmt: skip
+                                progress=cfg.progress, context=context)  # fmt: skip
         result = method.search(problem)
         timings["search"] = time.perf_counter() - t
 

@@ -37,6 +37,28 @@ class Costs:
 MetricFn = Callable[[np.ndarray], float]
 
 
+@dataclass(frozen=True)
+class ChannelTerms:
+    """The coefficients behind a channel-granularity `CostModel`, for costs in another algebra.
+
+    Per layer: kept outputs O = a_out k + b_out, inputs per output I = a_in k + b_in, and per norm
+    module channels N = a_norm k + b_norm. Weights = O I kernel, MACs = weights x positions, and
+    parameters add bias O + norm_per N + other_params (what `layer_costs` computes).
+    """
+
+    a_out: np.ndarray
+    b_out: np.ndarray
+    a_in: np.ndarray
+    b_in: np.ndarray
+    a_norm: np.ndarray
+    b_norm: np.ndarray
+    norm_per: np.ndarray
+    kernel: np.ndarray
+    positions: np.ndarray
+    bias: np.ndarray
+    other_params: float
+
+
 class CostModel:
     """Costs of integer keep vectors over the units of one `UnitGraph`."""
 
@@ -85,6 +107,16 @@ class CostModel:
         # Sanity: a width that would go negative means the trace double-counted a member.
         if (self._b_out < -1e-6).any() or (self._b_in < -1e-6).any() or (self._b_norm < -1e-6).any():
             raise RuntimeError("channel units overlap; the traced groups are inconsistent")
+
+    def channel_terms(self) -> ChannelTerms:
+        """The affine width maps and per-layer factors (channel granularity only)."""
+        if self.graph.granularity != "channel":
+            raise ValueError("channel_terms needs a channel-granularity cost model")
+        return ChannelTerms(
+            self._a_out, self._b_out, self._a_in, self._b_in, self._a_norm, self._b_norm,
+            self._norm_per, self._kernel, self._positions, self._bias,
+            float(self.graph.other_params),
+        )  # fmt: skip
 
     # --- evaluation --------------------------------------------------------------------------
     @property

@@ -6,7 +6,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -14,9 +14,29 @@ from autoprune.costs import CostModel
 from autoprune.projection import ProjectionConfig, project
 from autoprune.registry import Registry
 
+if TYPE_CHECKING:
+    from torch import nn
+    from torch.utils.data import Dataset
+
+    from autoprune.units import UnitGraph
+
 # Scores an allocation (integer keeps per unit) by validation accuracy; higher is better. Passed in
 # as a callable so tests can use a cheap one and searches never touch data themselves.
 Evaluator = Callable[[np.ndarray], float]
+
+
+@dataclass
+class SearchContext:
+    """The dense model and its data, for methods that learn through the network (dsa).
+
+    Only the train and validation splits: a search never sees the test split. Methods work on a
+    copy of `model` and leave it as it is.
+    """
+
+    model: nn.Module
+    graph: UnitGraph
+    train: Dataset[Any]
+    val: Dataset[Any]
 
 
 @dataclass
@@ -32,6 +52,7 @@ class SearchProblem:
     # None: nowhere, the method keeps everything in memory.
     workdir: Path | None = None
     progress: bool = False  # show a progress bar while searching
+    context: SearchContext | None = None  # model and data; None where only costs are searched
 
     @property
     def sizes(self) -> np.ndarray:

@@ -1,0 +1,215 @@
+"""Differentiable sparsity allocation (dsa): keep ratios learned by gradient under the budgets.
+
+Every unit's keep ratio is a continuous parameter. Its elements get soft masks from their
+importance ranks whose mean is the ratio (search/dsa_masks.py), so the training loss is
+differentiable in the ratios; the budgets are differentiable too (autoprune/costs_torch.py).
+Each step lowers the loss plus an augmented Lagrangian of every budget (relative violation g,
+multiplier lambda), and the multipliers rise by dual ascent while a budget is exceeded, so the
+ratios settle where the marginal loss of each unit balances its marginal cost (Ning et al. 2020,
+who use ADMM for the same constraint). Weights may train with the masks, on a copy of the model.
+The shared projection then rounds the ratios so every budget holds exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from autoprune.search.base import (
+    SEARCH_METHODS,
+    SearchContext,
+    SearchMethod,
+    SearchProblem,
+    SearchResult,
+    Trial,
+)
+from autoprune.search.dsa_masks import (
+    SoftMasks,
+    keep_probabilities,
+    normalised_ranks,
+    straight_through,
+)
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from autoprune.costs_torch import TorchCostModel
+from autoprune.data import make_loader
+from autoprune.errors import UsageError
+from autoprune.evaluator import accumulate_gradients
+from autoprune.importance import IMPORTANCE, score_units
+from autoprune.masking import remove_masks
+from autoprune.projection import min_keeps
+
+HISTORY_POINTS = 20  # rows of the trajectory kept in the result (metrics.json stays small)
+
+
+@SEARCH_METHODS.register("dsa")
+@dataclass
+class DSA(SearchMethod):
+    """Gradient descent on per-unit keep ratios through soft masks, budgets by dual ascent."""
+
+    name = "dsa"
+    needs_evaluator = True  # only to score the final allocation once, as every method reports
+    steps: int = 300  # optimisation steps (mini-batches); LeNet-5 settles in about 200
+    batch_size: int = 128
+    lr: float = 0.02  # Adam on the ratios, cosine-decayed to zero so they settle
+    temperature: float = 0.05  # width of the keep-probability ramp over normalised ranks
+    rho: float = 1.0  # augmented Lagrangian penalty and dual step, on relative violations
+    train_weights: bool = True  # adapt the weights (of a copy) to the sampled masks
+    weight_lr: float = 0.01  # SGD with momentum 0.9 on the weights
+    sample: bool = True  # straight-through Bernoulli masks; False: the expected (soft) masks
+    importance: str = "l1"  # ranks elements within a unit; recomputed while weights train
+    rank_every: int = 50
+
+    def __post_init__(self) -> None:
+        IMPORTANCE.get(self.importance)
+        for name in ("steps", "batch_size", "rank_every"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise UsageError(f"dsa {name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "temperature", "rho", "weight_lr"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
+                raise UsageError(f"dsa {name} must be a positive number, got {value!r}")
+
+    def search(self, problem: SearchProblem) -> SearchResult:
+        ctx = problem.context
+        if ctx is None:
+            raise UsageError("dsa trains through the model: give the SearchProblem a context "
+                             "(model, graph, train and val data), as run_search does")  # fmt: skip
+        torch.manual_seed(problem.seed)
+        model = copy.deepcopy(ctx.model)
+        remove_masks(model, bake=True)
+        ratios, history, multipliers = self._optimise(problem, ctx, model)
+        keep = problem.project(ratios)
+        score = problem.evaluate(keep) if problem.evaluate is not None else None
+        info: dict[str, Any] = {
+            "ratios": [float(r) for r in ratios], "multipliers": multipliers,
+            "steps": self.steps, "history": history,
+        }  # fmt: skip
+        return SearchResult(keep, score, [Trial(0, keep, score, problem.costs(keep))], info)
+
+    def _optimise(
+        self, problem: SearchProblem, ctx: SearchContext, model: nn.Module
+    ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, float]]:
+        sizes = problem.sizes.astype(np.float64)
+        floor = torch.as_tensor(min_keeps(problem.sizes, problem.projection) / sizes)
+        start = problem.project(np.ones(len(sizes))) / sizes  # uniform, on the budget
+        alpha = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+        budgets = Budgets(problem, self.rho)
+        opt = torch.optim.Adam([alpha], lr=self.lr)
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / self.steps))
+        )
+        for p in model.parameters():
+            p.requires_grad_(self.train_weights)
+        w_opt = (
+            torch.optim.SGD(model.parameters(), lr=self.weight_lr, momentum=0.9)
+            if self.train_weights
+            else None
+        )
+        batches = _cycle(ctx.train, self.batch_size, problem.seed)
+        gen = torch.Generator().manual_seed(problem.seed)
+        soft = SoftMasks(model, ctx.graph)
+        history: list[dict[str, Any]] = []
+        log_every = max(1, self.steps // HISTORY_POINTS)
+        ranks: list[Tensor] = []
+        model.train()
+        try:
+            for step in tqdm(range(self.steps), desc="dsa", disable=not problem.progress):
+                if step % self.rank_every == 0 and (step == 0 or self.train_weights):
+                    soft.set([None] * len(sizes))  # score the weights themselves, not masked ones
+                    ranks = self._ranks(model, ctx, batches)
+                    budgets.anchor_at(alpha.detach().numpy())
+                probs = [
+                    keep_probabilities(r, alpha[u], self.temperature) for u, r in enumerate(ranks)
+                ]
+                soft.set([straight_through(p, sample=self.sample, generator=gen) for p in probs])
+                x, y = next(batches)
+                task = nn.functional.cross_entropy(model(x), y)
+                penalty, violation = budgets.penalty(alpha)
+                opt.zero_grad(set_to_none=True)
+                if w_opt is not None:
+                    w_opt.zero_grad(set_to_none=True)
+                (task + penalty).backward()
+                opt.step()
+                sched.step()
+                if w_opt is not None:
+                    w_opt.step()
+                with torch.no_grad():
+                    alpha.copy_(torch.maximum(alpha.clamp(max=1.0), floor))
+                budgets.ascend(violation)
+                if step % log_every == 0 or step == self.steps - 1:
+                    history.append({"step": step, "loss": float(task.detach()),
+                                    "ratios": alpha.detach().tolist(), "violation": violation,
+                                    "multipliers": dict(budgets.multipliers)})  # fmt: skip
+        finally:
+            soft.remove()
+        return alpha.detach().numpy().copy(), history, budgets.multipliers
+
+    def _ranks(
+        self, model: nn.Module, ctx: SearchContext, batches: Iterator[tuple[Tensor, Tensor]]
+    ) -> list[Tensor]:
+        if self.importance == "taylor":
+            needs = [p for p in model.parameters() if not p.requires_grad]
+            for p in needs:
+                p.requires_grad_(True)
+            accumulate_gradients(model, [next(batches)])
+            for p in needs:
+                p.requires_grad_(False)
+        scores = score_units(model, ctx.graph.units, self.importance)
+        return [normalised_ranks(s) for s in scores]
+
+
+class Budgets:
+    """The augmented Lagrangian of every budget, on relative violations g = cost / limit - 1.
+
+    penalty = sum over budgets of (max(0, lam + rho g)^2 - lam^2) / (2 rho), whose gradient is
+    max(0, lam + rho g) dg; `ascend` is the dual step lam <- max(0, lam + rho g) (the method of
+    multipliers), so a budget that stays exceeded is pushed harder every step.
+    """
+
+    def __init__(self, problem: SearchProblem, rho: float) -> None:
+        self.costs = TorchCostModel(problem.cost_model)
+        self.limits = {m: float(v) for m, v in problem.limits.items()}
+        self.sizes = problem.sizes
+        self.rho = rho
+        self.multipliers = dict.fromkeys(self.limits, 0.0)
+        self.anchor = problem.sizes.copy()
+
+    def anchor_at(self, ratios: np.ndarray) -> None:
+        """Linearise metrics without a closed form (latency) at the nearest integer keeps."""
+        self.anchor = np.clip(np.rint(ratios * self.sizes), 1, self.sizes).astype(np.int64)
+
+    def penalty(self, ratios: Tensor) -> tuple[Tensor, dict[str, float]]:
+        keep = ratios * torch.as_tensor(self.sizes, dtype=ratios.dtype)
+        total = torch.zeros((), dtype=ratios.dtype)
+        violation = {}
+        for m, limit in self.limits.items():
+            g = self.costs.metric(m, keep, self.anchor) / limit - 1.0
+            lam = self.multipliers[m]
+            total = total + ((lam + self.rho * g).clamp(min=0) ** 2 - lam**2) / (2 * self.rho)
+            violation[m] = float(g.detach())
+        return total, violation
+
+    def ascend(self, violation: dict[str, float]) -> None:
+        for m, g in violation.items():
+            self.multipliers[m] = max(0.0, self.multipliers[m] + self.rho * g)
+
+
+def _cycle(dataset: Any, batch_size: int, seed: int) -> Iterator[tuple[Tensor, Tensor]]:
+    """Full mini-batches without end, a new shuffle each pass (BatchNorm needs 2+ images)."""
+    if len(dataset) < 2:
+        raise UsageError(f"dsa needs at least 2 training images, got {len(dataset)}")
+    batch_size = min(batch_size, len(dataset))
+    epoch = 0
+    while True:
+        yield from make_loader(
+            dataset, batch_size=batch_size, shuffle=True, seed=seed + epoch, drop_last=True
+        )
+        epoch += 1
