@@ -100,7 +100,9 @@ def readme(summary: dict[str, Any]) -> str:
         f"{s['max_busy_during']} (at most {s['attempts']} times, keeping the quietest). "
         "*other jobs (cores)* is what they used during the kept measurement (all CPU time from "
         "/proc/stat minus this process's own); *load avg* is os.getloadavg()'s 1-minute value "
-        "before -> after (it counts this benchmark's own threads too).",
+        "before -> after (it counts this benchmark's own threads too)."
+        + (f" The benchmark ran at raised scheduler priority ({s['priority']}), so that other "
+           "jobs got little CPU while it measured." if s.get("priority") else ""),
         "",
         f"## Predicted against measured latency, {s['random']} random allocations per model",
         "",
