@@ -25,11 +25,12 @@ import torch
 
 from autoprune.allocation import write_json_atomic
 from autoprune.costs import CostModel
+from autoprune.errors import BudgetError
 from autoprune.latency import LatencyConfig, measure_table, register_latency
 from autoprune.latency_report import plot, readme
 from autoprune.masking import slim
 from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig, project
+from autoprune.projection import ProjectionConfig, min_keeps, project
 from autoprune.timing import OtherJobs, TimingConfig, compare_latency, machine_info
 from autoprune.units import trace_units
 
@@ -187,7 +188,12 @@ def budget_row(
 ) -> dict[str, Any]:
     """Project uniform ratios onto one budget, slim, and time the result against the dense model."""
     dense = {m: cm.metric(m, cm.dense_keep) for m in ("macs", "latency")}
-    keep = project(np.full(len(cm.sizes), 1.0), cm, {metric: frac * dense[metric]})
+    name = f"{metric} {100 * frac:.0f}%"
+    try:
+        keep = project(np.full(len(cm.sizes), 1.0), cm, {metric: frac * dense[metric]})
+    except BudgetError:
+        smallest = cm.metric(metric, min_keeps(cm.sizes, ProjectionConfig()))
+        return {"budget": name, "infeasible": True, "smallest_fraction": smallest / dense[metric]}
     final = slimmed(model, cm, keep)
     pair = {"dense": model, "final": final}
     t, conditions = quietly(
@@ -195,7 +201,7 @@ def budget_row(
     )
     macs = cm.metric("macs", keep)
     return {
-        "budget": f"{metric} {100 * frac:.0f}%",
+        "budget": name,
         "macs": macs,
         "mac_reduction": dense["macs"] / macs,
         "predicted_speedup": dense["latency"] / cm.metric("latency", keep),

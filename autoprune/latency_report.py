@@ -74,6 +74,9 @@ def _random_row(res: dict[str, Any]) -> list[object]:
 
 
 def _budget_row(model: str, b: dict[str, Any]) -> list[object]:
+    if b.get("infeasible"):
+        smallest = f"infeasible: the smallest model predicts {100 * b['smallest_fraction']:.0f}%"
+        return [model, b["budget"], smallest, *[""] * 6]
     return [
         model, b["budget"], f"{b['mac_reduction']:.2f}x", f"{b['predicted_speedup']:.2f}x",
         f"{b['measured_speedup']:.2f}x", _ms(b["dense_s"]), _ms(b["final_s"]),
