@@ -53,7 +53,22 @@ class LatencyConfig:
 
 
 def _grid(lo: float, hi: float, fractions: Sequence[float], multiple: int) -> list[int]:
-    widths = {max(multiple, round((lo + f * (hi - lo)) / multiple) * multiple) for f in fractions}
+    """Widths to time between `lo` and `hi` (rounded to `multiple`, for grouped convs).
+
+    CPU kernels vectorise over blocks of channels: a width that is a multiple of 8 often runs
+    faster than its neighbours, and the dense width may even take another algorithm than every
+    pruned one. Pruned models have arbitrary widths, so interior points are moved off multiples of
+    8 (upwards: the table errs towards slower) and the widest pruned width, hi - 1, is timed too.
+    """
+    lo_w, hi_w = max(multiple, round(lo)), max(multiple, round(hi))
+    widths = {lo_w, hi_w}
+    for f in fractions:
+        w = max(multiple, round((lo + f * (hi - lo)) / multiple) * multiple)
+        if multiple == 1 and w % 8 == 0 and lo_w < w < hi_w - 1:
+            w += 1
+        widths.add(min(max(w, lo_w), hi_w))
+    if multiple == 1 and hi_w - 1 > lo_w:
+        widths.add(hi_w - 1)
     return sorted(widths)
 
 
