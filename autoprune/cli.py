@@ -145,6 +145,18 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--importance", default="l1", help="l1 | l2 | taylor")
+    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend-specific option, e.g. aux_lr=0.02 (repeatable)")  # fmt: skip
+
+
+def _backend_options(pairs: list[str]) -> dict[str, str]:
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--backend-option {pair!r} is not KEY=VALUE; write e.g. aux_lr=0.02")
+        options[key.strip()] = value.strip()
+    return options
 
 
 def _backend_cfg(args: argparse.Namespace) -> Any:
@@ -152,7 +164,7 @@ def _backend_cfg(args: argparse.Namespace) -> Any:
 
     return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
                          batch_size=args.batch_size, importance=args.importance, seed=args.seed,
-                         progress=not args.quiet)  # fmt: skip
+                         progress=not args.quiet, options=_backend_options(args.backend_option))  # fmt: skip
 
 
 class Search(Command):
@@ -364,7 +376,7 @@ class Bench(Command):
 
 
 COMMANDS: list[Command] = [
-    Train(), Profile(), Search(), Prune(), Eval(), LatencyTableCmd(), Export(), Dashboard(),
+    Train(), Profile(), Search(), Prune(), Eval(), LatencyTableCmd(), Export(), Dashboard(), Bench(),
 ]
 
 

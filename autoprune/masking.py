@@ -7,7 +7,8 @@ the slimmed model computes. A weight unit is masked element by element.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch_pruning as tp
@@ -37,41 +38,120 @@ def select_kept(
     return [top_k(s, k) for s, k in zip(scores, keep)]
 
 
+ParamKey = tuple[str, str]  # (module name, parameter name)
+
+
+@dataclass(frozen=True)
+class ElementSlices:
+    """The part of one parameter that one unit controls.
+
+    `rows` is None for a weight unit (the whole tensor, one element per weight); otherwise
+    `rows[j]` is an index along the parameter's first dim owned by unit element `elements[j]`.
+    """
+
+    unit: int
+    rows: torch.Tensor | None = None
+    elements: torch.Tensor | None = None
+
+
+class UnitMap:
+    """Unit elements -> the parameter slices they produce; turns per-unit vectors into masks.
+
+    A channel element owns the output rows (weight, bias, norm scale and shift) of every member
+    that produces it; a weight element owns one weight. Backends keep one vector per unit (0/1,
+    or a differentiable gate) and let `masks` expand it onto the parameters.
+    """
+
+    def __init__(self, model: nn.Module, graph: UnitGraph) -> None:
+        self.sizes = [u.size for u in graph.units]
+        self.slices: dict[ParamKey, list[ElementSlices]] = {}
+        self.shapes: dict[ParamKey, torch.Size] = {}
+        for u, unit in enumerate(graph.units):
+            if unit.kind == "weight":
+                key = (unit.name.removesuffix(".weight"), "weight")
+                self._add(model, key, ElementSlices(u))
+                continue
+            for mem in unit.members:
+                if mem.dim != "out":
+                    continue
+                rows, elements = torch.tensor(mem.idxs), torch.tensor(mem.root_idxs)
+                for pname in ("weight", "bias"):
+                    p = getattr(model.get_submodule(mem.module), pname, None)
+                    if p is not None and p.dim() > 0:
+                        self._add(model, (mem.module, pname), ElementSlices(u, rows, elements))
+
+    def _add(self, model: nn.Module, key: ParamKey, piece: ElementSlices) -> None:
+        self.slices.setdefault(key, []).append(piece)
+        self.shapes[key] = getattr(model.get_submodule(key[0]), key[1]).shape
+
+    def masks(self, vectors: Sequence[torch.Tensor]) -> dict[ParamKey, torch.Tensor]:
+        """Masks shaped to broadcast against each parameter; differentiable in `vectors`."""
+        out: dict[ParamKey, torch.Tensor] = {}
+        for key, pieces in self.slices.items():
+            out[key] = self.mask(key, vectors, pieces)
+        return out
+
+    def mask(
+        self,
+        key: ParamKey,
+        vectors: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
+        pieces: list[ElementSlices] | None = None,
+    ) -> torch.Tensor:
+        """The mask of one parameter; `vectors` needs entries only for the units in `units_of(key)`."""
+        shape = self.shapes[key]
+        m: torch.Tensor | None = None
+        for piece in pieces if pieces is not None else self.slices[key]:
+            v = vectors[piece.unit]
+            if piece.rows is None:
+                return v.reshape(shape)
+            if m is None:
+                m = torch.ones(shape[0], dtype=v.dtype, device=v.device)
+            m = m.index_put((piece.rows,), v[piece.elements])
+        assert m is not None
+        return m.view(-1, *([1] * (len(shape) - 1)))
+
+    def units_of(self, key: ParamKey) -> list[int]:
+        return sorted({piece.unit for piece in self.slices[key]})
+
+    def reduce(self, tensors: dict[ParamKey, torch.Tensor]) -> list[torch.Tensor]:
+        """Per unit, per element: the sum of `tensors` over the slices that element owns."""
+        scores = [torch.zeros(n, dtype=torch.float64) for n in self.sizes]
+        for key, pieces in self.slices.items():
+            t = tensors[key].detach().double()
+            for piece in pieces:
+                if piece.rows is None:
+                    scores[piece.unit] += t.flatten()
+                    continue
+                per_row = t.reshape(t.shape[0], -1).sum(dim=1)
+                scores[piece.unit].index_add_(0, piece.elements, per_row[piece.rows])
+        return scores
+
+    def parameters(self, model: nn.Module) -> dict[ParamKey, torch.Tensor]:
+        """The current (masked, if parametrized) value of every parameter the units control."""
+        return {key: getattr(model.get_submodule(key[0]), key[1]) for key in self.slices}
+
+    def alive(self, model: nn.Module) -> list[torch.Tensor]:
+        """Per unit, which elements still have a nonzero value in some slice they own."""
+        return [s > 0 for s in self.reduce({k: v.abs() for k, v in self.parameters(model).items()})]
+
+
+def keep_vectors(sizes: Sequence[int], kept: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+    """0/1 vectors, one per unit, with ones at the kept indices."""
+    vectors = []
+    for n, idx in zip(sizes, kept):
+        v = torch.zeros(n, dtype=dtype)
+        v[idx] = 1.0
+        vectors.append(v)
+    return vectors
+
+
 def element_masks(
     model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor]
-) -> dict[tuple[str, str], torch.Tensor]:
+) -> dict[ParamKey, torch.Tensor]:
     """0/1 masks shaped like each affected parameter, keyed by (module name, parameter name)."""
-    masks: dict[tuple[str, str], torch.Tensor] = {}
-    for unit, idx in zip(graph.units, kept):
-        if unit.kind == "weight":
-            module_name = unit.name.removesuffix(".weight")
-            w = model.get_submodule(module_name).weight
-            flat = torch.zeros(w.numel(), dtype=w.dtype)
-            flat[idx] = 1.0
-            masks[(module_name, "weight")] = flat.view_as(w)
-            continue
-        alive = torch.zeros(unit.size, dtype=torch.bool)
-        alive[idx] = True
-        for mem in unit.members:
-            if mem.dim != "out":
-                continue
-            module = model.get_submodule(mem.module)
-            for pname in ("weight", "bias"):
-                p = getattr(module, pname, None)
-                if p is None or p.dim() == 0:
-                    continue
-                key = (mem.module, pname)
-                m = masks.get(key)
-                if m is None:
-                    m = torch.ones(p.shape[0], dtype=p.dtype)
-                dead = torch.tensor(mem.idxs)[~alive[torch.tensor(mem.root_idxs)]]
-                m[dead] = 0.0
-                masks[key] = m
-    for (mod_name, pname), m in list(masks.items()):
-        p = getattr(model.get_submodule(mod_name), pname)
-        if m.dim() == 1 and p.dim() > 1:
-            masks[(mod_name, pname)] = m.view(-1, *([1] * (p.dim() - 1)))
-    return masks
+    umap = UnitMap(model, graph)
+    dtype = next(model.parameters()).dtype
+    return umap.masks(keep_vectors(umap.sizes, kept, dtype))
 
 
 def apply_masks(model: nn.Module, masks: dict[tuple[str, str], torch.Tensor]) -> None:

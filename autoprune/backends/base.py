@@ -29,7 +29,9 @@ class BackendConfig:
     importance: str = "l1"  # ranks elements where a backend needs an initial choice
     seed: int = 0
     progress: bool = True
-    options: dict[str, Any] = field(default_factory=dict)  # backend-specific, checked by the backend
+    options: dict[str, Any] = field(
+        default_factory=dict
+    )  # backend-specific, checked by the backend
 
 
 @dataclass

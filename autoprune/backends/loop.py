@@ -1,0 +1,287 @@
+"""The loop the built-in backends share: a pruning phase, then fine-tuning with the mask fixed.
+
+A backend only says how the mask forms while the pruning phase trains (hooks per step and per
+epoch) and which elements survive at its end (`final_kept`). The loop owns everything else:
+optimiser, learning-rate schedule, per-epoch metrics, per-epoch resumable state, fixing the
+mask to exactly `keep` elements per unit, and the check that every pruned element is zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from abc import abstractmethod
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from autoprune.backends.base import Backend, BackendConfig, BackendResult, EpochCallback
+from autoprune.data import DataSplits, make_loader
+from autoprune.errors import UsageError
+from autoprune.masking import UnitMap, apply_masks, keep_vectors, remove_masks
+from autoprune.training import evaluate, set_seed, train_epoch
+from autoprune.units import UnitGraph
+
+MOMENTUM = 0.9  # SGD momentum of both phases: the value every pruning paper here trains with
+PHASES = ("prune", "finetune")
+
+
+def parse_options(cls: type[Any], options: dict[str, Any], backend: str) -> Any:
+    """Build a backend's option dataclass from `cfg.options`, rejecting names it does not take."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(options) - set(fields))
+    if unknown:
+        raise UsageError(
+            f"backend {backend!r} takes no option {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(sorted(fields)) or 'none'}"
+        )
+    values = {}
+    for name, value in options.items():
+        default = getattr(cls(), name)
+        try:
+            if isinstance(default, bool):
+                values[name] = (
+                    value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
+                )
+            else:
+                values[name] = type(default)(value)
+        except (TypeError, ValueError):
+            raise UsageError(
+                f"backend {backend!r} option {name}={value!r} is not a {type(default).__name__}"
+            ) from None
+    return cls(**values)
+
+
+def cubic_keep(size: int, keep: int, progress: float) -> int:
+    """Zhu & Gupta's cubic schedule: elements kept after `progress` (0..1) of the pruning ramp."""
+    p = min(max(progress, 0.0), 1.0)
+    return round(keep + (size - keep) * (1.0 - p) ** 3)
+
+
+def top_keep(scores: Tensor, keep: int) -> Tensor:
+    """Indices of the `keep` largest scores, ascending; ties go to the lower index."""
+    order = torch.argsort(-scores.double(), stable=True)
+    return torch.sort(order[: int(keep)]).values
+
+
+class MaskTrainer(Backend):
+    """A backend made of a pruning phase (subclass hooks) and a fixed-mask fine-tune (shared)."""
+
+    Options: ClassVar[type[Any]]
+
+    # --- what a backend decides ----------------------------------------------------------------
+    @abstractmethod
+    def setup(
+        self, model: nn.Module, umap: UnitMap, keep: list[int], cfg: BackendConfig, opts: Any
+    ) -> None:
+        """Prepare the pruning phase (parametrizations, auxiliary state) on the dense model."""
+
+    @abstractmethod
+    def final_kept(self, model: nn.Module) -> list[Tensor]:
+        """At the end of the pruning phase: the `keep[u]` indices each unit keeps."""
+
+    def penalty(self) -> Tensor | None:
+        return None
+
+    def after_backward(self, step: int) -> None:
+        return None
+
+    def after_step(self, step: int) -> None:
+        return None
+
+    def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
+        return {}
+
+    def state(self) -> dict[str, Any]:
+        """Everything but model and optimiser needed to resume (weights_only-loadable)."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        return None
+
+    # --- the loop ------------------------------------------------------------------------------
+    def run(
+        self,
+        model: nn.Module,
+        graph: UnitGraph,
+        keep: np.ndarray,
+        data: DataSplits,
+        cfg: BackendConfig,
+        *,
+        on_epoch_end: EpochCallback | None = None,
+        resume: dict[str, Any] | None = None,
+    ) -> BackendResult:
+        set_seed(cfg.seed)
+        steps = max(1, math.ceil(len(data.train) / cfg.batch_size))  # type: ignore[arg-type]
+        opts, keeps = self._bind(model, graph, keep, cfg, steps)
+        umap = self.umap
+        history: list[dict[str, Any]] = list(resume["history"]) if resume else []
+        phase = resume["phase"] if resume else "prune"
+        start = int(resume["epoch"]) + 1 if resume else 0
+
+        kept: list[Tensor]
+        if phase == "prune":
+            self.setup(model, umap, keeps, cfg, opts)
+            opt = _optimizer(model, cfg)
+            if resume:
+                _restore(model, opt, resume)
+                self.load_state(resume["backend"])
+            self._phase(model, data, cfg, opt, "prune", start, history, on_epoch_end)
+            kept = [k.to(torch.int64) for k in self.final_kept(model)]
+            start = 0
+        else:
+            kept = [torch.as_tensor(k, dtype=torch.int64) for k in resume["kept"]]  # type: ignore[index]
+        self.kept = kept
+        if [len(k) for k in kept] != keeps:
+            raise RuntimeError(
+                f"backend {self.name!r} kept {[len(k) for k in kept]} elements, not {keeps}"
+            )
+
+        remove_masks(model, bake=False)  # the raw weights of every element go on into fine-tuning
+        apply_masks(model, umap.masks(keep_vectors(umap.sizes, kept, param_dtype(model))))
+        opt = _optimizer(model, cfg)
+        if phase == "finetune":
+            _restore(model, opt, resume)  # type: ignore[arg-type]
+        self._phase(model, data, cfg, opt, "finetune", start, history, on_epoch_end)
+        remove_masks(model, bake=True)
+        _check_exact(model, umap, kept, self.name)
+        return BackendResult(
+            model, kept, history, {"backend": self.name, "options": dataclasses.asdict(opts)}
+        )
+
+    def _bind(
+        self,
+        model: nn.Module,
+        graph: UnitGraph,
+        keep: np.ndarray,
+        cfg: BackendConfig,
+        steps_per_epoch: int,
+    ) -> tuple[Any, list[int]]:
+        opts = parse_options(self.Options, cfg.options, self.name)
+        keeps = _check_keep(graph, keep)
+        self.graph = graph
+        self.umap = UnitMap(model, graph)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = steps_per_epoch * cfg.epochs
+        return opts, keeps
+
+    def prepare(
+        self,
+        model: nn.Module,
+        graph: UnitGraph,
+        keep: np.ndarray,
+        cfg: BackendConfig,
+        steps_per_epoch: int,
+    ) -> dict[str, Any]:
+        """Set up the pruning phase on `model` and return its per-step hooks for `train_epoch`.
+
+        `run` does this itself; this is for callers that drive steps alone (overhead timing).
+        """
+        opts, keeps = self._bind(model, graph, keep, cfg, steps_per_epoch)
+        self.setup(model, self.umap, keeps, cfg, opts)
+        return self.hooks()
+
+    def hooks(self) -> dict[str, Any]:
+        """The pruning phase's hooks, as keyword arguments of `train_epoch`."""
+        has_penalty = type(self).penalty is not MaskTrainer.penalty
+        return {"penalty": self.penalty if has_penalty else None,
+                "after_backward": self.after_backward, "after_step": self.after_step}  # fmt: skip
+
+    def _phase(
+        self,
+        model: nn.Module,
+        data: DataSplits,
+        cfg: BackendConfig,
+        opt: torch.optim.Optimizer,
+        phase: str,
+        start: int,
+        history: list[dict[str, Any]],
+        on_epoch_end: EpochCallback | None,
+    ) -> None:
+        epochs = cfg.epochs if phase == "prune" else cfg.finetune_epochs
+        val = make_loader(data.val, batch_size=256, shuffle=False)
+        total = max(1, epochs * self.steps_per_epoch)
+        offset = 0 if phase == "prune" else cfg.epochs  # global epoch numbers in the history
+        for epoch in range(start, epochs):
+            first = epoch * self.steps_per_epoch
+            scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(phase, first, total))
+            lr = opt.param_groups[0]["lr"]
+            # A fresh seeded order per epoch, so a resumed run sees the batches it would have.
+            loader = make_loader(data.train, batch_size=cfg.batch_size, shuffle=True,
+                                 seed=cfg.seed * 100_003 + offset + epoch)  # fmt: skip
+            hooks = self.hooks() if phase == "prune" else {}
+            stats = train_epoch(model, loader, opt, scheduler=scheduler, step_offset=first,
+                                progress=cfg.progress, desc=f"{self.name} {phase} {epoch + 1}/{epochs}",
+                                **hooks)  # fmt: skip
+            v = evaluate(model, val)
+            row: dict[str, Any] = {
+                "phase": phase, "epoch": offset + epoch, "train_loss": stats.loss,
+                "train_acc": stats.accuracy, "val_loss": v.loss, "val_acc": v.accuracy, "lr": lr,
+                "seconds": stats.seconds,
+                "alive": [int(a.sum()) for a in self.umap.alive(model)],
+            }  # fmt: skip
+            if phase == "prune":
+                row |= self.epoch_metrics(model)
+            history.append(row)
+            if on_epoch_end is not None:
+                state = {"phase": phase, "epoch": epoch, "model": model.state_dict(),
+                         "optimizer": opt.state_dict(), "history": history}  # fmt: skip
+                if phase == "prune":
+                    state["backend"] = self.state()
+                else:
+                    state["kept"] = list(self.kept)
+                on_epoch_end(offset + epoch, state)
+
+
+def _lr_factor(phase: str, first: int, total: int) -> Callable[[int], float]:
+    """Prune at a constant rate, then anneal (cosine, per step) while the mask is fixed."""
+    if phase == "prune":
+        return lambda s: 1.0
+    return lambda s: 0.5 * (1.0 + math.cos(math.pi * min(first + s, total) / total))
+
+
+def _check_keep(graph: UnitGraph, keep: np.ndarray) -> list[int]:
+    keeps = [int(k) for k in np.asarray(keep).reshape(-1)]
+    if len(keeps) != len(graph.units):
+        raise UsageError(
+            f"the allocation has {len(keeps)} keeps but the model has {len(graph.units)} units"
+        )
+    for unit, k in zip(graph.units, keeps, strict=True):
+        if not 1 <= k <= unit.size:
+            raise UsageError(
+                f"unit {unit.name!r} keeps {k} of {unit.size}; keep must be in [1, {unit.size}]"
+            )
+    return keeps
+
+
+def param_dtype(model: nn.Module) -> torch.dtype:
+    return next(model.parameters()).dtype
+
+
+def _optimizer(model: nn.Module, cfg: BackendConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    if cfg.optimizer != "sgd":
+        raise UsageError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=MOMENTUM, weight_decay=cfg.weight_decay)
+
+
+def _restore(model: nn.Module, opt: torch.optim.Optimizer, resume: dict[str, Any]) -> None:
+    model.load_state_dict(resume["model"])
+    opt.load_state_dict(resume["optimizer"])
+
+
+def _check_exact(model: nn.Module, umap: UnitMap, kept: list[Tensor], name: str) -> None:
+    """Every element outside `kept` must be exactly zero; a backend that leaks one is a bug."""
+    for u, (alive, idx) in enumerate(zip(umap.alive(model), kept, strict=True)):
+        allowed = torch.zeros_like(alive)
+        allowed[idx] = True
+        leaked = int((alive & ~allowed).sum())
+        if leaked:
+            raise RuntimeError(
+                f"backend {name!r} left {leaked} pruned elements nonzero in unit {u}"
+            )

@@ -1,0 +1,37 @@
+"""Named benchmarks (`autoprune bench NAME`): each writes results/NAME/ and the commands behind it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from autoprune.registry import Registry
+
+
+@dataclass
+class BenchConfig:
+    """How to run a benchmark; runs already finished in `out` are reused unless `force`."""
+
+    data_dir: str | None = None
+    out: str | None = None  # default: results/NAME
+    quick: bool = False  # the embedded digits set and an epoch or two: a smoke test of the pipeline
+    only: list[str] | None = (
+        None  # run just these named runs (the report still lists every finished one)
+    )
+    force: bool = False
+    progress: bool = True
+
+
+Benchmark = Callable[[BenchConfig], dict[str, Any]]
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
+
+
+def run_bench(name: str, cfg: BenchConfig) -> dict[str, Any]:
+    """Run the registered benchmark `name`; returns its summary (also written to its folder)."""
+    from autoprune.bench import lenet5_mnist  # noqa: F401  (registers the built-in benchmarks)
+
+    return BENCHMARKS.get(name)(cfg)
+
+
+__all__ = ["BENCHMARKS", "BenchConfig", "run_bench"]

@@ -1,0 +1,63 @@
+"""The cost of a training step with a backend's masks over a dense step, timed in one process."""
+
+from __future__ import annotations
+
+import copy
+import statistics
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoprune.backends.base import BackendConfig
+from autoprune.compress import get_backend
+from autoprune.data import make_loader
+from autoprune.runs import Loaded
+from autoprune.training import train_epoch
+from autoprune.units import UnitGraph
+
+
+def step_overhead(
+    loaded: Loaded,
+    graph: UnitGraph,
+    keep: np.ndarray,
+    *,
+    backend: str = "reweighted",
+    epochs: int = 12,
+    steps: int = 60,
+    rounds: int = 5,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """Median seconds per step, dense and masked, over `rounds` alternating blocks of `steps`.
+
+    Both models see the same batches with the same optimiser; the masked one also runs the
+    backend's per-step hooks (gates, penalty, regulariser refresh), so the ratio is the whole
+    price of pruning while training.
+    """
+    loader = make_loader(loaded.data.train, batch_size=batch_size, shuffle=True, seed=0)
+    batches = []
+    for x, y in loader:
+        batches.append((x, y))
+        if len(batches) == steps:
+            break
+    dense = copy.deepcopy(loaded.model)
+    masked = copy.deepcopy(loaded.model)
+    # The pruning phase as a real run schedules it, so periodic work (regulariser refreshes)
+    # comes at its real rate.
+    cfg = BackendConfig(epochs=epochs, progress=False)
+    hooks = get_backend(backend)().prepare(masked, graph, keep, cfg, steps_per_epoch=len(loader))
+    opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in (dense, masked)}
+    for m, h in ((dense, {}), (masked, hooks)):  # warm-up: allocator, autograd graph caches
+        train_epoch(m, batches[:3], opts[id(m)], progress=False, **h)
+    times: dict[str, list[float]] = {"dense": [], "masked": []}
+    for r in range(rounds):
+        order = [("dense", dense, {}), ("masked", masked, hooks)]
+        for name, m, h in order if r % 2 == 0 else order[::-1]:
+            stats = train_epoch(m, batches, opts[id(m)], progress=False, **h)
+            times[name].append(stats.seconds / stats.steps)
+    d, m = statistics.median(times["dense"]), statistics.median(times["masked"])
+    return {
+        "backend": backend, "granularity": graph.granularity, "dense_step_s": d, "masked_step_s": m,
+        "ratio": m / d, "steps": len(batches), "rounds": rounds, "batch_size": batch_size,
+        "threads": torch.get_num_threads(),
+    }  # fmt: skip

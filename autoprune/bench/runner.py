@@ -1,0 +1,169 @@
+"""What every benchmark does: build allocations from ratios, prune with a backend, measure the runs.
+
+A benchmark is a dense run plus named `RunSpec`s. Each run goes to OUT/runs/NAME through the same
+`run_prune` the CLI uses, and is reused (or resumed, if interrupted) on the next call. The rows of
+the report are measured from the exported checkpoints, never copied from a config.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from autoprune.allocation import Allocation
+from autoprune.backends.base import BackendConfig
+from autoprune.budgets import parse_budget
+from autoprune.compress import PruneRun, run_prune
+from autoprune.costs import CostModel
+from autoprune.export import partial_dir
+from autoprune.projection import ProjectionConfig, project
+from autoprune.runs import Loaded, load_model_and_data, load_pruned, trace
+from autoprune.units import CONV_TYPES, LINEAR_TYPES, Granularity, UnitGraph
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One pruning run: an allocation (per-unit ratios, or a MACs fraction) and a backend recipe."""
+
+    name: str
+    backend: str
+    granularity: Granularity = "weight"
+    ratios: tuple[float, ...] | None = None  # keep ratio per unit, in the traced unit order
+    macs: float | None = (
+        None  # or: this fraction of the dense MACs, uniform ratios projected onto it
+    )
+    epochs: int = 10
+    finetune_epochs: int = 10
+    lr: float = 0.01
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def allocation(self) -> str:
+        """Runs whose names differ only in the backend prefix share their allocation."""
+        return self.name.removeprefix(f"{self.backend}-")
+
+    def backend_config(self, progress: bool) -> BackendConfig:
+        return BackendConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
+                             options=dict(self.options), progress=progress)  # fmt: skip
+
+    def prune_command(self, allocation: str, data_dir: str | None, out: str) -> str:
+        parts = ["autoprune prune", f"--allocation {allocation}", f"--backend {self.backend}",
+                 f"--epochs {self.epochs}", f"--finetune-epochs {self.finetune_epochs}", f"--lr {self.lr:g}"]  # fmt: skip
+        parts += [f"--backend-option {k}={v}" for k, v in sorted(self.options.items())]
+        if data_dir:
+            parts.append(f"--data-dir {data_dir}")
+        return " ".join([*parts, f"--out {out}"])
+
+
+def keep_for(spec: RunSpec, graph: UnitGraph, cost_model: CostModel) -> np.ndarray:
+    """Integer keeps of a spec: rounded ratios, or uniform ratios projected onto a MACs budget."""
+    sizes = np.array(graph.sizes)
+    if spec.ratios is not None:
+        if len(spec.ratios) != len(sizes):
+            raise ValueError(
+                f"run {spec.name!r} gives {len(spec.ratios)} ratios for {len(sizes)} units"
+            )
+        return np.clip(np.round(np.array(spec.ratios) * sizes).astype(np.int64), 1, sizes)
+    if spec.macs is None:
+        raise ValueError(f"run {spec.name!r} needs ratios or a macs fraction")
+    limit = spec.macs * cost_model.metric("macs", cost_model.dense_keep)
+    return project(
+        np.ones(len(sizes)), cost_model, {"macs": limit}, ProjectionConfig(min_ratio=0.02)
+    )
+
+
+def make_allocation(spec: RunSpec, loaded: Loaded, checkpoint: str, path: Path) -> Allocation:
+    """Write the allocation of `spec` for the dense model in `loaded` to `path`."""
+    graph, cost_model = trace(loaded, spec.granularity)
+    keep = keep_for(spec, graph, cost_model)
+    budgets = [parse_budget("macs", f"{100 * spec.macs:g}%")] if spec.macs is not None else []
+    costs = cost_model.costs(keep).as_dict()
+    dense = cost_model.costs(cost_model.dense_keep).as_dict()
+    alloc = Allocation.from_keep(graph, keep, num_classes=loaded.num_classes, budgets=budgets,
+                                 predicted=costs, dense=dense, method="bench", dataset=loaded.dataset,
+                                 checkpoint=checkpoint, extra={"run": spec.name, "allocation": spec.allocation})  # fmt: skip
+    alloc.save(path)
+    return alloc
+
+
+def run_spec(
+    spec: RunSpec, *, out: Path, dense_ckpt: str, dataset: str, data_dir: str | None,
+    limit: int | None, force: bool, progress: bool,
+) -> bool:  # fmt: skip
+    """Prune one run into out/runs/NAME unless it is there already; True if it ran now."""
+    run_dir = out / "runs" / spec.name
+    if (run_dir / "metrics.json").is_file() and not force:
+        return False
+    loaded = load_model_and_data(
+        model=None, dataset=dataset, data_dir=data_dir, checkpoint=dense_ckpt, limit=limit
+    )
+    alloc_path = out / "allocations" / f"{spec.name}.json"
+    make_allocation(spec, loaded, dense_ckpt, alloc_path)
+    resume = (partial_dir(run_dir) / "epochs" / "last.pt").is_file() and not force
+    run_prune(PruneRun(str(alloc_path), str(run_dir), spec.backend, spec.backend_config(progress),
+                       data_dir=data_dir, limit=limit, progress=progress, overwrite=force, resume=resume))  # fmt: skip
+    return True
+
+
+def layer_counts(
+    run_dir: Path, layers: list[str], positions: dict[str, int]
+) -> tuple[list[int], int]:
+    """Nonzero weights per layer and nonzero MACs per sample of a run's exported checkpoint."""
+    model, _ = load_pruned(run_dir / "checkpoint.pt")
+    modules = dict(model.named_modules())
+    counts = []
+    for name in layers:
+        m = modules[name]
+        assert isinstance(m, CONV_TYPES + LINEAR_TYPES)
+        counts.append(int(torch.count_nonzero(m.weight.detach())))
+    return counts, sum(c * positions[n] for c, n in zip(counts, layers, strict=True))
+
+
+def measure_run(run_dir: Path, graph: UnitGraph, dense_acc: float) -> dict[str, Any]:
+    """One report row, measured from the run's files."""
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    alloc = Allocation.load(run_dir / "allocation.json")
+    layers = [lay.name for lay in graph.layers]
+    positions = {lay.name: lay.positions for lay in graph.layers}
+    counts, nonzero_macs = layer_counts(run_dir, layers, positions)
+    dense_macs = sum(lay.macs for lay in graph.layers)
+    history = metrics.get("history", [])
+    acc = float(metrics["final"]["accuracy"])
+    return {
+        "run": run_dir.name, "backend": metrics.get("backend"), "granularity": metrics["granularity"],
+        "allocation": alloc.provenance.get("allocation", run_dir.name),
+        "weights_per_layer": counts, "dense_weights_per_layer": [lay.weights for lay in graph.layers],
+        "compression_ratio": float(metrics["compression_ratio"]), "test_accuracy": acc,
+        "delta_points": 100 * (acc - dense_acc), "nonzero_macs": nonzero_macs,
+        "macs": int(metrics["final"]["macs"]), "macs_fraction": nonzero_macs / dense_macs,
+        "predicted_macs": alloc.predicted.get("macs"), "epochs": len(history),
+        "wall_time_s": float(sum(metrics.get("wall_time_s", {}).values())),
+        "budgets_met": all(c["met"] for c in metrics.get("budgets", {}).values()),
+    }  # fmt: skip
+
+
+def best_runs(rows: list[dict[str, Any]], max_drop_points: float) -> list[str]:
+    """Per backend and granularity: the most compressed run within the drop, else the most accurate."""
+    best: dict[tuple[str, str], dict[str, Any]] = {}
+    for r in rows:
+        key = (r["backend"], r["granularity"])
+
+        def rank(x: dict[str, Any]) -> tuple[bool, float]:
+            ok = x["delta_points"] >= -max_drop_points
+            return ok, x["compression_ratio"] if ok else x["test_accuracy"]
+
+        if key not in best or rank(r) > rank(best[key]):
+            best[key] = r
+    return sorted(r["run"] for r in best.values())
+
+
+def timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    return fn(*args, **kwargs), time.perf_counter() - t

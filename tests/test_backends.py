@@ -1,0 +1,187 @@
+"""Training backends: every one hits the allocation exactly, resumes, and rejects bad names."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import autoprune.backends  # noqa: F401  (registers the built-in backends)
+from autoprune.backends.base import BACKENDS, BackendConfig
+from autoprune.backends.reweighted import Reweighted
+from autoprune.checkpoint import save_checkpoint
+from autoprune.cli import main
+from autoprune.compress import PruneRun, get_backend, run_prune
+from autoprune.errors import UnknownNameError, UsageError
+from autoprune.export import partial_dir
+from autoprune.masking import UnitMap, slim
+from autoprune.measure import count_macs, count_params, count_weights
+from autoprune.runs import load_model_and_data, trace
+
+SIZE = (1, 16, 16)
+REQUIRED = ("reweighted", "admm", "magnitude")
+
+
+@pytest.fixture(scope="module")
+def dense() -> Any:
+    loaded = load_model_and_data(model="lenet5", dataset="digits", input_size=SIZE, limit=96)
+    return loaded
+
+
+def _cfg(**kw: Any) -> BackendConfig:
+    return BackendConfig(
+        **{"epochs": 1, "finetune_epochs": 1, "batch_size": 32, "progress": False, **kw}
+    )
+
+
+def _keep(graph: Any, ratio: float = 0.3) -> np.ndarray:
+    return np.maximum(1, (np.array(graph.sizes) * ratio).astype(np.int64))
+
+
+@pytest.mark.parametrize("granularity", ["weight", "channel"])
+@pytest.mark.parametrize("name", REQUIRED)
+def test_backend_hits_the_allocation_exactly(dense: Any, name: str, granularity: str) -> None:
+    loaded = copy.copy(dense)
+    loaded.model = copy.deepcopy(dense.model)
+    graph, cost_model = trace(loaded, granularity)  # type: ignore[arg-type]
+    keep = _keep(graph)
+    res = BACKENDS.get(name)().run(loaded.model, graph, keep, loaded.data, _cfg())
+
+    assert [len(k) for k in res.kept] == keep.tolist()
+    alive = UnitMap(res.model, graph).alive(res.model)
+    for a, idx, k in zip(alive, res.kept, keep, strict=True):
+        outside = torch.ones_like(a)
+        outside[idx] = False
+        assert not (a & outside).any()  # every pruned element is exactly zero
+        assert int(a.sum()) == k  # and every kept one trained to something nonzero
+    assert not any("parametrizations" in n for n, _ in res.model.named_modules())
+    assert [row["phase"] for row in res.history] == ["prune", "finetune"]
+
+    final = slim(res.model, graph, res.kept)
+    predicted = cost_model.costs(keep)
+    if granularity == "weight":
+        assert count_weights(final, nonzero=True) == predicted.weights
+    else:
+        assert count_macs(final, SIZE) == predicted.macs
+        assert count_params(final) == predicted.params
+
+
+def test_resumed_run_ends_where_an_uninterrupted_one_does(dense: Any, tmp_path: Path) -> None:
+    graph, _ = trace(dense, "weight")
+    keep = _keep(graph, 0.2)
+    cfg = _cfg(epochs=2, finetune_epochs=2)
+    straight = Reweighted().run(copy.deepcopy(dense.model), graph, keep, dense.data, cfg)
+
+    for stop_after in (0, 2):  # interrupted in the pruning phase, then in fine-tuning
+        saved: dict[str, Any] = {}
+
+        def interrupt(
+            epoch: int, state: dict[str, Any], stop: int = stop_after, saved: dict[str, Any] = saved
+        ) -> None:
+            saved["state"] = state
+            if epoch == stop:
+                raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            Reweighted().run(
+                copy.deepcopy(dense.model), graph, keep, dense.data, cfg, on_epoch_end=interrupt
+            )
+        path = tmp_path / f"last-{stop_after}.pt"
+        torch.save(saved["state"], path)
+        state = torch.load(path, weights_only=True)  # what compress hands back on --resume
+        resumed = Reweighted().run(
+            copy.deepcopy(dense.model), graph, keep, dense.data, cfg, resume=state
+        )
+        assert [r["epoch"] for r in resumed.history] == [0, 1, 2, 3]
+        for a, b in zip(straight.kept, resumed.kept, strict=True):
+            assert torch.equal(a, b)
+        for (n, a), b in zip(
+            straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+        ):
+            assert torch.allclose(a, b, atol=1e-6), n
+
+
+@pytest.fixture(scope="module")
+def allocation_file(tmp_path_factory: pytest.TempPathFactory, dense: Any) -> Path:
+    from autoprune.allocation import Allocation
+    from autoprune.runs import CHECKPOINT_KIND_DENSE, _meta
+
+    root = tmp_path_factory.mktemp("prune")
+    ckpt = root / "dense.pt"
+    save_checkpoint(
+        ckpt, state_dict=dense.model.state_dict(), meta=_meta(dense, CHECKPOINT_KIND_DENSE, 0)
+    )
+    graph, _ = trace(dense, "weight")
+    alloc = Allocation.from_keep(
+        graph, _keep(graph, 0.1), num_classes=10, dataset="digits", checkpoint=str(ckpt)
+    )
+    alloc.save(root / "allocation.json")
+    return root / "allocation.json"
+
+
+def test_prune_resumes_after_ctrl_c(
+    allocation_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    cfg = PruneRun(
+        str(allocation_file), str(out), "reweighted", _cfg(epochs=2), limit=96, progress=False
+    )
+    calls = {"n": 0}
+    original = Reweighted.epoch_metrics
+
+    def stop_in_second_epoch(self: Reweighted, model: Any) -> dict[str, Any]:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt
+        return original(self, model)
+
+    monkeypatch.setattr(Reweighted, "epoch_metrics", stop_in_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(cfg)
+    assert (partial_dir(out) / "epochs" / "last.pt").is_file() and not out.exists()
+
+    metrics = run_prune(PruneRun(**{**cfg.__dict__, "resume": True}))
+    assert [r["epoch"] for r in metrics["history"]] == [0, 1, 2]
+    assert (out / "model.pt2").is_file()
+    keep = [u["keep"] for u in json.loads(allocation_file.read_text())["units"]]
+    assert metrics["final"]["nonzero_weights"] == sum(keep)
+
+
+def test_unknown_backend_suggests_the_closest(
+    allocation_file: Path, tmp_path: Path, capsys: Any
+) -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'reweighted'"):
+        get_backend("reweighed")
+    code = main(["prune", "--allocation", str(allocation_file), "--backend", "magnitud", "--limit", "32",
+                 "--quiet", "--out", str(tmp_path / "x")])  # fmt: skip
+    assert code == 2
+    assert "did you mean 'magnitude'" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_unknown_or_mistyped_option_is_a_usage_error(dense: Any) -> None:
+    graph, _ = trace(dense, "weight")
+    with pytest.raises(UsageError, match=r"takes no option 'aux_rate'.*aux_lr"):
+        Reweighted().run(
+            copy.deepcopy(dense.model),
+            graph,
+            _keep(graph),
+            dense.data,
+            _cfg(options={"aux_rate": 1}),
+        )
+    with pytest.raises(UsageError, match="refreshes='often' is not a int"):
+        Reweighted().run(copy.deepcopy(dense.model), graph, _keep(graph), dense.data,
+                         _cfg(options={"refreshes": "often"}))  # fmt: skip
+
+
+def test_keep_outside_a_unit_is_a_usage_error(dense: Any) -> None:
+    graph, _ = trace(dense, "weight")
+    keep = _keep(graph)
+    keep[0] = graph.sizes[0] + 1
+    with pytest.raises(UsageError, match="keeps 501 of 500"):
+        Reweighted().run(copy.deepcopy(dense.model), graph, keep, dense.data, _cfg())
