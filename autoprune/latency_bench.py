@@ -156,25 +156,35 @@ def bench_model(
     )
     pred = np.array([predict(k) for k in keeps])
     meas = np.array([measured[f"r{i}"] for i in range(len(keeps))])
+    dense_pred, dense_meas = predict(cm.dense_keep), measured["dense"]
     out["random"] = {
         "predicted_s": pred.tolist(),
         "measured_s": meas.tolist(),
         "macs": [cm.metric("macs", k) for k in keeps],
-        "dense_predicted_s": predict(cm.dense_keep),
-        "dense_measured_s": measured["dense"],
-        "pearson_r": float(np.corrcoef(pred, meas)[0, 1]),
-        "spearman_rho": float(
-            np.corrcoef(np.argsort(np.argsort(pred)), np.argsort(np.argsort(meas)))[0, 1]
-        ),
-        "mae_s": float(np.abs(pred - meas).mean()),
-        "mape": float((np.abs(pred - meas) / meas).mean()),
-        "bias_s": float((pred - meas).mean()),
+        "dense_predicted_s": dense_pred,
+        "dense_measured_s": dense_meas,
+        **agreement(pred, meas),
+        # Each side as a fraction of its own dense model: what a relative budget compares, and
+        # free of the drift in absolute speed between the table's timing and this one.
+        "relative": agreement(pred / dense_pred, meas / dense_meas),
     }
     out["budgets"] = [
         budget_row(model, cm, spec, cfg, metric, frac, quiet)
         for metric, frac in (("macs", 0.5), ("macs", 0.3), ("latency", 0.5))
     ]
     return out
+
+
+def agreement(pred: np.ndarray, meas: np.ndarray) -> dict[str, float]:
+    """Correlations and errors of predictions against measurements (same units)."""
+    ranks = np.argsort(np.argsort(pred)), np.argsort(np.argsort(meas))
+    return {
+        "pearson_r": float(np.corrcoef(pred, meas)[0, 1]),
+        "spearman_rho": float(np.corrcoef(*ranks)[0, 1]),
+        "mae": float(np.abs(pred - meas).mean()),
+        "mape": float((np.abs(pred - meas) / meas).mean()),
+        "bias": float((pred - meas).mean()),
+    }
 
 
 def budget_row(

@@ -9,42 +9,48 @@ import numpy as np
 
 
 def plot(results: list[dict[str, Any]], path: Path) -> None:
+    """Predicted against measured latency per model: in ms (top) and as a fraction of dense."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(results), figsize=(4.2 * len(results), 4.0))
-    for ax, res in zip(np.atleast_1d(axes), results, strict=True):
+    fig, axes = plt.subplots(2, len(results), figsize=(4.2 * len(results), 8.0), squeeze=False)
+    for col, res in enumerate(results):
         r = res["random"]
-        p, m = np.array(r["predicted_s"]) * 1e3, np.array(r["measured_s"]) * 1e3
-        ax.scatter(m, p, s=18, label="random allocations")
-        ax.scatter(
-            [r["dense_measured_s"] * 1e3],
-            [r["dense_predicted_s"] * 1e3],
-            marker="*",
-            s=80,
-            label="dense",
-        )
-        hi = max(p.max(), m.max(), r["dense_measured_s"] * 1e3) * 1.05
-        ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="predicted = measured")
-        ax.set(
-            xlim=(0, hi),
-            ylim=(0, hi),
-            xlabel="measured latency (ms)",
-            ylabel="predicted latency (ms)",
-            title=f"{res['model']} {'x'.join(map(str, res['input_size']))}\n"
-            f"r={r['pearson_r']:.3f}, MAPE {100 * r['mape']:.1f}%",
-        )
-        ax.legend(fontsize=7, loc="upper left")
+        pred, meas = np.array(r["predicted_s"]), np.array(r["measured_s"])
+        dense_p, dense_m = r["dense_predicted_s"], r["dense_measured_s"]
+        name = f"{res['model']} {'x'.join(map(str, res['input_size']))}"
+        rel = r["relative"]
+        panels = [
+            (1e3, "latency (ms)", f"r={r['pearson_r']:.3f}, MAPE {100 * r['mape']:.1f}%"),
+            (
+                None,
+                "latency / dense",
+                f"r={rel['pearson_r']:.3f}, MAE {100 * rel['mae']:.1f} points",
+            ),
+        ]
+        for row, (scale, unit, stats) in enumerate(panels):
+            title = f"{name}{', fraction of dense' if scale is None else ''}\n{stats}"
+            ax = axes[row][col]
+            sp, sm = (scale, scale) if scale else (1 / dense_p, 1 / dense_m)
+            p, m = pred * sp, meas * sm
+            ax.scatter(m, p, s=18, label="random allocations")
+            ax.scatter([dense_m * sm], [dense_p * sp], marker="*", s=80, label="dense")
+            hi = max(p.max(), m.max(), dense_m * sm, dense_p * sp) * 1.05
+            ax.plot([0, hi], [0, hi], "k--", lw=0.8, label="predicted = measured")
+            ax.set(xlim=(0, hi), ylim=(0, hi), xlabel=f"measured {unit}",
+                   ylabel=f"predicted {unit}", title=title)  # fmt: skip
+            ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 RANDOM_HEADER = (
     "model|input|units|table built in|dense measured|dense predicted|Pearson r|"
-    "Spearman rho|MAE|MAPE|mean bias|other jobs (cores): table, timing|load avg"
+    "Spearman rho|MAE|MAPE|mean bias|r, fraction of dense|MAE, fraction of dense|"
+    "other jobs (cores): table, timing|load avg"
 )
 BUDGET_HEADER = (
     "model|budget|MAC reduction|predicted speed-up|measured speed-up|dense|final|"
@@ -66,7 +72,8 @@ def _random_row(res: dict[str, Any]) -> list[object]:
         res["model"], "x".join(map(str, res["input_size"])), res["units"],
         f"{res['table']['seconds_to_measure']:.0f} s", _ms(r["dense_measured_s"]),
         _ms(r["dense_predicted_s"]), f"{r['pearson_r']:.3f}", f"{r['spearman_rho']:.3f}",
-        _ms(r["mae_s"]), f"{100 * r['mape']:.1f}%", _ms(r["bias_s"]),
+        _ms(r["mae"]), f"{100 * r['mape']:.1f}%", _ms(r["bias"]),
+        f"{r['relative']['pearson_r']:.3f}", f"{100 * r['relative']['mae']:.1f} points",
         f"{res['conditions_table']['others_cores_during']:.2f}, "
         f"{res['conditions_random']['others_cores_during']:.2f}",
         _load(res["conditions_random"]),
