@@ -39,8 +39,9 @@ class Recipe:
 
     dataset: str = "mnist"
     budgets: tuple[str, ...] = ("10%", "5%")  # of the dense MACs
-    methods: tuple[str, ...] = ("uniform", "random", "optuna")
+    methods: tuple[str, ...] = ("uniform", "random", "optuna", "rl")
     trials: int = 40  # random and optuna alike
+    episodes: int = 150  # rl: one evaluation per episode (repeated allocations are cached)
     # 2000 validation images after 20 SGD steps of 128 on the slimmed model: a couple of seconds a
     # trial, and a fine-tuned proxy ranks allocations better than the raw masked accuracy
     # (LeNet-5 has no BatchNorm to recalibrate)
@@ -70,6 +71,7 @@ class Recipe:
 QUICK = Recipe(
     dataset="digits",
     trials=6,
+    episodes=8,
     epochs=1,
     finetune_epochs=1,
     correlation=4,
@@ -138,7 +140,8 @@ def _search_run(
     run: Path,
     progress: bool,
 ) -> SearchRun:
-    options = {} if method == "uniform" else {"trials": recipe.trials}
+    by_method = {"uniform": {}, "rl": {"episodes": recipe.episodes}}
+    options = by_method.get(method, {"trials": recipe.trials})
     return SearchRun(
         dataset=recipe.dataset,
         out=str(run),
@@ -167,6 +170,7 @@ def _row(run: Path, method: str, budget: str) -> dict[str, Any]:
         "test_accuracy": m["final"]["accuracy"],
         "search_s": m["search"]["seconds"],
         "trials": m["search"]["trials"],
+        "best_episode": m["search"].get("best_episode"),  # rl: episodes to the best allocation
         "macs": m["final"]["macs"],
         "dense_macs": m["dense"]["macs"],
         "keep": [u["keep"] for u in json.loads((run / "allocation.json").read_text())["units"]],
@@ -207,7 +211,7 @@ def _correlation(
     pool: dict[tuple[int, ...], float] = {}
     for r in mine:
         trials = Path(r["run"]) / "trials.json"
-        for t in json.loads(trials.read_text()) if r["method"] != "uniform" else []:
+        for t in json.loads(trials.read_text()) if r["method"] in ("random", "optuna") else []:
             if tuple(t["keep"]) not in points:
                 pool.setdefault(tuple(t["keep"]), float(t["score"]))
     ranked = sorted(pool.items(), key=lambda kv: kv[1])
@@ -266,6 +270,7 @@ def _dense_row(dense: str) -> dict[str, Any]:
 def _recipe_dict(r: Recipe) -> dict[str, Any]:
     return {
         "trials": r.trials,
+        "episodes": r.episodes,
         "backend": r.backend,
         "epochs": r.epochs,
         "finetune_epochs": r.finetune_epochs,

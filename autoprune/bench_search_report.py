@@ -48,15 +48,16 @@ def _scatter(corr: dict[str, Any], path: Path) -> None:
 
 
 def checks(summary: dict[str, Any]) -> list[str]:
-    """Optuna against uniform (final test accuracy) at every budget, and the correlation size."""
+    """Each searching method against uniform (final test accuracy) at every budget, and the
+    correlation size."""
     lines = []
     for budget in summary["recipe"]["budgets"]:
         by = {r["method"]: r for r in summary["rows"] if r["budget"] == budget}
-        if "optuna" in by and "uniform" in by:
-            o, u = by["optuna"]["test_accuracy"], by["uniform"]["test_accuracy"]
+        for method in [m for m in ("optuna", "rl") if m in by and "uniform" in by]:
+            o, u = by[method]["test_accuracy"], by["uniform"]["test_accuracy"]
             verdict = "beats" if o > u else "does NOT beat"
             lines.append(
-                f"- {budget} MACs: optuna {verdict} uniform on final test accuracy "
+                f"- {budget} MACs: {method} {verdict} uniform on final test accuracy "
                 f"({_pct(o)} vs {_pct(u)}, {100 * (o - u):+.2f} points)"
             )
     corr = summary["correlation"]
@@ -72,6 +73,12 @@ TABLE_HEAD = (
     "| method | proxy (val) accuracy | final test accuracy | search wall time | trials "
     "| MACs (measured) | keep per unit |\n|---|---:|---:|---:|---:|---:|---|"
 )
+
+
+def _trials(row: dict[str, Any]) -> str:
+    """Trials (rl: episodes plus the trained policy's own), and the episode that found the best."""
+    best = row.get("best_episode")
+    return f"{row['trials']} (best: #{best})" if best is not None else str(row["trials"])
 
 
 def _keep(keep: list[int]) -> str:
@@ -94,7 +101,10 @@ def _intro(summary: dict[str, Any]) -> list[str]:
         f"{r['finetune_epochs']} (fine-tune) epochs at lr {r['lr']}, seed {r['seed']}. The proxy "
         f"(what random and optuna maximise) is the validation accuracy on {val} held-out training "
         f"images after {ev['finetune_steps']} SGD steps on the pruned model; random and optuna get "
-        f"{r['trials']} trials each. Search time is the wall time of the search stage only (2 CPU "
+        f"{r['trials']} trials each, rl {r.get('episodes', '-')} episodes (DDPG, every episode "
+        "scored by the same proxy, repeats cached; its trials count the trained policy's greedy "
+        "episode too, and `best: #N` is the episode, from 0, that found the chosen allocation). "
+        "Search time is the wall time of the search stage only (2 CPU "
         "cores shared with other jobs); the test split is read once, after the backend.",
         "",
     ]
@@ -111,7 +121,7 @@ def render_readme(summary: dict[str, Any], out: Path) -> str:
         lines += [f"## {budget} of dense MACs (<= {format_value('macs', limit)})", "", TABLE_HEAD]
         lines += [
             f"| {x['method']} | {_pct(x['proxy_accuracy'])} | {_pct(x['test_accuracy'])} | "
-            f"{x['search_s']:.1f} s | {x['trials']} | {format_value('macs', x['macs'])} | "
+            f"{x['search_s']:.1f} s | {_trials(x)} | {format_value('macs', x['macs'])} | "
             f"{_keep(x['keep'])} |"
             for x in rows
         ]

@@ -257,3 +257,29 @@ def test_cli_search_rl_end_to_end(tmp_path: Path) -> None:
     agent = TD3.load(out / "agent" / "td3.zip", device="cpu")
     assert agent.action_space.shape == (1,)
     assert main([*argv[:-1], str(tmp_path / "bad"), "--agent", "dqn"]) == 2
+
+
+def test_search_benchmark_reports_rl_against_uniform(tmp_path: Path) -> None:
+    from autoprune.bench_search_report import checks, render_readme
+
+    row = {"proxy_accuracy": 0.9, "search_s": 2.0, "macs": 1e5, "dense_macs": 2.29e6, "keep": [3]}
+    rows = [
+        {**row, "method": "uniform", "budget": "10%", "test_accuracy": 0.95, "trials": 1},
+        {**row, "method": "rl", "budget": "10%", "test_accuracy": 0.96, "trials": 151},
+    ]
+    rows[1]["best_episode"] = 42
+    recipe = {"budgets": ["10%"], "backend": "reweighted", "epochs": 1, "finetune_epochs": 1,
+              "lr": 0.01, "seed": 0, "trials": 4, "episodes": 150,
+              "evaluator": {"val_limit": 100, "finetune_steps": 2}}  # fmt: skip
+    points = [{"keep": [i], "proxy_accuracy": i / 10, "test_accuracy": i / 10} for i in range(3)]
+    dense = {"checkpoint": "d.pt", "epochs": 1, "test_accuracy": 0.99, "macs": 2.29e6}
+    corr = {"budget": "10%", "n": 3, "spearman": 1.0, "points": points}
+    summary = {"benchmark": "b", "dataset": "mnist", "command": "c", "rows": rows, "recipe": recipe,
+               "dense": dense, "correlation": corr}  # fmt: skip
+    assert checks(summary)[0] == (
+        "- 10% MACs: rl beats uniform on final test accuracy (96.00% vs 95.00%, +1.00 points)"
+    )
+    text = render_readme(summary, tmp_path)
+    assert (
+        "| rl | 90.00% | 96.00% | 2.0 s | 151 (best: #42) |" in text and "rl 150 episodes" in text
+    )
