@@ -25,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     dense_dir, pruned_dir = f"{args.out}/dense", f"{args.out}/pruned"
     print(f"1/2  training dense LeNet-5 on digits -> {dense_dir}")
-    run_train(TrainRun("lenet5", "digits", dense_dir, train=TrainConfig(epochs=30, lr=0.05), overwrite=True))
+    run_train(TrainRun("lenet5", "digits", dense_dir, train=TrainConfig(epochs=20, lr=0.01), overwrite=True))
     print(f"2/2  searching ({args.method}) for --budget-flops {args.budget_flops}, training to it -> {pruned_dir}")
     metrics = run_search(
         SearchRun(
