@@ -8,6 +8,7 @@ vector into per-layer widths, so the table predicts any allocation without build
 from __future__ import annotations
 
 import copy
+import sys
 import time
 import warnings
 from collections.abc import Sequence
@@ -110,7 +111,8 @@ def measure_table(
             if progress:
                 grid = f"{len(outs)}x{1 if lay.depthwise else len(ins)}"
                 dense = format_value("latency", secs[-1][-1])
-                print(f"  {lay.name}: {grid} widths, dense {dense}", flush=True)
+                # stderr, beside the other progress output: stdout may carry --json
+                print(f"  {lay.name}: {grid} widths, dense {dense}", file=sys.stderr, flush=True)
         g = graph
         table = LatencyTable(g.model_name, g.input_size, g.signature, cfg.batch, threads, layers,
                              0.0, 0.0, info)  # fmt: skip
