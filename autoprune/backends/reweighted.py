@@ -31,12 +31,12 @@ class ReweightedOptions:
     )
     reg_rate: float = 0.01  # regulariser step per unit of factor: a gate at 1 closes in ~100 steps
     refreshes: int = 50  # refreshes of the reweighting and IncReg factors over the ramp
-    increment: float = 0.2  # IncReg: factor added per refresh to each element below its target
+    increment: float = 1.0  # IncReg: factor added per refresh to each element below its target
     eps: float = 0.1  # reweighting 1 / (|a| + eps): small gates are pushed hardest
     base: float = 0.0  # reweighted L1 on every gate, on top of IncReg (0: IncReg alone)
     ramp: float = 0.6  # the targets reach `keep` at this fraction of the pruning phase
     clamp: float = 3.0  # gates live in [-1, clamp]: a masked element is never far from recovery
-    feedback: bool = False  # masked weights still get their gradient (Lin et al. 2020)
+    feedback: bool = True  # masked weights still get their gradient (Lin et al. 2020)
 
 
 _CLAMP_EVERY = 10  # steps between clamps of the gates (they move little per step)
