@@ -20,6 +20,7 @@ from autoprune.bench import BENCHMARKS, BenchConfig
 from autoprune.bench.overhead import step_overhead
 from autoprune.bench.report import render_readme, write_gitignore
 from autoprune.bench.runner import RunSpec, best_runs, keep_for, measure_run, run_spec
+from autoprune.errors import UsageError
 from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
 from autoprune.training import TrainConfig
 
@@ -69,11 +70,9 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
     wanted = set(cfg.only) if cfg.only else {s.name for s in specs} | {OVERHEAD}
     unknown = wanted - {s.name for s in specs} - {OVERHEAD}
     if unknown:
-        from autoprune.errors import UsageError
-
         names = ", ".join([s.name for s in specs] + [OVERHEAD])
         raise UsageError(
-            f"benchmark {NAME!r} has no run {', '.join(sorted(unknown))}; it has {names}"
+            f"benchmark {NAME!r} has no run {', '.join(map(repr, sorted(unknown)))}; it has {names}"
         )
 
     dense_dir = out / "dense"

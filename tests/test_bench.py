@@ -1,0 +1,48 @@
+"""`autoprune bench lenet5-mnist --quick`: the whole benchmark pipeline on digits, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from autoprune.allocation import Allocation
+from autoprune.cli import main
+from autoprune.errors import UnknownNameError, UsageError
+
+
+@pytest.mark.slow
+def test_quick_bench_writes_measured_rows_that_match_their_allocations(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    assert main(["bench", "lenet5-mnist", "--quick", "--quiet", "--out", str(out)]) == 0
+
+    summary = json.loads((out / "summary.json").read_text())
+    rows = {r["run"]: r for r in summary["runs"]}
+    assert set(rows) == {"magnitude-71x", "reweighted-71x", "reweighted-channel-20pct-macs"}
+    for name, row in rows.items():
+        alloc = Allocation.load(out / "allocations" / f"{name}.json")
+        if row["granularity"] == "weight":
+            assert row["weights_per_layer"] == alloc.keep.tolist()  # exact, counted in the export
+        assert row["nonzero_macs"] <= alloc.predicted["macs"]
+    assert rows["reweighted-71x"]["compression_ratio"] == pytest.approx(71.16, abs=0.01)
+    assert rows["reweighted-channel-20pct-macs"]["macs_fraction"] <= 0.20
+    assert summary["overhead"]["ratio"] > 0
+    readme = (out / "README.md").read_text()
+    assert "| reweighted-71x" in readme or "| **reweighted-71x**" in readme
+    assert "autoprune prune --allocation" in readme
+
+    # A second call reuses every finished run instead of training again.
+    stamp = (out / "runs" / "reweighted-71x" / "metrics.json").stat().st_mtime
+    assert main(["bench", "lenet5-mnist", "--quick", "--quiet", "--out", str(out)]) == 0
+    assert (out / "runs" / "reweighted-71x" / "metrics.json").stat().st_mtime == stamp
+
+
+def test_unknown_benchmark_and_run_names_are_usage_errors(tmp_path: Path) -> None:
+    from autoprune.bench import BenchConfig, run_bench
+
+    with pytest.raises(UnknownNameError, match="did you mean 'lenet5-mnist'"):
+        run_bench("lenet5-mnits", BenchConfig(out=str(tmp_path)))
+    with pytest.raises(UsageError, match="has no run 'reweighted-9000x'"):
+        run_bench("lenet5-mnist", BenchConfig(out=str(tmp_path), quick=True, only=["reweighted-9000x"]))
+    assert not any(tmp_path.iterdir())
