@@ -5,7 +5,10 @@ episode is one trial. The best allocation over all episodes (warm-up included) i
 one last greedy episode of the trained policy is scored as well. With a run directory the agent
 is checkpointed there (`agent/NAME.zip`) every `checkpoint_every` episodes and at the end.
 With `n_envs` > 1 episodes run in that many worker processes (forked, so the evaluator and its
-data are shared, not pickled), each with its own evaluator cache.
+data are shared, not pickled), each with its own evaluator cache and one torch thread. On the two
+shared cores here that did not pay: 40 LeNet-5 / MNIST episodes took 19 s with two workers and
+15 s in one process, both at one torch thread (and 130-335 s in one process at two threads, which
+the other jobs on the cores starve), so the default is one process.
 """
 
 from __future__ import annotations
