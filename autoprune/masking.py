@@ -84,11 +84,17 @@ class UnitMap:
         self.slices.setdefault(key, []).append(piece)
         self.shapes[key] = getattr(model.get_submodule(key[0]), key[1]).shape
 
-    def masks(self, vectors: Sequence[torch.Tensor]) -> dict[ParamKey, torch.Tensor]:
-        """Masks shaped to broadcast against each parameter; differentiable in `vectors`."""
+    def masks(
+        self, vectors: Sequence[torch.Tensor], fill: float = 1.0
+    ) -> dict[ParamKey, torch.Tensor]:
+        """Masks shaped to broadcast against each parameter; differentiable in `vectors`.
+
+        Rows of a parameter that no unit owns get `fill` (1: untouched by a mask; 0 for maps of
+        per-element coefficients such as penalty strengths).
+        """
         out: dict[ParamKey, torch.Tensor] = {}
         for key, pieces in self.slices.items():
-            out[key] = self.mask(key, vectors, pieces)
+            out[key] = self.mask(key, vectors, pieces, fill)
         return out
 
     def mask(
@@ -96,8 +102,9 @@ class UnitMap:
         key: ParamKey,
         vectors: Sequence[torch.Tensor] | Mapping[int, torch.Tensor],
         pieces: list[ElementSlices] | None = None,
+        fill: float = 1.0,
     ) -> torch.Tensor:
-        """The mask of one parameter; `vectors` needs entries only for the units in `units_of(key)`."""
+        """The mask of one parameter; `vectors` needs entries only for the units of `key`."""
         shape = self.shapes[key]
         m: torch.Tensor | None = None
         for piece in pieces if pieces is not None else self.slices[key]:
@@ -105,7 +112,7 @@ class UnitMap:
             if piece.rows is None:
                 return v.reshape(shape)
             if m is None:
-                m = torch.ones(shape[0], dtype=v.dtype, device=v.device)
+                m = torch.full((shape[0],), fill, dtype=v.dtype, device=v.device)
             m = m.index_put((piece.rows,), v[piece.elements])
         assert m is not None
         return m.view(-1, *([1] * (len(shape) - 1)))
@@ -132,13 +139,16 @@ class UnitMap:
 
     def alive(self, model: nn.Module) -> list[torch.Tensor]:
         """Per unit, which elements still have a nonzero value in some slice they own."""
-        return [s > 0 for s in self.reduce({k: v.abs() for k, v in self.parameters(model).items()})]
+        magnitudes = {k: v.abs() for k, v in self.parameters(model).items()}
+        return [s > 0 for s in self.reduce(magnitudes)]
 
 
-def keep_vectors(sizes: Sequence[int], kept: Sequence[torch.Tensor], dtype: torch.dtype) -> list[torch.Tensor]:
+def keep_vectors(
+    sizes: Sequence[int], kept: Sequence[torch.Tensor], dtype: torch.dtype
+) -> list[torch.Tensor]:
     """0/1 vectors, one per unit, with ones at the kept indices."""
     vectors = []
-    for n, idx in zip(sizes, kept):
+    for n, idx in zip(sizes, kept, strict=True):
         v = torch.zeros(n, dtype=dtype)
         v[idx] = 1.0
         vectors.append(v)

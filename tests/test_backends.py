@@ -24,7 +24,7 @@ from autoprune.measure import count_macs, count_params, count_weights
 from autoprune.runs import load_model_and_data, trace
 
 SIZE = (1, 16, 16)
-REQUIRED = ("reweighted", "admm", "magnitude")
+BACKEND_NAMES = ("reweighted", "admm", "magnitude", "greg", "hspg")
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _keep(graph: Any, ratio: float = 0.3) -> np.ndarray:
 
 
 @pytest.mark.parametrize("granularity", ["weight", "channel"])
-@pytest.mark.parametrize("name", REQUIRED)
+@pytest.mark.parametrize("name", BACKEND_NAMES)
 def test_backend_hits_the_allocation_exactly(dense: Any, name: str, granularity: str) -> None:
     loaded = copy.copy(dense)
     loaded.model = copy.deepcopy(dense.model)

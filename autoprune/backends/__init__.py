@@ -1,6 +1,6 @@
 """Training backends; importing this package registers every built-in one in BACKENDS."""
 
-from autoprune.backends import admm, magnitude, reweighted
+from autoprune.backends import admm, greg, hspg, magnitude, reweighted
 from autoprune.backends.base import BACKENDS, Backend, BackendConfig, BackendResult
 
 __all__ = [
@@ -9,6 +9,8 @@ __all__ = [
     "BackendConfig",
     "BackendResult",
     "admm",
+    "greg",
+    "hspg",
     "magnitude",
     "reweighted",
 ]
