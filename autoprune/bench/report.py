@@ -123,5 +123,5 @@ def write_gitignore(out: Path, best: list[str]) -> None:
     is as big as the dense one.
     """
     lines = ["# written by autoprune bench", "runs/*", *[f"!runs/{b}/" for b in best],
-             "runs/*/checkpoint.pt", "runs/*/trials.json"]  # fmt: skip
+             "runs/*/checkpoint.pt", "runs/*/trials.json", "runs/*/epochs/"]  # fmt: skip
     (out / ".gitignore").write_text("\n".join(lines) + "\n")

@@ -7,6 +7,7 @@ the report are measured from the exported checkpoints, never copied from a confi
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +108,8 @@ def run_spec(
     resume = (partial_dir(run_dir) / "epochs" / "last.pt").is_file() and not force
     run_prune(PruneRun(str(alloc_path), str(run_dir), spec.backend, spec.backend_config(progress),
                        data_dir=data_dir, limit=limit, progress=progress, overwrite=force, resume=resume))  # fmt: skip
+    # The per-epoch resume state is as big as several models and useless once the run is done.
+    shutil.rmtree(run_dir / "epochs", ignore_errors=True)
     return True
 
 
