@@ -129,6 +129,7 @@ class UnitMap:
                 if piece.rows is None:
                     scores[piece.unit] += t.flatten()
                     continue
+                assert piece.elements is not None
                 per_row = t.reshape(t.shape[0], -1).sum(dim=1)
                 scores[piece.unit].index_add_(0, piece.elements, per_row[piece.rows])
         return scores

@@ -89,7 +89,7 @@ class Admm(MaskTrainer):
 
     def penalty(self) -> Tensor:
         total = sum((p - self.z[k] + self.u[k]).square().sum() for k, p in self.params.items())
-        return 0.5 * self.rho * total  # type: ignore[return-value]
+        return 0.5 * self.rho * total
 
     def after_step(self, step: int) -> None:
         if (step + 1) % self.every == 0:

@@ -91,7 +91,7 @@ class _Gates:
     def vector(self, u: int) -> Tensor:
         v = _StraightThroughStep.apply(self.aux[u])
         self.on[u] = v.detach()
-        return v  # type: ignore[no-any-return]
+        return v
 
 
 class GateMask(nn.Module):
@@ -107,7 +107,7 @@ class GateMask(nn.Module):
         g = self._gates
         m = g.umap.mask(self.key, {u: g.vector(u) for u in self.units}).to(w.dtype)
         inv_scale = 1.0 / g.scale[self.units[0]]  # slices of one parameter share a unit in practice
-        return _GatedWeight.apply(w, m, inv_scale, g.feedback)  # type: ignore[no-any-return]
+        return _GatedWeight.apply(w, m, inv_scale, g.feedback)
 
 
 @BACKENDS.register("reweighted")

@@ -45,7 +45,8 @@ def step_overhead(
     # The pruning phase as a real run schedules it, so periodic work (regulariser refreshes)
     # comes at its real rate.
     cfg = BackendConfig(epochs=epochs, progress=False)
-    hooks = get_backend(backend)().prepare(masked, graph, keep, cfg, steps_per_epoch=len(loader))
+    steps_per_epoch = -(-len(loaded.data.train) // batch_size)  # type: ignore[arg-type]
+    hooks = get_backend(backend)().prepare(masked, graph, keep, cfg, steps_per_epoch)
     opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in (dense, masked)}
     for m, h in ((dense, {}), (masked, hooks)):  # warm-up: allocator, autograd graph caches
         train_epoch(m, batches[:3], opts[id(m)], progress=False, **h)
@@ -55,9 +56,9 @@ def step_overhead(
         for name, m, h in order if r % 2 == 0 else order[::-1]:
             stats = train_epoch(m, batches, opts[id(m)], progress=False, **h)
             times[name].append(stats.seconds / stats.steps)
-    d, m = statistics.median(times["dense"]), statistics.median(times["masked"])
+    dense_s, masked_s = statistics.median(times["dense"]), statistics.median(times["masked"])
     return {
-        "backend": backend, "granularity": graph.granularity, "dense_step_s": d, "masked_step_s": m,
-        "ratio": m / d, "steps": len(batches), "rounds": rounds, "batch_size": batch_size,
+        "backend": backend, "granularity": graph.granularity, "dense_step_s": dense_s,
+        "masked_step_s": masked_s, "ratio": masked_s / dense_s, "steps": len(batches), "rounds": rounds, "batch_size": batch_size,
         "threads": torch.get_num_threads(),
     }  # fmt: skip
