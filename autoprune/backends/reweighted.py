@@ -72,11 +72,11 @@ class _GatedWeight(torch.autograd.Function):
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
         w, m = ctx.saved_tensors
         grad_w = grad if ctx.feedback else grad * m
-        grad_m = grad * w.sign()
+        grad_m = torch.sign(w).mul_(grad)
         if grad_m.shape != m.shape:  # a channel mask broadcasts over its rows
             dims = [d for d in range(grad_m.dim()) if m.shape[d] == 1]
             grad_m = grad_m.sum(dim=dims, keepdim=True)
-        return grad_w, grad_m * ctx.inv_scale, None, None
+        return grad_w, grad_m.mul_(ctx.inv_scale), None, None
 
 
 class _Gates:
@@ -127,8 +127,9 @@ class Reweighted(MaskTrainer):
             scale.append(float(s.mean().clamp_min(1e-12)))
             aux.append((s / scale[-1]).float().clamp(1e-3, opts.clamp).requires_grad_(True))
         self.gates = _Gates(aux, scale, umap, opts.feedback)
-        # Plain SGD with the weights' momentum, so a gate integrates what |w| would do.
-        self.aux_opt = torch.optim.SGD(aux, lr=opts.aux_lr or cfg.lr, momentum=MOMENTUM)
+        # Plain SGD with the weights' momentum, so a gate integrates what |w| would do (fused:
+        # one pass over the gates per step keeps the step overhead small on CPUs).
+        self.aux_opt = torch.optim.SGD(aux, lr=opts.aux_lr or cfg.lr, momentum=MOMENTUM, fused=True)
         self.factor = [torch.zeros_like(a) for a in aux]
         self.coef = [torch.zeros_like(a) for a in aux]  # (factor + base) / (|a| + eps), per refresh
         ramp_steps = opts.ramp * self.total_steps
