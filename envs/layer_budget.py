@@ -14,7 +14,7 @@ evaluator's accuracy (or AMC's -error x log(MACs)).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 import gymnasium as gym
@@ -45,7 +45,7 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
         self,
         cost_model: CostModel,
         limits: Mapping[str, float],
-        evaluate: Any,
+        evaluate: Callable[[np.ndarray], float],
         *,
         projection: ProjectionConfig | None = None,
         reward: Reward = "accuracy",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shlex
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 
@@ -36,7 +36,7 @@ def cost_model(name: str = "lenet5", granularity: str = "channel") -> CostModel:
     return CostModel(trace_units(build_model(name, num_classes=10), SIZES[name], granularity, name))  # type: ignore[arg-type]
 
 
-def score(cm: CostModel) -> object:
+def score(cm: CostModel) -> Callable[[np.ndarray], float]:
     """A cheap evaluator: more kept scores higher; unequal unit weights make an optimum."""
     weights = np.linspace(1.0, 0.2, len(cm.sizes))
 
