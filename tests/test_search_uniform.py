@@ -32,8 +32,20 @@ BUDGETS = {
 }
 
 
-@pytest.mark.parametrize(("model", "size"), CASES)
-@pytest.mark.parametrize("budget", list(BUDGETS))
+def _cases() -> list:  # type: ignore[type-arg]
+    """Every model x budget set; beyond LeNet-5 only the two-budget run is in the fast suite
+    (test_uniform_projection_meets_budgets_after_slimming covers the rest quickly)."""
+    out = []
+    for case in CASES:
+        model, size = case.values if hasattr(case, "values") else case
+        for budget in BUDGETS:
+            slow = model != "lenet5" and (budget != "both" or hasattr(case, "values"))
+            marks = [pytest.mark.slow] if slow else []
+            out.append(pytest.param(model, size, budget, marks=marks, id=f"{budget}-{model}"))
+    return out
+
+
+@pytest.mark.parametrize(("model", "size", "budget"), _cases())
 def test_uniform_meets_budgets_on_the_exported_model(model: str, size: str | None, budget: str, tmp_path: Path) -> None:
     out = tmp_path / "run"
     argv = ["search", "--model", model, "--dataset", "fake", "--limit", "16", "--method", "uniform",
