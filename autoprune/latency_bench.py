@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shlex
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,10 +31,9 @@ from autoprune.latency_report import plot, readme
 from autoprune.masking import slim
 from autoprune.models import build_model
 from autoprune.projection import ProjectionConfig, min_keeps, project
-from autoprune.timing import OtherJobs, TimingConfig, compare_latency, machine_info
+from autoprune.shared_machine import Quiet, quietly, raise_priority
+from autoprune.timing import TimingConfig, compare_latency, machine_info
 from autoprune.units import trace_units
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,65 +48,6 @@ MODELS = {
     "resnet18": ModelSpec("resnet18", (3, 224, 224), 1000),
     "mobilenet_v2": ModelSpec("mobilenet_v2", (3, 224, 224), 1000),
 }
-
-
-@dataclass(frozen=True)
-class Quiet:
-    """When a measurement counts: other jobs leave this benchmark's cores alone.
-
-    Limits are in cores beyond `spare`, the cores the benchmark's threads do not use (timing with
-    one thread on two cores, other jobs may keep the second one busy without disturbing it).
-    """
-
-    max_busy: float = 0.3  # cores other jobs may use (over 5 s) for a measurement to start
-    max_busy_during: float = 0.5  # and while it runs; else it is repeated
-    spare: float = 0.0
-    max_wait_s: float = 900.0  # then start anyway; the conditions are recorded either way
-    attempts: int = 3  # the quietest attempt is kept
-
-
-def _wait(quiet: Quiet) -> tuple[float | None, float]:
-    start = time.monotonic()
-    while True:
-        with OtherJobs() as idle:
-            time.sleep(5.0)
-        waited = time.monotonic() - start
-        if (idle.cores or 0.0) <= quiet.spare + quiet.max_busy or waited > quiet.max_wait_s:
-            return idle.cores, waited
-
-
-def quietly(fn: Callable[[], T], quiet: Quiet) -> tuple[T, dict[str, Any]]:
-    """fn() on a quiet machine, repeated while other jobs were busy during it; the quietest run."""
-    best: tuple[T, dict[str, Any]] | None = None
-    for attempt in range(1, quiet.attempts + 1):
-        before, waited = _wait(quiet)
-        load = os.getloadavg()[0]
-        with OtherJobs() as during:
-            result = fn()
-        conditions = {"attempt": attempt, "waited_s": round(waited), "others_cores_before": before,
-                      "others_cores_during": during.cores, "loadavg_before": load,
-                      "loadavg_after": os.getloadavg()[0]}  # fmt: skip
-        busy = during.cores or 0.0
-        if best is None or busy < (best[1]["others_cores_during"] or 0.0):
-            best = (result, conditions)
-        if busy <= quiet.spare + quiet.max_busy_during:
-            break
-    assert best is not None
-    return best
-
-
-def raise_priority(nice: int) -> str:
-    """Give this process more of the CPU than other jobs (Linux; a negative value needs root).
-
-    With scheduler autogroups (one per session) a process's own nice value only ranks it within
-    its session, so the autogroup's nice is set where the kernel has one.
-    """
-    autogroup = Path("/proc/self/autogroup")
-    if autogroup.exists():
-        autogroup.write_text(str(nice))
-        return autogroup.read_text().strip()
-    os.setpriority(os.PRIO_PROCESS, 0, nice)
-    return f"nice {os.getpriority(os.PRIO_PROCESS, 0)}"
 
 
 def random_keeps(cm: CostModel, n: int, seed: int) -> list[np.ndarray]:
@@ -246,12 +186,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--priority", type=int, help="scheduler nice value for this run, e.g. -15 on a busy machine"
     )
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="rewrite README.md and the plot from OUT/latency.json and OUT/NOTES.md",
+    )
     args = p.parse_args(argv)
+    out = Path(args.out)
+    if args.report_only:
+        write_report(out, json.loads((out / "latency.json").read_text()))
+        return 0
     priority = raise_priority(args.priority) if args.priority is not None else None
     spare = max(0, (os.cpu_count() or 1) - args.threads)
     quiet = Quiet(args.max_busy, args.max_busy_during, spare, args.max_wait, args.attempts)
     torch.set_num_threads(args.threads)
-    out = Path(args.out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     cfg = LatencyConfig(timing=TimingConfig(rounds=args.rounds, threads=args.threads))
     t0 = time.time()
@@ -288,10 +236,17 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
     }
     write_json_atomic(out / "latency.json", summary)
-    plot(results, out / "predicted_vs_measured.png")
-    (out / "README.md").write_text(readme(summary))
-    print(f"wrote {out}/latency.json, README.md, predicted_vs_measured.png")
+    write_report(out, summary)
     return 0
+
+
+def write_report(out: Path, summary: dict[str, Any]) -> None:
+    """README.md (with OUT/NOTES.md, hand-written, appended when present) and the plot."""
+    plot(summary["results"], out / "predicted_vs_measured.png")
+    notes = out / "NOTES.md"
+    extra = "\n" + notes.read_text() if notes.is_file() else ""
+    (out / "README.md").write_text(readme(summary) + extra)
+    print(f"wrote {out}/README.md, predicted_vs_measured.png")
 
 
 if __name__ == "__main__":

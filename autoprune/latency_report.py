@@ -100,20 +100,23 @@ def readme(summary: dict[str, Any]) -> str:
         f"Written by `{s['command']}` on {s['date']} ({s['seconds']:.0f} s).",
         "",
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
-        f"**{s['threads']} threads**, batch {s['batch']}. Timings are medians of {s['rounds']} "
-        "interleaved rounds (torch.utils.benchmark, warm-up before every block) of models with "
-        "untrained weights (a dense kernel's speed does not depend on the values).",
+        f"**{_n(s['threads'], 'thread')}**, batch {s['batch']}. Timings are medians of "
+        f"{s['rounds']} interleaved rounds (torch.utils.benchmark, warm-up before every block) of "
+        "models with untrained weights (a dense kernel's speed does not depend on the values).",
         "",
-        "The machine is shared. Before each measurement the script waits (at most "
-        f"{s['max_wait_s']:.0f} s) until other jobs keep fewer than {s['max_busy']} cores busy "
-        "over 5 s, and repeats a measurement during which they used more than "
-        f"{s['max_busy_during']} (at most {s['attempts']} times, keeping the quietest), both "
-        f"beyond the {s.get('spare_cores', 0)} core(s) its own threads leave free. "
-        "*other jobs (cores)* is what they used during the kept measurement (all CPU time from "
-        "/proc/stat minus this process's own); *load avg* is os.getloadavg()'s 1-minute value "
-        "before -> after (it counts this benchmark's own threads too)."
+        f"The machine is shared; limits on other jobs count cores beyond the "
+        f"{_n(s.get('spare_cores', 0), 'core')} this benchmark's threads leave free. "
+        + (f"Before each measurement the script waits (at most {s['max_wait_s']:.0f} s) until "
+           f"other jobs keep fewer than {s['max_busy']} cores busy over 5 s. "
+           if s["max_wait_s"] > 0 else "The script does not wait for a quiet machine. ")
+        + f"It repeats a measurement during which other jobs used more than {s['max_busy_during']} "
+        f"cores (at most {_n(s['attempts'], 'time')}, keeping the quietest). *other jobs (cores)* "
+        "is what they used during the kept measurement (all CPU time from /proc/stat minus this "
+        "process's own); "
+        "*load avg* is os.getloadavg()'s 1-minute value before -> after (it counts this "
+        "benchmark's threads and every queued job)."
         + (f" The benchmark ran at raised scheduler priority ({s['priority']}), so that other "
-           "jobs got little CPU while it measured." if s.get("priority") else ""),
+           "jobs got little of the CPU its threads ran on." if s.get("priority") else ""),
         "",
         f"## Predicted against measured latency, {s['random']} random allocations per model",
         "",
@@ -126,6 +129,10 @@ def readme(summary: dict[str, Any]) -> str:
         *_table(BUDGET_HEADER, [_budget_row(r["model"], b) for r in results for b in r["budgets"]]),
         "",
     ])  # fmt: skip
+
+
+def _n(count: float, noun: str) -> str:
+    return f"{count:g} {noun}{'' if count == 1 else 's'}"
 
 
 def _load(c: dict[str, float]) -> str:
