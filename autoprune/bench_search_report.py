@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,22 @@ def checks(summary: dict[str, Any]) -> list[str]:
     """Each searching method against uniform (final test accuracy) at every budget, and the
     correlation size."""
     lines = []
+    noise = seed_noise(summary["rows"])
     for budget in summary["recipe"]["budgets"]:
         by = {r["method"]: r for r in summary["rows"] if r["budget"] == budget}
-        for method in [m for m in ("optuna", "rl") if m in by and "uniform" in by]:
+        for method in [m for m in ("optuna", "rl", "dsa") if m in by and "uniform" in by]:
             o, u = by[method]["test_accuracy"], by["uniform"]["test_accuracy"]
             verdict = "beats" if o > u else "does NOT beat"
+            within = f"; within seed noise (+-{100 * noise:.2f})" if abs(o - u) <= noise else ""
             lines.append(
                 f"- {budget} MACs: {method} {verdict} uniform on final test accuracy "
-                f"({_pct(o)} vs {_pct(u)}, {100 * (o - u):+.2f} points)"
+                f"({_pct(o)} vs {_pct(u)}, {100 * (o - u):+.2f} points{within})"
             )
+        timed = {m: by[m]["search_s"] for m in ("optuna", "rl", "dsa") if m in by}
+        if "dsa" in timed and len(timed) > 1:
+            times = ", ".join(f"{m} {t:.1f} s" for m, t in timed.items())
+            fastest = min(timed, key=timed.__getitem__)
+            lines.append(f"- {budget} MACs: search wall time {times}; fastest: {fastest}")
     corr = summary["correlation"]
     rho = corr["spearman"]
     lines.append(
@@ -70,15 +78,34 @@ def checks(summary: dict[str, Any]) -> list[str]:
 
 
 TABLE_HEAD = (
-    "| method | proxy (val) accuracy | final test accuracy | search wall time | trials "
-    "| MACs (measured) | keep per unit |\n|---|---:|---:|---:|---:|---:|---|"
+    "| method | proxy (val) accuracy | final test accuracy: mean (per seed) | search wall time "
+    "| trials | MACs (measured) | keep per unit |\n|---|---:|---:|---:|---:|---:|---|"
 )
+
+
+def seed_noise(rows: list[dict[str, Any]]) -> float:
+    """Two standard errors of a difference of two seed means, from the pooled per-row spread."""
+    seeded = [r["test_accuracies"] for r in rows if len(r.get("test_accuracies", [])) > 1]
+    if not seeded:
+        return 0.0
+    pooled = float(np.mean([np.var(a, ddof=1) for a in seeded]))
+    return float(2 * np.sqrt(2 * pooled / len(seeded[0])))
+
+
+def _final(row: dict[str, Any]) -> str:
+    seeds = row.get("test_accuracies", [])
+    each = f" ({' / '.join(f'{100 * a:.2f}' for a in seeds)})" if len(seeds) > 1 else ""
+    return _pct(row["test_accuracy"]) + each
 
 
 def _trials(row: dict[str, Any]) -> str:
     """Trials (rl: episodes plus the trained policy's own), and the episode that found the best."""
     best = row.get("best_episode")
     return f"{row['trials']} (best: #{best})" if best is not None else str(row["trials"])
+
+
+def _seeds(recipe: dict[str, Any]) -> str:
+    return ", ".join(map(str, recipe.get("seeds", [recipe["seed"]])))
 
 
 def _keep(keep: list[int]) -> str:
@@ -91,19 +118,23 @@ def _intro(summary: dict[str, Any]) -> list[str]:
     return [
         f"# {summary['benchmark']}: search methods on LeNet-5 / {summary['dataset']}",
         "",
-        f"Produced by\n\n```\n{summary['command']}\n```",
+        f"Produced by\n\n```\n{summary['command']}\n```\n\nat commit {summary.get('code', '?')}.",
         "",
         f"Dense LeNet-5 (`{d['checkpoint']}`, {d['epochs']} epochs): test accuracy "
         f"{_pct(d['test_accuracy'])}, {format_value('macs', d['macs'])} MACs. Channel "
         "granularity; budgets on MACs.",
         "",
         f"Every allocation is trained by the `{r['backend']}` backend for {r['epochs']} + "
-        f"{r['finetune_epochs']} (fine-tune) epochs at lr {r['lr']}, seed {r['seed']}. The proxy "
+        f"{r['finetune_epochs']} (fine-tune) epochs at lr {r['lr']}, backend seed {r['seed']}; the "
+        f"methods' own allocations are trained with seeds {_seeds(r)} and their final accuracy is "
+        "the mean (the per-seed numbers are in brackets). The proxy "
         f"(what random and optuna maximise) is the validation accuracy on {val} held-out training "
         f"images after {ev['finetune_steps']} SGD steps on the pruned model; random and optuna get "
         f"{r['trials']} trials each, rl {r.get('episodes', '-')} episodes (DDPG, every episode "
         "scored by the same proxy, repeats cached; its trials count the trained policy's greedy "
-        "episode too, and `best: #N` is the episode, from 0, that found the chosen allocation). "
+        "episode too, and `best: #N` is the episode, from 0, that found the chosen allocation); "
+        "dsa learns the keep ratios by gradient through soft channel masks on training batches "
+        "(its defaults: 200 steps of 64 images, no evaluator; the proxy column scores its result). "
         "Search time is the wall time of the search stage only (2 CPU "
         "cores shared with other jobs); the test split is read once, after the backend.",
         "",
@@ -120,7 +151,7 @@ def render_readme(summary: dict[str, Any], out: Path) -> str:
         limit = float(budget.rstrip("%")) / 100 * rows[0]["dense_macs"]
         lines += [f"## {budget} of dense MACs (<= {format_value('macs', limit)})", "", TABLE_HEAD]
         lines += [
-            f"| {x['method']} | {_pct(x['proxy_accuracy'])} | {_pct(x['test_accuracy'])} | "
+            f"| {x['method']} | {_pct(x['proxy_accuracy'])} | {_final(x)} | "
             f"{x['search_s']:.1f} s | {_trials(x)} | {format_value('macs', x['macs'])} | "
             f"{_keep(x['keep'])} |"
             for x in rows
@@ -148,3 +179,45 @@ def render_readme(summary: dict[str, Any], out: Path) -> str:
         span = f"{_pct(finals.min())} to {_pct(finals.max())}"
         lines += [f"Final accuracies of those allocations span {span}.", ""]
     return "\n".join(lines)
+
+
+def dense_row(dense: str) -> dict[str, Any]:
+    m = json.loads((Path(dense).parent / "metrics.json").read_text())
+    return {
+        "checkpoint": dense,
+        "test_accuracy": m["final"]["accuracy"],
+        "macs": m["final"]["macs"],
+        "epochs": len(m.get("history", [])),
+    }
+
+
+def recipe_dict(r: Any) -> dict[str, Any]:
+    return {
+        "trials": r.trials,
+        "episodes": r.episodes,
+        "backend": r.backend,
+        "epochs": r.epochs,
+        "finetune_epochs": r.finetune_epochs,
+        "lr": r.lr,
+        "evaluator": r.evaluator.__dict__,
+        "seed": r.seed,
+        "budgets": list(r.budgets),
+        "dense_epochs": r.dense.epochs,
+        "seeds": [r.seed, *r.extra_seeds],
+    }
+
+
+def code_version() -> str:
+    """The commit the benchmark ran from, marked dirty when the code differed from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    git = ["git", "-C", str(root)]
+    try:
+        head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, check=True).stdout.strip()  # fmt: skip
+        status = [*git, "status", "--porcelain", "--", "autoprune", "search", "envs"]
+        dirty = subprocess.run(status, capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return f"{head} ({'with uncommitted changes' if dirty else 'clean'})"
