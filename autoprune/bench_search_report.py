@@ -216,7 +216,7 @@ def code_version() -> str:
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True, check=True).stdout.strip()  # fmt: skip
-        status = [*git, "status", "--porcelain", "--", "autoprune", "search", "envs"]
+        status = [*git, "status", "--porcelain", "-uno", "--", "autoprune", "search", "envs"]
         dirty = subprocess.run(status, capture_output=True, text=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"
