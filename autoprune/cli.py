@@ -142,6 +142,7 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="reweighted", help="reweighted (default) | admm | magnitude | greg | hspg")
     p.add_argument("--epochs", type=int, default=10, help="backend pruning epochs")
     p.add_argument("--finetune-epochs", type=int, default=5)
+    p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--importance", default="l1", help="l1 | l2 | taylor")
@@ -163,6 +164,7 @@ def _backend_cfg(args: argparse.Namespace) -> Any:
     from autoprune.backends.base import BackendConfig
 
     return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
+                         finetune_lr=args.finetune_lr,
                          batch_size=args.batch_size, importance=args.importance, seed=args.seed,
                          progress=not args.quiet, options=_backend_options(args.backend_option))  # fmt: skip
 

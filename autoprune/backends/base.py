@@ -24,6 +24,7 @@ class BackendConfig:
     finetune_epochs: int = 5  # with the mask fixed to exactly the allocation
     batch_size: int = 128
     lr: float = 0.01
+    finetune_lr: float | None = None  # None: `lr`; higher re-trains more (learning-rate rewinding)
     weight_decay: float = 5e-4
     optimizer: str = "sgd"
     importance: str = "l1"  # ranks elements where a backend needs an initial choice

@@ -125,7 +125,7 @@ class MaskTrainer(Backend):
         kept: list[Tensor]
         if phase == "prune":
             self.setup(model, umap, keeps, cfg, opts)
-            opt = _optimizer(model, cfg)
+            opt = _optimizer(model, cfg, cfg.lr)
             if resume:
                 _restore(model, opt, resume)
                 self.load_state(resume["backend"])
@@ -142,7 +142,7 @@ class MaskTrainer(Backend):
 
         remove_masks(model, bake=False)  # the raw weights of every element go on into fine-tuning
         apply_masks(model, umap.masks(keep_vectors(umap.sizes, kept, param_dtype(model))))
-        opt = _optimizer(model, cfg)
+        opt = _optimizer(model, cfg, cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr)
         if phase == "finetune":
             _restore(model, opt, resume)  # type: ignore[arg-type]
         self._phase(model, data, cfg, opt, "finetune", start, history, on_epoch_end)
@@ -261,13 +261,13 @@ def param_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _optimizer(model: nn.Module, cfg: BackendConfig) -> torch.optim.Optimizer:
+def _optimizer(model: nn.Module, cfg: BackendConfig, lr: float) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     if cfg.optimizer != "sgd":
         raise UsageError(f"unknown optimizer {cfg.optimizer!r}; use 'sgd' or 'adam'")
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=MOMENTUM, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=lr, momentum=MOMENTUM, weight_decay=cfg.weight_decay)
 
 
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, resume: dict[str, Any]) -> None:

@@ -35,11 +35,11 @@ class ReweightedOptions:
     eps: float = 0.1  # reweighting 1 / (|a| + eps): small gates are pushed hardest
     base: float = 0.0  # reweighted L1 on every gate, on top of IncReg (0: IncReg alone)
     ramp: float = 0.6  # the targets reach `keep` at this fraction of the pruning phase
-    clamp: float = 3.0  # gates live in [-1, clamp]: a masked element is never far from recovery
+    clamp: float = 3.0  # gates live in [-1, clamp]
     feedback: bool = True  # masked weights still get their gradient (Lin et al. 2020)
 
 
-_CLAMP_EVERY = 10  # steps between clamps of the gates (they move little per step)
+_MAX_FACTOR = 10.0  # IncReg factors stop growing here: the gate is at the floor long before
 
 
 class _StraightThroughStep(torch.autograd.Function):
@@ -86,12 +86,9 @@ class _Gates:
         self, aux: list[Tensor], scale: list[float], umap: UnitMap, feedback: bool
     ) -> None:
         self.aux, self.scale, self.umap, self.feedback = aux, scale, umap, feedback
-        self.on = [torch.ones_like(a) for a in aux]  # the masks of the last forward pass
 
     def vector(self, u: int) -> Tensor:
-        v = _StraightThroughStep.apply(self.aux[u])
-        self.on[u] = v.detach()
-        return v
+        return _StraightThroughStep.apply(self.aux[u])  # type: ignore[no-any-return]
 
 
 class GateMask(nn.Module):
@@ -148,10 +145,10 @@ class Reweighted(MaskTrainer):
             # Below the target-th largest gate (a selection, not a sort: this runs every refresh).
             below = a < torch.kthvalue(a, a.numel() - target + 1).values
             inc = self.opts.increment
-            # Grow where still needed (on and below target), hold where already off (so an element
-            # reopens only by outranking one inside the target), relax inside the target.
+            # Grow below the target, relax inside it: an element comes back only by outranking
+            # one inside the target.
             f = self.factor[u]
-            f.copy_(torch.where(below, torch.where(a > 0, f + inc, f), (f - inc).clamp_min(0.0)))
+            f.copy_(torch.where(below, (f + inc).clamp_max(_MAX_FACTOR), (f - inc).clamp_min(0.0)))
             reweight = (1.0 + self.opts.eps) / (a.abs() + self.opts.eps)
             self.coef[u] = (f + self.opts.base) * reweight
 
@@ -159,14 +156,12 @@ class Reweighted(MaskTrainer):
         self.aux_opt.step()  # the loss's say
         self.aux_opt.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for a, coef, on in zip(self.gates.aux, self.coef, self.gates.on, strict=True):
-                # The regulariser as a decoupled step (as AdamW decays weights): it moves a gate
-                # at a predictable rate whatever the scale of its loss gradient. The L1 of the
-                # positive part: gates already off feel no pull.
-                a.addcmul_(coef, on, value=-self.opts.reg_rate)
-            if (step + 1) % _CLAMP_EVERY == 0:
-                for a in self.gates.aux:
-                    a.clamp_(-1.0, self.opts.clamp)
+            for a, coef in zip(self.gates.aux, self.coef, strict=True):
+                # The regulariser, reweighted L1 of each gate's height above the floor -1, as a
+                # decoupled step (as AdamW decays weights): it moves a gate at a predictable rate
+                # whatever the scale of its loss gradient, and it goes on below zero, so a closed
+                # gate rests far from the threshold instead of flickering across it.
+                a.add_(coef, alpha=-self.opts.reg_rate).clamp_(-1.0, self.opts.clamp)
         if (step + 1) % self.refresh_every == 0:
             self._refresh(step + 1)
 

@@ -31,11 +31,11 @@ X310 = (0.30, 0.02, 0.0015, 0.02)  # about 319x, 5.2% of the dense MACs (AutoPru
 MAX_DROP_POINTS = 0.1  # the accuracy a "no loss" run may give up against the dense model
 
 
-def _runs(table: list[tuple[str, str, str, Any]], epochs: int, finetune: int) -> list[RunSpec]:
+def _runs(table: list[tuple[str, str, str, Any]], **recipe: Any) -> list[RunSpec]:
     """Specs from (name, backend, granularity, ratios per unit | fraction of dense MACs) rows."""
     return [
         RunSpec(name, backend, gran, ratios=None if isinstance(a, float) else a,  # type: ignore[arg-type]
-                macs=a if isinstance(a, float) else None, epochs=epochs, finetune_epochs=finetune)
+                macs=a if isinstance(a, float) else None, **recipe)
         for name, backend, gran, a in table
     ]  # fmt: skip
 
@@ -51,13 +51,13 @@ FULL = _runs([
     ("admm-319x", "admm", "weight", X310),
     ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
     ("magnitude-channel-20pct-macs", "magnitude", "channel", 0.20),
-], epochs=12, finetune=12)  # fmt: skip
+], epochs=12, finetune_epochs=12, finetune_lr=0.05)  # fmt: skip
 QUICK_DENSE = TrainConfig(epochs=2, lr=0.05, seed=0)
 QUICK = _runs([
     ("magnitude-71x", "magnitude", "weight", ADMM),
     ("reweighted-71x", "reweighted", "weight", ADMM),
     ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
-], epochs=1, finetune=1)  # fmt: skip
+], epochs=1, finetune_epochs=1)  # fmt: skip
 OVERHEAD = "overhead"  # the name `--only` takes for the step-overhead measurement
 
 

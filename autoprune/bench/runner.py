@@ -41,6 +41,7 @@ class RunSpec:
     epochs: int = 10
     finetune_epochs: int = 10
     lr: float = 0.01
+    finetune_lr: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -50,11 +51,14 @@ class RunSpec:
 
     def backend_config(self, progress: bool) -> BackendConfig:
         return BackendConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
-                             options=dict(self.options), progress=progress)  # fmt: skip
+                             finetune_lr=self.finetune_lr, options=dict(self.options),
+                             progress=progress)  # fmt: skip
 
     def prune_command(self, allocation: str, data_dir: str | None, out: str) -> str:
         parts = ["autoprune prune", f"--allocation {allocation}", f"--backend {self.backend}",
                  f"--epochs {self.epochs}", f"--finetune-epochs {self.finetune_epochs}", f"--lr {self.lr:g}"]  # fmt: skip
+        if self.finetune_lr is not None:
+            parts.append(f"--finetune-lr {self.finetune_lr:g}")
         parts += [f"--backend-option {k}={v}" for k, v in sorted(self.options.items())]
         if data_dir:
             parts.append(f"--data-dir {data_dir}")
