@@ -20,6 +20,7 @@ import numpy as np
 
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.backends.base import BackendConfig
+from autoprune.bench import BENCHMARKS
 from autoprune.bench_search_report import checks as render_checks
 from autoprune.bench_search_report import (
     code_version,
@@ -91,6 +92,7 @@ QUICK = Recipe(
 )
 
 
+@BENCHMARKS.register(NAME)
 def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
     """Run (or reuse) every search and training run; write OUT/README.md and OUT/summary.json.
 
@@ -122,6 +124,7 @@ def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
         "dense": dense_row(dense),
         "recipe": recipe_dict(recipe),
         "rows": rows,
+        "runs": [r["run"] for r in rows],
         "correlation": corr,
     }
     write_json_atomic(out / "summary.json", summary)
