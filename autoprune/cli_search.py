@@ -52,6 +52,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--n-jobs", type=int, help="optuna: worker processes sharing the study (default 1)"
     )
+    g.add_argument("--steps", type=int, help="dsa: gradient steps on the keep ratios (default 200)")
+    g.add_argument(
+        "--train-weights",
+        action="store_true",
+        default=None,
+        help="dsa: also train (a copy of) the weights under the soft masks while searching",
+    )
     e = p.add_argument_group("evaluator (scores allocations on the validation split)")
     e.add_argument(
         "--eval-importance", default="l1", help="which elements a unit keeps: l1 | l2 | taylor"
@@ -77,6 +84,8 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "storage": args.storage,
         "study": args.study,
         "n_jobs": args.n_jobs,
+        "steps": args.steps,
+        "train_weights": args.train_weights,
     }
     return {k: v for k, v in flags.items() if v is not None}
 

@@ -13,6 +13,7 @@ The shared projection then rounds the ratios so every budget holds exactly.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -91,7 +92,7 @@ class DSA(SearchMethod):
         score = problem.evaluate(keep) if problem.evaluate is not None else None
         info: dict[str, Any] = {
             "ratios": [float(r) for r in ratios], "multipliers": multipliers,
-            "steps": self.steps, "history": history,
+            "options": dataclasses.asdict(self), "history": history,
         }  # fmt: skip
         return SearchResult(keep, score, [Trial(0, keep, score, problem.costs(keep))], info)
 

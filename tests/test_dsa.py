@@ -22,8 +22,7 @@ from autoprune.search.dsa_masks import (
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoprune.budgets import parse_budget
-from autoprune.compress import SearchRun, run_search
+from autoprune.cli import main
 from autoprune.costs import BASE_METRICS, CostModel
 from autoprune.costs_torch import TorchCostModel
 from autoprune.errors import UsageError
@@ -209,13 +208,15 @@ def test_the_sensitive_branch_keeps_more_than_the_insensitive_one(
     assert keep[a] > uniform[a] and keep[a] > keep[b]
 
 
-def test_search_dsa_end_to_end_writes_a_run_within_budget(tmp_path: Path) -> None:
+def test_search_dsa_from_the_command_line_writes_a_run_within_budget(tmp_path: Path) -> None:
     out = tmp_path / "run"
-    run = SearchRun(dataset="fake", out=str(out), budgets=[parse_budget("macs", "20%")],
-                    model="lenet5", method="dsa", method_options={"steps": 3, "batch_size": 8},
-                    limit=32, no_prune=True, progress=False)  # fmt: skip
-    metrics = run_search(run)
+    argv = ["search", "--model", "lenet5", "--dataset", "fake", "--limit", "32", "--method", "dsa",
+            "--steps", "3", "--train-weights", "--budget-flops", "20%", "--no-prune", "--quiet",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
     assert all(c["met"] for c in metrics["budgets"].values())
+    assert metrics["search"]["options"]["steps"] == 3
+    assert metrics["search"]["options"]["train_weights"] is True
     alloc = json.loads((out / "allocation.json").read_text())
     assert alloc["provenance"]["method"] == "dsa"
-    assert metrics["search"]["steps"] == 3
