@@ -148,6 +148,9 @@ class _Objective:
         ratios = np.array([trial.suggest_float(n, lo, 1.0) for n in self.names])
         keep = self._keep(ratios)
         costs = p.costs(keep)
+        metric = self.spec.cost_metric
+        if metric is not None:  # the traded cost is recorded even when no budget names it
+            costs[metric] = float(p.cost_model.metric(metric, keep))
         assert p.evaluate is not None  # checked by OptunaSearch.search
         detailed = getattr(p.evaluate, "evaluate", None)  # MaskEvaluator also reports the loss
         if detailed is not None:
@@ -168,9 +171,7 @@ class _Objective:
             trial.set_user_attr(key, value)
         trial_note(trial, self.names, keep, p.sizes, costs, acc, p.limits)
         self._chart(trial, ratio, acc)
-        if self.spec.cost_metric is None:
-            return acc
-        return acc, float(p.cost_model.metric(self.spec.cost_metric, keep))
+        return acc if metric is None else (acc, costs[metric])
 
     def _keep(self, ratios: np.ndarray) -> np.ndarray:
         p = self.problem

@@ -102,6 +102,18 @@ def test_multi_objective_keeps_a_pareto_front_and_picks_from_it() -> None:
     assert all(_meets(problem, t.keep) for t in best.trials)
 
 
+@pytest.mark.parametrize("cost", ["params", "size"])
+def test_multi_objective_trades_a_cost_no_budget_names(cost: str) -> None:
+    problem = problem_for("lenet5", [("macs", "30%")])
+    result = OptunaSearch(trials=10, multi_objective=cost, pick="cheapest", artifacts=False).search(
+        problem
+    )
+    assert all(t.costs[cost] == problem.cost_model.metric(cost, t.keep) for t in result.trials)
+    assert result.trials[0].costs[cost] > 0 and _meets(problem, result.keep)
+    front = [t for t in result.trials if t.number in result.info["pareto"]]
+    assert result.info["best_trial"] == min(front, key=lambda t: t.costs[cost]).number
+
+
 def test_pareto_front_and_pick_rules() -> None:
     points = [(0.90, 100.0), (0.80, 50.0), (0.85, 120.0), (0.70, 10.0), (0.89, 60.0), (0.90, 100.0)]
     front = pareto_front(points)
