@@ -47,6 +47,13 @@ def checks(summary: dict[str, Any]) -> list[str]:
             f"71.2x target {'met' if top['compression_ratio'] >= 71.0 else 'not met'}, "
             f"310x target {'met' if top['compression_ratio'] >= 310 and top['macs_fraction'] < 0.07 else 'not met'}"
         )
+    dense_macs = summary["dense"]["macs"]
+    for name, r in sorted(rows.items()):
+        if r["granularity"] == "channel":
+            lines.append(
+                f"- structured {name}: the slimmed model executes {r['macs']:,} MACs "
+                f"({_pct(r['macs'] / dense_macs)} of dense), test accuracy {_pct(r['test_accuracy'])}"
+            )
     for name, r in sorted(rows.items()):
         if r["backend"] != "reweighted":
             continue
