@@ -1,8 +1,10 @@
 """The allocation file (schema autoprune.allocation/v1): what each unit keeps, for which model.
 
 An allocation is data: it names the model, its signature (a hash of unit names and shapes), the
-budgets it was made for, integer keeps per unit and, optionally, bits. It replays on a freshly
-built model of the same signature and refuses any other.
+budgets it was made for, integer keeps per unit and, optionally, bits: `weight_bits` (layer ->
+bits of each kernel, i.e. output filter or row) and `act_bits` (layer -> bits of its input
+activations), the two halves of an `autoprune.bits.BitAllocation`; 32 means float. It replays on
+a freshly built model of the same signature and refuses any other.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from autoprune import __version__
+from autoprune.bits import BitAllocation
 from autoprune.budgets import Budget
 from autoprune.errors import AllocationError
 from autoprune.units import UnitGraph
@@ -49,7 +52,8 @@ class Allocation:
     provenance: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
     checkpoint: str | None = None  # the dense checkpoint the allocation was searched on
-    act_bits: dict[str, int] | None = None
+    act_bits: dict[str, int] | None = None  # layer -> input-activation bits (with weight_bits)
+    weight_bits: dict[str, list[int]] | None = None  # layer -> bits per kernel
 
     @property
     def keep(self) -> np.ndarray:
@@ -70,6 +74,7 @@ class Allocation:
         dataset: str | None = None,
         checkpoint: str | None = None,
         extra: dict[str, Any] | None = None,
+        bits: BitAllocation | None = None,
     ) -> Allocation:
         units = [UnitKeep(u.name, int(k), u.size) for u, k in zip(graph.units, keep)]
         provenance = {
@@ -79,11 +84,28 @@ class Allocation:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
         }
-        return cls(
+        alloc = cls(
             graph.model_name, graph.signature, graph.granularity, tuple(graph.input_size), num_classes,
             units, list(budgets or []), dict(predicted or {}), dict(dense or {}), provenance,
             dataset, checkpoint,
         )  # fmt: skip
+        if bits is not None:
+            alloc.set_bits(BitAllocation.from_json(bits.to_json(), graph))
+        return alloc
+
+    # --- bits ----------------------------------------------------------------------------
+    def set_bits(self, bits: BitAllocation | None) -> None:
+        """Store kernel-wise weight bits and per-layer activation bits (None: not quantised)."""
+        data = bits.to_json() if bits is not None else None
+        self.weight_bits = data["weight"] if data else None
+        self.act_bits = data["act"] if data else None
+
+    def bit_allocation(self, graph: UnitGraph) -> BitAllocation | None:
+        """The allocation's bits, validated against `graph`; None when it carries none."""
+        if self.weight_bits is None:
+            return None
+        data = {"weight": self.weight_bits, "act": self.act_bits or {}}
+        return BitAllocation.from_json(data, graph)
 
     # --- checks --------------------------------------------------------------------------
     def check_fits(self, graph: UnitGraph) -> None:
@@ -112,6 +134,7 @@ class Allocation:
             "budgets": [b.to_dict() for b in self.budgets],
             "units": [{"name": u.name, "keep": u.keep, "total": u.total, "bits": u.bits} for u in self.units],
             "act_bits": self.act_bits,
+            "weight_bits": self.weight_bits,
             "predicted": self.predicted,
             "dense": self.dense,
             "provenance": self.provenance,
@@ -147,6 +170,7 @@ class Allocation:
                 dataset=d.get("dataset"),
                 checkpoint=d.get("checkpoint"),
                 act_bits=d.get("act_bits"),
+                weight_bits=d.get("weight_bits"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise AllocationError(f"{source} is malformed ({type(e).__name__}: {e}); regenerate it") from None

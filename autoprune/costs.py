@@ -8,11 +8,13 @@ parameter count report on the physically slimmed model.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
+from autoprune.bits import BitAllocation, estimated_costs
 from autoprune.units import UnitGraph
 
 # Metrics every cost model answers; `register_metric` adds more (latency tables, quantised sizes).
@@ -68,6 +70,7 @@ class CostModel:
         self.act_bits = act_bits
         self.sizes = np.array(graph.sizes, dtype=np.int64)
         self._extra: dict[str, MetricFn] = {}
+        self.bits: BitAllocation | None = None
         nl, nu = len(graph.layers), len(graph.units)
         self._build_channel_terms(nl, nu) if graph.granularity == "channel" else None
         self._positions = np.array([lay.positions for lay in graph.layers], dtype=np.float64)
@@ -158,9 +161,26 @@ class CostModel:
         rest = float((self._bias * out).sum() + (self._norm_per * norm_ch).sum()) + self.graph.other_params
         return macs, weights, rest
 
+    def with_bits(self, bits: BitAllocation) -> CostModel:
+        """This cost model at kernel-wise bits: `size` is the bytes of the packed artifact
+        (model.apq, by the search-time estimate of `autoprune.bits.estimated_costs`) and `bops`
+        sums MACs x weight bits x activation bits per kernel. Every other metric is unchanged."""
+        other = copy.copy(self)
+        other._extra = dict(self._extra)
+        other.bits = bits
+        return other
+
     def costs(self, keep: Sequence[int] | np.ndarray) -> Costs:
         macs, weights, rest = self.layer_costs(keep)
         total_macs, total_w = float(macs.sum()), float(weights.sum())
+        if self.bits is not None:
+            out, _ = self.layer_widths(keep)
+            if self.graph.granularity == "channel":
+                per_out = self._widths(np.asarray(keep))[1]
+            else:
+                per_out = np.array([lay.in_channels // lay.groups for lay in self.graph.layers])
+            size, bops = estimated_costs(self.graph, self.bits, out, per_out, weights, rest)
+            return Costs(total_macs, total_w + rest, total_w, size, bops)
         return Costs(
             macs=total_macs,
             params=total_w + rest,
@@ -187,7 +207,8 @@ class CostModel:
     def increments(self, name: str, keep: Sequence[int] | np.ndarray) -> np.ndarray:
         """Exact increase of metric `name` when one unit at a time keeps one more element."""
         k = np.asarray(keep, dtype=np.int64)
-        if name in ("macs", "params", "weights", "bops", "size") and self.graph.granularity == "channel":
+        quantised = self.bits is not None and name in ("size", "bops")
+        if not quantised and name in BASE_METRICS and self.graph.granularity == "channel":
             out, inp, _ = self._widths(k)
             coef = self._kernel * (self._positions if name in ("macs", "bops") else 1.0)
             # (O + a)(I + b) - O I = a I + b O + a b for each layer, summed over layers.
@@ -201,7 +222,7 @@ class CostModel:
             if name == "bops":
                 return d * self.weight_bits * self.act_bits
             return d
-        if name in BASE_METRICS and self.graph.granularity == "weight":
+        if not quantised and name in BASE_METRICS and self.graph.granularity == "weight":
             per = {"macs": self._positions, "params": 1.0, "weights": 1.0}.get(name)
             if per is None:
                 per = (self.weight_bits / 8) if name == "size" else self._positions * self.weight_bits * self.act_bits
