@@ -126,101 +126,98 @@ def count_bits(length: int) -> int:
     return int(length).bit_length()
 
 
-def layer_bytes(counts: Sequence[int], length: int, bits: Sequence[int]) -> int:
-    """Bytes of one layer's block: act-bits byte, scales, then a byte-padded bitstream.
+def layer_bytes(counts: Sequence[int], length: int, bits: Sequence[int], act_bits: int) -> int:
+    """Bytes of one layer's block (one entry of `counts`/`bits` per dense kernel).
 
-    The bitstream holds per kernel: its bits code (4), its nonzero count, its indices and its
-    codes (n x bits; float kernels store float32 values).
+    Act-bits byte (+ float32 activation scale when quantised), a float32 scale per quantised
+    non-empty kernel, then a byte-padded bitstream: per kernel its bits code (4 bits) and nonzero
+    count; then each kernel's indices; then each kernel's codes (n x bits; float32 when 32).
     """
-    scales = sum(SCALE_BYTES for b in bits if b != FLOAT_BITS)
+    scales = sum(SCALE_BYTES for n, b in zip(counts, bits, strict=True) if n and b != FLOAT_BITS)
     stream = len(bits) * (BITS_FIELD + count_bits(length))
     stream += sum(
         index_bits(int(n), length) + int(n) * b for n, b in zip(counts, bits, strict=True)
     )
-    return 1 + scales + (stream + 7) // 8
+    act = 1 + (SCALE_BYTES if act_bits != FLOAT_BITS else 0)
+    return act + scales + (stream + 7) // 8
 
 
 def header_bytes(graph: UnitGraph) -> int:
-    """Bytes before the first layer block: fixed fields, model name, mean/std, unit keeps."""
-    return (
-        FIXED_HEADER
-        + len(graph.model_name.encode())
-        + 2 * 4 * graph.input_size[0]
-        + 4 * len(graph.units)
-    )
+    """Bytes before the first layer block: fixed fields, model name, normalisation mean/std."""
+    return FIXED_HEADER + len(graph.model_name.encode()) + 2 * 4 * graph.input_size[0]
+
+
+def kernel_length(lay: Layer) -> int:
+    """Elements of one dense kernel: inputs per output x kernel elements."""
+    return lay.in_channels // lay.groups * lay.kernel
+
+
+def dense_rest_params(graph: UnitGraph) -> int:
+    """Parameters besides conv/linear weights (biases, norms, others), stored as float32."""
+    biases = sum(lay.out_channels for lay in graph.layers if lay.bias)
+    return biases + sum(c * p for c, p in graph.norms.values()) + graph.other_params
 
 
 def artifact_bytes(
-    graph: UnitGraph,
-    bits: BitAllocation,
-    counts: Mapping[str, Sequence[int]],
-    lengths: Mapping[str, int],
-    kernels: Mapping[str, Sequence[int]],
-    rest_params: float,
+    graph: UnitGraph, bits: BitAllocation, counts: Mapping[str, Sequence[int]]
 ) -> int:
-    """Exact size of model.apq: `counts[layer]` nonzeros of each stored kernel, `lengths[layer]`
-    elements per kernel, `kernels[layer]` the dense kernel index of each stored kernel (all of
-    them at weight granularity, the kept outputs after slimming) and `rest_params` floats stored
-    beside the layers (biases, norm and other parameters)."""
-    total = header_bytes(graph) + 4 * int(rest_params) + CRC_BYTES
+    """Exact size of model.apq given the nonzero count of every dense kernel of every layer.
+
+    Not counted (so a model that has them gets a slightly larger file): float buffers that are
+    not parameters, such as batch-norm running statistics.
+    """
+    total = header_bytes(graph) + 4 * dense_rest_params(graph) + CRC_BYTES
     for lay in graph.layers:
-        kb = [bits.weight[lay.name][k] for k in kernels[lay.name]]
-        total += layer_bytes(counts[lay.name], lengths[lay.name], kb)
+        total += layer_bytes(
+            counts[lay.name], kernel_length(lay), bits.weight[lay.name], bits.act[lay.name]
+        )
     return total
 
 
-def weight_code_bytes(bits: BitAllocation, counts: Mapping[str, Sequence[int]],
-                      kernels: Mapping[str, Sequence[int]]) -> float:  # fmt: skip
-    """Bytes of the weight codes alone (n x bits per kernel): the ADMM-NN weight-data convention."""
-    total = 0
-    for name, cs in counts.items():
-        total += sum(int(n) * bits.weight[name][k] for n, k in zip(cs, kernels[name], strict=True))
-    return total / 8
+def weight_code_bytes(bits: BitAllocation, counts: Mapping[str, Sequence[int]]) -> float:
+    """Bytes of the weight codes alone (n x bits per kernel): ADMM-NN's weight-data convention."""
+    return sum(int(np.dot(counts[name], bits.weight[name])) for name in counts) / 8
 
 
 def estimate_counts(nonzeros: int, kernels: int) -> list[int]:
-    """Search-time estimate: a layer's nonzeros spread evenly over its kernels (first ones get
-    the remainder). Exact for dense or channel-pruned kernels; for unstructured masks the real
-    spread follows importance, so the artifact can differ (by the bits of the kernels the
-    nonzeros move between, and slightly in index bits): `artifact_bytes` with the real counts is
-    exact, and export records both."""
+    """Search-time estimate: a layer's nonzeros spread evenly over its kernels (the first ones
+    get the remainder). For unstructured masks the real spread follows importance, so the file
+    can differ by the bits of the kernels the nonzeros move between (and a little in index
+    bits); `artifact_bytes` with the real counts is exact, and export records both."""
     q, r = divmod(int(nonzeros), int(kernels))
     return [q + 1] * r + [q] * (kernels - r)
 
 
-def layer_kernel_length(lay: Layer, in_kept: float | None = None) -> int:
-    """Elements per kernel: inputs per output x kernel elements (inputs after slimming if given)."""
-    inputs = lay.in_channels // lay.groups if in_kept is None else round(in_kept)
-    return inputs * lay.kernel
-
-
 def estimated_costs(
-    graph: UnitGraph,
-    bits: BitAllocation,
-    out: np.ndarray,
-    inputs: np.ndarray,
-    nonzeros: np.ndarray,
-    rest_params: float,
+    graph: UnitGraph, bits: BitAllocation, out: np.ndarray, inputs: np.ndarray, nonzeros: np.ndarray
 ) -> tuple[float, float]:
     """Search-time (bytes of model.apq, BOPs) from per-layer widths and nonzero weights.
 
-    Weight granularity: every dense kernel is stored, its nonzeros spread by `estimate_counts`.
-    Channel granularity: kernels are dense after slimming; which kernels survive is not known yet,
-    so each kept kernel costs the layer's mean bits (and its share of scales).
+    The artifact stores dense-shaped layers. Weight granularity: a layer's nonzeros are spread
+    by `estimate_counts`. Channel granularity: `out` kernels keep `inputs` x kernel elements each
+    and the others are empty; which kernels survive is not known yet, so every kept kernel costs
+    the layer's mean bits and a scale if most of the layer is quantised.
     """
-    size = float(header_bytes(graph) + 4 * round(rest_params) + CRC_BYTES)
+    size = float(header_bytes(graph) + 4 * dense_rest_params(graph) + CRC_BYTES)
     bops = 0.0
     for i, lay in enumerate(graph.layers):
         wb, ab = bits.weight[lay.name], bits.act[lay.name]
-        length = round(inputs[i]) * lay.kernel
+        length = kernel_length(lay)
         if graph.granularity == "weight":
             counts = estimate_counts(int(nonzeros[i]), lay.out_channels)
-            size += layer_bytes(counts, length, wb)
+            size += layer_bytes(counts, length, wb, ab)
             bops += float(np.dot(counts, wb)) * lay.positions * ab
             continue
-        o = float(out[i])
-        quantised = sum(b != FLOAT_BITS for b in wb) / len(wb)
-        stream = o * (BITS_FIELD + count_bits(length)) + o * length * float(np.mean(wb))
-        size += 1 + SCALE_BYTES * o * quantised + np.ceil(stream / 8)
-        bops += float(nonzeros[i]) * lay.positions * float(np.mean(wb)) * ab
+        o, n, mean = float(out[i]), round(inputs[i]) * lay.kernel, float(np.mean(wb))
+        quantised = float(np.mean([b != FLOAT_BITS for b in wb]))
+        stream = lay.out_channels * (BITS_FIELD + count_bits(length)) + o * (
+            index_bits(n, length) + n * mean
+        )
+        size += (
+            1
+            + (SCALE_BYTES if ab != FLOAT_BITS else 0)
+            + SCALE_BYTES * o * quantised
+            + np.ceil(stream / 8)
+        )
+        bops += float(nonzeros[i]) * lay.positions * mean * ab
     return size, bops

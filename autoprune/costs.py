@@ -179,7 +179,7 @@ class CostModel:
                 per_out = self._widths(np.asarray(keep))[1]
             else:
                 per_out = np.array([lay.in_channels // lay.groups for lay in self.graph.layers])
-            size, bops = estimated_costs(self.graph, self.bits, out, per_out, weights, rest)
+            size, bops = estimated_costs(self.graph, self.bits, out, per_out, weights)
             return Costs(total_macs, total_w + rest, total_w, size, bops)
         return Costs(
             macs=total_macs,

@@ -97,17 +97,11 @@ def test_cost_model_with_bits() -> None:
     assert bits8.metric("bops", keep) == pytest.approx(plain.metric("macs", keep) * 64)
     assert bits8.metric("macs", keep) == plain.metric("macs", keep)
     mixed = plain.with_bits(_mixed(graph))
-    layers = graph.layers
     counts = {
         lay.name: estimate_counts(int(k), lay.out_channels)
-        for lay, k in zip(layers, keep, strict=True)
+        for lay, k in zip(graph.layers, keep, strict=True)
     }
-    lengths = {lay.name: lay.in_channels * lay.kernel for lay in layers}
-    kernels = {lay.name: list(range(lay.out_channels)) for lay in layers}
-    rest = plain.layer_costs(keep)[2]
-    assert mixed.metric("size", keep) == artifact_bytes(
-        graph, _mixed(graph), counts, lengths, kernels, rest
-    )
+    assert mixed.metric("size", keep) == artifact_bytes(graph, _mixed(graph), counts)
     # Fewer bits, fewer bytes; more nonzeros, more bytes.
     assert bits8.metric("size", keep) > plain.with_bits(BitAllocation.uniform(graph, 4, 8)).metric(
         "size", keep

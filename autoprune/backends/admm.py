@@ -2,9 +2,9 @@
 
 The loss gains rho/2 ||W - Z + U||^2; every few hundred steps Z = proj(W + U) and U += W - Z,
 and rho grows each epoch so W is drawn ever closer to the constraint set. Then W is hard-pruned
-to proj's support and the loop retrains with that mask fixed. `Projection` is a small interface
-so the same loop can later project onto quantisation levels too (chain a level projection after
-`KeepProjection`, as ADMM-NN does).
+to proj's support and the loop retrains with that mask fixed. With bits in the config, Z is
+also snapped onto each kernel's quantisation levels (`LevelProjection` chained after
+`KeepProjection`, as ADMM-NN does) and the fixed-mask phase trains quantisation-aware.
 """
 
 from __future__ import annotations
@@ -19,7 +19,9 @@ from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.loop import MaskTrainer, top_keep
+from autoprune.bits import BitAllocation
 from autoprune.masking import ParamKey, UnitMap, keep_vectors
+from autoprune.quant import dequantize, quantize
 
 Values = dict[ParamKey, Tensor]
 
@@ -59,6 +61,22 @@ class Chain(Projection):
         return values
 
 
+class LevelProjection(Projection):
+    """Onto each kernel's quantisation levels (scale max|w| / qmax), as in ADMM-NN."""
+
+    def __init__(self, bits: BitAllocation) -> None:
+        self.bits = {k: torch.tensor(v) for k, v in bits.weight.items()}
+
+    def __call__(self, values: Values) -> Values:
+        out = dict(values)
+        for (module, pname), v in values.items():
+            b = self.bits.get(module)
+            if pname == "weight" and b is not None:
+                codes, s = quantize(v, b)
+                out[(module, pname)] = dequantize(codes, s, b, v)
+        return out
+
+
 @dataclass
 class AdmmOptions:
     rho: float = 1e-3  # initial penalty: small enough not to disturb the dense optimum
@@ -78,10 +96,14 @@ class Admm(MaskTrainer):
         self.opts: AdmmOptions = opts
         self.params = umap.parameters(model)
         self.projection = KeepProjection(umap, keep)
+        # With bits Z also sits on the quantisation levels (prune, then snap the survivors).
+        self.z_projection: Projection = self.projection
+        if cfg.bits is not None:
+            self.z_projection = Chain(self.projection, LevelProjection(cfg.bits))
         self.every = opts.update_every or self.steps_per_epoch
         self.rho = opts.rho
         w = self._weights()
-        self.z = self.projection(w)
+        self.z = self.z_projection(w)
         self.u = {k: torch.zeros_like(v) for k, v in w.items()}
 
     def _weights(self) -> Values:
@@ -94,7 +116,7 @@ class Admm(MaskTrainer):
     def after_step(self, step: int) -> None:
         if (step + 1) % self.every == 0:
             w = self._weights()
-            self.z = self.projection({k: w[k] + self.u[k] for k in w})
+            self.z = self.z_projection({k: w[k] + self.u[k] for k in w})
             self.u = {k: self.u[k] + w[k] - self.z[k] for k in w}
         epoch = (step + 1) // self.steps_per_epoch
         self.rho = min(self.opts.rho_max, self.opts.rho * self.opts.rho_growth**epoch)

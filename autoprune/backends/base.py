@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.bits import BitAllocation
 from autoprune.data import DataSplits
 from autoprune.registry import Registry
 from autoprune.units import UnitGraph
@@ -33,6 +34,7 @@ class BackendConfig:
     options: dict[str, Any] = field(
         default_factory=dict
     )  # backend-specific, checked by the backend
+    bits: BitAllocation | None = None  # the allocation's bits: train quantisation-aware to them
 
 
 @dataclass

@@ -22,6 +22,7 @@ from autoprune.backends.base import Backend, BackendConfig, BackendResult, Epoch
 from autoprune.data import DataSplits, make_loader
 from autoprune.errors import UsageError
 from autoprune.masking import UnitMap, apply_masks, keep_vectors, remove_masks
+from autoprune.quant import add_act_quant, add_weight_quant, on_levels
 from autoprune.training import evaluate, set_seed, train_epoch
 from autoprune.units import UnitGraph
 
@@ -71,6 +72,8 @@ class MaskTrainer(Backend):
     """A backend made of a pruning phase (subclass hooks) and a fixed-mask fine-tune (shared)."""
 
     Options: ClassVar[type[Any]]
+    # With bits: fake-quantise weights during the pruning phase too (else only while fine-tuning).
+    quantise_while_pruning: ClassVar[bool] = False
 
     # --- what a backend decides ----------------------------------------------------------------
     @abstractmethod
@@ -118,6 +121,8 @@ class MaskTrainer(Backend):
         steps = max(1, math.ceil(len(data.train) / cfg.batch_size))  # type: ignore[arg-type]
         opts, keeps = self._bind(model, graph, keep, cfg, steps)
         umap = self.umap
+        bits = cfg.bits
+        act_quant = {} if bits is None else add_act_quant(model, graph, bits)
         history: list[dict[str, Any]] = list(resume["history"]) if resume else []
         phase = resume["phase"] if resume else "prune"
         start = int(resume["epoch"]) + 1 if resume else 0
@@ -125,6 +130,8 @@ class MaskTrainer(Backend):
         kept: list[Tensor]
         if phase == "prune":
             self.setup(model, umap, keeps, cfg, opts)
+            if bits is not None and self.quantise_while_pruning:
+                add_weight_quant(model, graph, bits)  # on top of the backend's mask
             opt = _optimizer(model, cfg, cfg.lr)
             if resume:
                 _restore(model, opt, resume)
@@ -142,15 +149,19 @@ class MaskTrainer(Backend):
 
         remove_masks(model, bake=False)  # the raw weights of every element go on into fine-tuning
         apply_masks(model, umap.masks(keep_vectors(umap.sizes, kept, param_dtype(model))))
+        if bits is not None:
+            add_weight_quant(model, graph, bits)
         opt = _optimizer(model, cfg, cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr)
         if phase == "finetune":
             _restore(model, opt, resume)  # type: ignore[arg-type]
         self._phase(model, data, cfg, opt, "finetune", start, history, on_epoch_end)
-        remove_masks(model, bake=True)
+        remove_masks(model, bake=True)  # bakes the fake-quantised values too
         _check_exact(model, umap, kept, self.name)
-        return BackendResult(
-            model, kept, history, {"backend": self.name, "options": dataclasses.asdict(opts)}
-        )
+        info: dict[str, Any] = {"backend": self.name, "options": dataclasses.asdict(opts)}
+        if bits is not None:
+            _check_levels(model, graph, bits.weight, self.name)
+            info["act_scales"] = {name: q.scale for name, q in act_quant.items()}
+        return BackendResult(model, kept, history, info)
 
     def _bind(
         self,
@@ -273,6 +284,18 @@ def _optimizer(model: nn.Module, cfg: BackendConfig, lr: float) -> torch.optim.O
 def _restore(model: nn.Module, opt: torch.optim.Optimizer, resume: dict[str, Any]) -> None:
     model.load_state_dict(resume["model"])
     opt.load_state_dict(resume["optimizer"])
+
+
+def _check_levels(
+    model: nn.Module, graph: UnitGraph, bits: dict[str, tuple[int, ...]], name: str
+) -> None:
+    """With bits, every weight must end on its kernel's quantisation levels."""
+    for lay in graph.layers:
+        layer: Any = model.get_submodule(lay.name)
+        if not on_levels(layer.weight.detach(), bits[lay.name]):
+            raise RuntimeError(
+                f"backend {name!r} left layer {lay.name!r} off its quantisation levels"
+            )
 
 
 def _check_exact(model: nn.Module, umap: UnitMap, kept: list[Tensor], name: str) -> None:

@@ -112,6 +112,7 @@ class GateMask(nn.Module):
 class Reweighted(MaskTrainer):
     name = "reweighted"
     Options = ReweightedOptions
+    quantise_while_pruning = True  # with bits, the gates learn on fake-quantised weights (QAT)
 
     def setup(
         self, model: nn.Module, umap: UnitMap, keep: list[int], cfg: BackendConfig, opts: Any
