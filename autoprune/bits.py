@@ -23,8 +23,8 @@ from autoprune.units import Layer, UnitGraph
 
 BIT_CHOICES: tuple[int, ...] = (2, 3, 4, 5, 6, 8)  # weight/activation bits a search may choose
 FLOAT_BITS = 32  # "not quantised": stored as float32
-# What the artifact can store: 2..16-bit integer codes (a 4-bit field per kernel) or float32.
-STORABLE_BITS: tuple[int, ...] = (*range(2, 17), FLOAT_BITS)
+# What the artifact can store: 1..15-bit codes (a 4-bit field per kernel, 0 = float32) or float32.
+STORABLE_BITS: tuple[int, ...] = (*range(1, 16), FLOAT_BITS)
 
 # --- layout constants of model.apq (see autoprune.artifact for the full format) ---------------
 MAGIC = b"APQ1"

@@ -1,10 +1,12 @@
 """Fake quantisation: per-kernel symmetric uniform weight codes, per-layer activation codes.
 
-A kernel (one output filter of a conv, one output row of a linear layer) with b bits stores
-integer codes q in [-(2^(b-1) - 1), 2^(b-1) - 1] and one scale s = max|w| / (2^(b-1) - 1), and
-stands for the weights q x s; 32 bits means float (no codes). Training sees the quantised weights
-in the forward pass and passes gradients straight through (the STE of BinaryConnect / DoReFa),
-as a parametrization stacked on any mask, so masked weights stay exactly zero (round(0) = 0).
+A kernel (one output filter of a conv, one output row of a linear layer) with b bits stores one
+step size s and, per nonzero weight, a code k in [-2^(b-1), 2^(b-1) - 1] for the level
+(k + 1/2) s; 32 bits means float (no codes). Pruned weights are zeros that the sparse index
+encodes, so the levels need no zero and b = 1 is a per-kernel binary (+-s/2) weight. Training
+sees the quantised weights in the forward pass and passes gradients straight through (the STE of
+BinaryConnect / DoReFa), as a parametrization stacked on any mask, so masked weights stay
+exactly zero.
 
 A layer's input activations with a < 32 bits are fake-quantised by a forward pre-hook, symmetric
 with a scale from a running max of |x| while training and fixed in eval (and in the artifact).
@@ -24,12 +26,8 @@ from autoprune.units import UnitGraph
 
 
 def qmax(bits: int) -> int:
-    """Largest code magnitude of symmetric `bits`-bit codes."""
+    """Largest code magnitude of symmetric mid-tread `bits`-bit activation codes."""
     return int(2 ** (bits - 1) - 1)
-
-
-def _qmax(bits: Tensor) -> Tensor:
-    return torch.pow(2, bits - 1) - 1
 
 
 def _per_kernel(t: Tensor, shape: torch.Size) -> Tensor:
@@ -37,25 +35,42 @@ def _per_kernel(t: Tensor, shape: torch.Size) -> Tensor:
 
 
 def kernel_scales(w: Tensor, bits: Tensor) -> Tensor:
-    """One scale per kernel (dim 0 of `w`): max|w| / qmax; 1 for float and all-zero kernels."""
-    amax = w.detach().abs().reshape(w.shape[0], -1).amax(dim=1)
-    s = amax / _qmax(bits.to(w.device)).to(w.dtype)
-    return torch.where((bits.to(w.device) < FLOAT_BITS) & (amax > 0), s, torch.ones_like(s))
+    """One step size per kernel (dim 0 of `w`) over its nonzero weights.
+
+    b >= 2: the outermost levels +-(2^(b-1) - 1/2) s sit at +-max|w|. b = 1: the two levels
+    +-s/2 sit at the mean |w| (the least-squares binary fit). Float and empty kernels get 1.
+    """
+    flat = w.detach().abs().reshape(w.shape[0], -1)
+    b = bits.to(w.device)
+    amax = flat.amax(dim=1)
+    nonzero = (flat > 0).sum(dim=1).clamp_min(1)
+    half = torch.pow(2.0, (b - 1).to(w.dtype))
+    s = torch.where(b == 1, 2 * flat.sum(dim=1) / nonzero, amax / (half - 0.5))
+    return torch.where((b < FLOAT_BITS) & (amax > 0), s, torch.ones_like(s))
 
 
 def quantize(w: Tensor, bits: Tensor) -> tuple[Tensor, Tensor]:
-    """Integer codes (int64, shaped like `w`; float kernels get 0) and per-kernel scales."""
+    """Signed codes k (int64, shaped like `w`) and per-kernel step sizes s.
+
+    Nonzero weights of a b-bit kernel map to the level (k + 1/2) s, k in [-2^(b-1), 2^(b-1) - 1]
+    (mid-rise: no zero level, since zeros are pruned weights and the sparse index says where
+    they are, all 2^b codes name a nonzero value). Zeros and float kernels get code 0.
+    """
     s = kernel_scales(w, bits)
-    q = _per_kernel(_qmax(bits.to(w.device)), w.shape)
-    codes = torch.clamp(torch.round(w.detach() / _per_kernel(s, w.shape)), -q, q)
-    quantised = _per_kernel(bits.to(w.device) < FLOAT_BITS, w.shape)
-    return torch.where(quantised, codes, torch.zeros_like(codes)).to(torch.int64), s
+    b = _per_kernel(bits.to(w.device), w.shape)
+    half = torch.pow(2.0, (b - 1).to(w.dtype))
+    k = torch.minimum(
+        torch.maximum(torch.floor(w.detach() / _per_kernel(s, w.shape)), -half), half - 1
+    )
+    keep = (b < FLOAT_BITS) & (w != 0)
+    return torch.where(keep, k, torch.zeros_like(k)).to(torch.int64), s
 
 
 def dequantize(codes: Tensor, scales: Tensor, bits: Tensor, w: Tensor) -> Tensor:
-    """codes x scale for quantised kernels; float kernels keep their values from `w`."""
+    """(code + 1/2) x step where `w` is nonzero in quantised kernels; float kernels keep `w`."""
     quantised = _per_kernel(bits.to(w.device) < FLOAT_BITS, w.shape)
-    return torch.where(quantised, codes.to(w.dtype) * _per_kernel(scales, w.shape), w)
+    levels = (codes.to(w.dtype) + 0.5) * _per_kernel(scales, w.shape)
+    return torch.where(quantised, torch.where(w != 0, levels, torch.zeros_like(w)), w)
 
 
 def fake_quant(w: Tensor, bits: Tensor) -> Tensor:

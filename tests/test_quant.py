@@ -21,15 +21,22 @@ SIZE = (1, 16, 16)
 
 def test_codes_scales_and_levels() -> None:
     torch.manual_seed(0)
-    w = torch.randn(4, 3, 5, 5)
+    w = torch.randn(5, 3, 5, 5)
     w[2] = 0.0  # an empty kernel
-    bits = torch.tensor([2, 4, 8, 32])
+    w[1, 0] = 0.0  # pruned weights inside a kernel
+    bits = torch.tensor([2, 4, 8, 32, 1])
     codes, s = quantize(w, bits)
-    assert codes[0].abs().max() == 1 and codes[1].abs().max() == 7 and (codes[2] == 0).all()
-    assert torch.allclose(s[:2], w[:2].abs().flatten(1).amax(1) / torch.tensor([1.0, 7.0]))
+    assert codes[0].min() >= -2 and codes[0].max() <= 1  # 2 bits: 4 nonzero levels
+    assert int(codes[0].flatten()[w[0].abs().argmax()]) in (-2, 1)  # the largest on the outermost
+    assert codes[1].min() >= -8 and codes[1].max() <= 7 and (codes[1, 0] == 0).all()
+    assert torch.allclose(s[:2], w[:2].abs().flatten(1).amax(1) / torch.tensor([1.5, 7.5]))
     back = dequantize(codes, s, bits, w)
     assert torch.equal(back[3], w[3])  # 32 bits: float, untouched
-    assert (back[1] - w[1]).abs().max() <= s[1] / 2 + 1e-7  # rounding to the nearest level
+    assert torch.equal(back[2], w[2]) and torch.equal(back[1, 0], w[1, 0])  # zeros stay zeros
+    assert ((back[1] != 0) == (w[1] != 0)).all()  # and nonzeros stay nonzero
+    assert (back[1] - w[1]).abs().max() <= s[1] / 2 + 1e-7  # the nearest level
+    assert back[0].abs().max() == pytest.approx(w[0].abs().max())  # outer levels at max|w|
+    assert torch.allclose(back[4].abs(), w[4].abs().mean().expand_as(w[4]))  # binary: mean |w|
     assert on_levels(back, bits.tolist()) and not on_levels(w, bits.tolist())
 
 
@@ -78,7 +85,7 @@ def test_backend_with_bits_ends_on_levels(dense: Any, name: str, granularity: st
         w = res.model.get_submodule(lay.name).weight.detach()
         assert on_levels(w, weight[lay.name])
         codes, _ = quantize(w, torch.tensor(weight[lay.name]))
-        assert codes.abs().max() <= 2 ** (max(weight[lay.name]) - 1) - 1
+        assert codes.abs().max() <= 2 ** (max(weight[lay.name]) - 1)
     alive = UnitMap(res.model, graph).alive(res.model)
     for a, idx in zip(alive, res.kept, strict=True):
         outside = torch.ones_like(a)
