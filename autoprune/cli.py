@@ -192,7 +192,7 @@ class Search(Command):
         p.add_argument("--out", help="run directory (default runs/search-MODEL-DATASET-TIMESTAMP)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.cli_search import evaluator_config, method_options, resolve_defaults
+        from autoprune.cli_search import bit_space, evaluator_config, method_options, resolve_defaults
         from autoprune.compress import SearchRun, run_search
         from autoprune.projection import ProjectionConfig
         from autoprune.training import TrainConfig
@@ -212,6 +212,7 @@ class Search(Command):
             projection=ProjectionConfig(min_ratio=args.min_ratio),
             dense_train=TrainConfig(epochs=args.dense_epochs, seed=args.seed),
             limit=args.limit, progress=not args.quiet, overwrite=args.force, latency_table=args.latency_table,
+            bits=bit_space(args),
         )  # fmt: skip
         metrics = run_search(cfg)
         _finish(args, metrics, args.out)

@@ -59,6 +59,24 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="dsa: also train (a copy of) the weights under the soft masks while searching",
     )
+    b = p.add_argument_group("bits (joint pruning and kernel-wise quantisation)")
+    b.add_argument(
+        "--bits",
+        action="store_true",
+        help="choose weight bits per kernel and activation bits per layer as well as keeps "
+        "(uniform, random, optuna, rl); --budget-size then counts the packed artifact's bytes",
+    )
+    b.add_argument(
+        "--weight-bits",
+        metavar="LIST",
+        help="with --bits: weight widths to choose from (default 2,3,4,5,6,8; one value fixes it)",
+    )
+    b.add_argument(
+        "--act-bits",
+        metavar="LIST",
+        help="with --bits: activation widths; one value fixes it (default 32: float, not "
+        "quantised), several (e.g. 4,6,8) are searched per layer",
+    )
     e = p.add_argument_group("evaluator (scores allocations on the validation split)")
     e.add_argument(
         "--eval-importance", default="l1", help="which elements a unit keeps: l1 | l2 | taylor"
@@ -88,6 +106,20 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "train_weights": args.train_weights,
     }
     return {k: v for k, v in flags.items() if v is not None}
+
+
+def bit_space(args: argparse.Namespace) -> Any:
+    """The widths `--bits` chooses from, or None without --bits."""
+    from autoprune.errors import UsageError
+    from autoprune.search.bit_space import BitSpace
+
+    if not args.bits:
+        for flag in ("weight_bits", "act_bits"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(f"{name} sets the widths that --bits chooses from; add --bits")
+        return None
+    return BitSpace.parse(args.weight_bits, args.act_bits)
 
 
 def evaluator_config(args: argparse.Namespace) -> Any:

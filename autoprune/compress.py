@@ -36,6 +36,7 @@ from autoprune.runs import (
 from autoprune.report import write_search_report
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem
 from autoprune.search.base import SearchContext
+from autoprune.search.bit_space import BitSpace, smallest_bits
 from autoprune.staging import forget_stale_backend, refuse_interrupted, restore_dense
 from autoprune.training import TrainConfig, fit, set_seed
 from autoprune.units import Granularity
@@ -68,6 +69,7 @@ class SearchRun:
     overwrite: bool = False
     latency_table: str | None = None  # without one, a latency budget measures a table here
     latency: LatencyConfig = field(default_factory=LatencyConfig)
+    bits: BitSpace | None = None  # --bits: the method chooses weight/activation widths too
 
 
 def make_method(name: str, options: dict[str, Any]) -> SearchMethod:
@@ -95,9 +97,13 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
     graph, cost_model = trace(loaded, cfg.granularity)
     latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model, table_path=cfg.latency_table,
                              run_dir=cfg.out, cfg=cfg.latency, progress=cfg.progress)  # fmt: skip
-    limits, dense_costs = resolve_limits(cfg.budgets, cost_model, cfg.projection)
+    smallest = None if cfg.bits is None else cost_model.with_bits(smallest_bits(graph, cfg.bits))
+    limits, dense_costs = resolve_limits(cfg.budgets, cost_model, cfg.projection, smallest_model=smallest)
     method = make_method(cfg.method, cfg.method_options)
     backend = None if cfg.no_prune else get_backend(cfg.backend)()
+    if cfg.bits is not None and not method.supports_bits:
+        bit_methods = sorted(n for n in SEARCH_METHODS.names() if SEARCH_METHODS.get(n).supports_bits)
+        raise UsageError(f"--bits: search method {cfg.method!r} does not choose bits; use one of {bit_methods}")
     _refuse_existing(cfg.out, cfg.overwrite)
     refuse_interrupted(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     timings["trace"] = time.perf_counter() - t0
@@ -125,16 +131,18 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
             evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg.evaluator)
         context = SearchContext(loaded.model, graph, loaded.data.train, loaded.data.val)
         problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
-                                progress=cfg.progress, context=context)  # fmt: skip
+                                progress=cfg.progress, context=context, bits=cfg.bits)  # fmt: skip
         result = method.search(problem)
         timings["search"] = time.perf_counter() - t
 
         keep = np.asarray(result.keep, dtype=np.int64)
-        predicted = {m: cost_model.metric(m, keep) for m in cost_model.metrics if m in dense_costs}
+        priced = problem.costed(result.bits)
+        predicted = {m: priced.metric(m, keep) for m in priced.metrics if m in dense_costs}
+        bit_info = {} if cfg.bits is None else {"bit_space": cfg.bits.to_json()}
         allocation = Allocation.from_keep(
             graph, keep, num_classes=loaded.num_classes, budgets=cfg.budgets, predicted=predicted,
-            dense=dense_costs, method=cfg.method, seed=cfg.seed, dataset=cfg.dataset,
-            checkpoint=checkpoint, extra={"proxy_accuracy": result.score, "trials": len(result.trials)},
+            dense=dense_costs, method=cfg.method, seed=cfg.seed, dataset=cfg.dataset, checkpoint=checkpoint,
+            extra={"proxy_accuracy": result.score, "trials": len(result.trials), **bit_info}, bits=result.bits,
         )  # fmt: skip
         dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
         model, kept, history, t = loaded.model, None, [], time.perf_counter()
@@ -186,8 +194,8 @@ def _run_backend(
 
 
 def _write_trials(stage: Path, result: Any) -> None:
-    rows = [{"number": t.number, "score": t.score, "keep": [int(k) for k in t.keep], "costs": t.costs}
-            for t in result.trials]  # fmt: skip
+    rows = [{"number": t.number, "score": t.score, "keep": [int(k) for k in t.keep], "costs": t.costs,
+             **({} if t.bits is None else {"bits": t.bits.to_json()})} for t in result.trials]  # fmt: skip
     write_json_atomic(stage / "trials.json", rows)
 
 

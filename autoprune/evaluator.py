@@ -11,7 +11,8 @@ and validation splits.
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,10 +21,12 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from autoprune.bits import FLOAT_BITS, BitAllocation
 from autoprune.data import DataSplits, make_loader
 from autoprune.errors import UsageError
 from autoprune.importance import IMPORTANCE, score_units, top_k
 from autoprune.masking import apply_masks, element_masks, remove_masks, slim
+from autoprune.quant import ActQuant, add_weight_quant
 from autoprune.training import EvalResult, evaluate
 from autoprune.units import UnitGraph
 
@@ -63,6 +66,11 @@ class EvaluatorConfig:
             )
 
 
+def bits_key(bits: BitAllocation) -> tuple[Any, ...]:
+    """A hashable key of a bit allocation (for caches)."""
+    return tuple(sorted(bits.weight.items())), tuple(sorted(bits.act.items()))
+
+
 def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
     """Recompute BatchNorm running statistics as an exact average over `batches`."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -96,6 +104,9 @@ class MaskEvaluator:
     """Callable keep -> validation accuracy; the dense model is never modified.
 
     `evaluate(keep)` gives accuracy and loss; `cache` maps each scored allocation to its result.
+    `evaluate(keep, bits)` scores the allocation fake-quantised as the backends train it
+    (autoprune.quant, after the fine-tune, activation scales calibrated on the BatchNorm
+    batches); it always scores a masked model, since per-kernel widths index the dense kernels.
     """
 
     def __init__(
@@ -113,7 +124,8 @@ class MaskEvaluator:
         loader = make_loader(
             train, batch_size=self.cfg.batch_size, shuffle=True, seed=self.cfg.seed
         )
-        needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches)
+        # at least one batch: activation scales of allocations with bits are calibrated on it
+        needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches, 1)
         self._train_batches: list[Batch] = []
         for x, y in loader:
             if len(self._train_batches) >= needed:
@@ -131,7 +143,7 @@ class MaskEvaluator:
         if not val_data:
             raise UsageError("the validation split is empty; the evaluator needs validation images")
         self._val = val_data
-        self.cache: dict[tuple[int, ...], EvalResult] = {}
+        self.cache: dict[Any, EvalResult] = {}  # keeps, or (keeps, bits_key) with bits
         self.calls = 0
         physical = self.cfg.physical
         if physical is None:  # a fine-tune runs forward and backward many times: slimming repays
@@ -156,21 +168,26 @@ class MaskEvaluator:
     def _grad_batches(self) -> int:
         return max(1, self.cfg.grad_batches) if self.cfg.importance == "taylor" else 0
 
-    def __call__(self, keep: Sequence[int] | np.ndarray) -> float:
-        return self.evaluate(keep).accuracy
+    def __call__(
+        self, keep: Sequence[int] | np.ndarray, bits: BitAllocation | None = None
+    ) -> float:
+        return self.evaluate(keep, bits).accuracy
 
-    def evaluate(self, keep: Sequence[int] | np.ndarray) -> EvalResult:
+    def evaluate(
+        self, keep: Sequence[int] | np.ndarray, bits: BitAllocation | None = None
+    ) -> EvalResult:
         key = tuple(int(k) for k in keep)
         if len(key) != len(self.graph.units):
             raise ValueError(f"expected {len(self.graph.units)} keeps, got {len(key)}")
-        if key not in self.cache:
+        cache_key = key if bits is None else (key, bits_key(bits))
+        if cache_key not in self.cache:
             self.calls += 1
-            self.cache[key] = self._score(key)
-        return self.cache[key]
+            self.cache[cache_key] = self._score(key) if bits is None else self._score(key, bits)
+        return self.cache[cache_key]
 
-    def _score(self, keep: tuple[int, ...]) -> EvalResult:
+    def _score(self, keep: tuple[int, ...], bits: BitAllocation | None = None) -> EvalResult:
         kept = [top_k(s, k) for s, k in zip(self.scores, keep, strict=True)]
-        if self.physical:
+        if self.physical and bits is None:
             model = slim(copy.deepcopy(self.model), self.graph, kept)
         else:
             model = self.model
@@ -179,8 +196,18 @@ class MaskEvaluator:
             apply_masks(model, element_masks(model, self.graph, kept))
         if self.cfg.finetune_steps:
             self._finetune(model)
-        recalibrate_bn(model, self._bn_batches)
-        return evaluate(model, self._val)
+        if bits is None:
+            recalibrate_bn(model, self._bn_batches)
+            return evaluate(model, self._val)
+        add_weight_quant(model, self.graph, bits)  # removed with the masks by the next call
+        with quantised_inputs(model, self.graph, bits, self._calibration):
+            recalibrate_bn(model, self._bn_batches)
+            return evaluate(model, self._val)
+
+    @property
+    def _calibration(self) -> list[torch.Tensor]:
+        """Training batches that set the activation scales: the BatchNorm ones, at least one."""
+        return self._bn_batches or [x for x, _ in self._train_batches[:1]]
 
     def _finetune(self, model: nn.Module) -> None:
         # The same batches for every allocation, so scores differ only by the allocation.
@@ -194,6 +221,38 @@ class MaskEvaluator:
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
         model.eval()
+
+
+@contextmanager
+def quantised_inputs(
+    model: nn.Module, graph: UnitGraph, bits: BitAllocation, calibration: Sequence[torch.Tensor]
+) -> Iterator[None]:
+    """Inputs of every conv/linear layer below 32 bits fake-quantised while inside.
+
+    Each layer's scale is calibrated first, from a running max of |input| over `calibration`.
+    An ActQuant follows the range only while its layer is in train mode, so only those layers
+    are: BatchNorm statistics and dropout stay as they were.
+    """
+    names = [lay.name for lay in graph.layers if bits.act[lay.name] < FLOAT_BITS]
+    layers = [model.get_submodule(name) for name in names]
+    handles = [
+        m.register_forward_pre_hook(ActQuant(bits.act[name]))
+        for m, name in zip(layers, names, strict=True)
+    ]
+    try:
+        if handles:
+            was_training = model.training
+            model.eval()
+            for m in layers:
+                m.train()
+            with torch.no_grad():
+                for x in calibration:
+                    model(x)
+            model.train(was_training)
+        yield
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _limit(batches: list[Batch], n: int) -> list[Batch]:

@@ -145,14 +145,23 @@ def trace(loaded: Loaded, granularity: Granularity) -> tuple[UnitGraph, CostMode
 
 
 def resolve_limits(
-    budgets: list[Budget], cost_model: CostModel, projection: ProjectionConfig
+    budgets: list[Budget],
+    cost_model: CostModel,
+    projection: ProjectionConfig,
+    *,
+    smallest_model: CostModel | None = None,
 ) -> tuple[dict[str, float], dict[str, float]]:
-    """Absolute limits per metric (errors for infeasible budgets) and the dense costs."""
+    """Absolute limits per metric (errors for infeasible budgets) and the dense costs.
+
+    Budgets in % are of the dense float model; `smallest_model` (default `cost_model`) prices the
+    smallest allocation, e.g. at the smallest bit widths a search may choose.
+    """
     dense_keep = cost_model.dense_keep
     smallest_keep = min_keeps(cost_model.sizes, projection)
     metrics = {b.metric for b in budgets} | {"macs", "params", "weights", "size", "bops"}
     dense = {m: cost_model.metric(m, dense_keep) for m in metrics}
-    smallest = {m: cost_model.metric(m, smallest_keep) for m in metrics}
+    low = smallest_model or cost_model
+    smallest = {m: low.metric(m, smallest_keep) for m in metrics}
     return check_budgets(budgets, dense, smallest), dense
 
 

@@ -18,11 +18,14 @@ if TYPE_CHECKING:
     from torch import nn
     from torch.utils.data import Dataset
 
+    from autoprune.bits import BitAllocation
+    from autoprune.search.bit_space import BitSpace
     from autoprune.units import UnitGraph
 
 # Scores an allocation (integer keeps per unit) by validation accuracy; higher is better. Passed in
-# as a callable so tests can use a cheap one and searches never touch data themselves.
-Evaluator = Callable[[np.ndarray], float]
+# as a callable so tests can use a cheap one and searches never touch data themselves. A search with
+# bits calls it as evaluate(keep, bits=BitAllocation), so its evaluator must take that keyword.
+Evaluator = Callable[..., float]
 
 
 @dataclass
@@ -53,17 +56,31 @@ class SearchProblem:
     workdir: Path | None = None
     progress: bool = False  # show a progress bar while searching
     context: SearchContext | None = None  # model and data; None where only costs are searched
+    bits: BitSpace | None = None  # None: keeps only; else every method chooses bits from these
 
     @property
     def sizes(self) -> np.ndarray:
         return self.cost_model.sizes
 
-    def project(self, ratios: np.ndarray | list[float]) -> np.ndarray:
-        """Integer keeps that meet every limit, as close to `ratios` as the budgets allow."""
-        return project(ratios, self.cost_model, self.limits, self.projection)
+    def costed(self, bits: BitAllocation | None) -> CostModel:
+        """The cost model of allocations quantised to `bits` (the float one for None)."""
+        return self.cost_model if bits is None else self.cost_model.with_bits(bits)
 
-    def costs(self, keep: np.ndarray) -> dict[str, float]:
-        return {m: self.cost_model.metric(m, keep) for m in ("macs", "params", *self.limits)}
+    def project(
+        self, ratios: np.ndarray | list[float], bits: BitAllocation | None = None
+    ) -> np.ndarray:
+        """Integer keeps that meet every limit, as close to `ratios` as the budgets allow."""
+        return project(ratios, self.costed(bits), self.limits, self.projection)
+
+    def costs(self, keep: np.ndarray, bits: BitAllocation | None = None) -> dict[str, float]:
+        model = self.costed(bits)
+        return {m: model.metric(m, keep) for m in dict.fromkeys(("macs", "params", *self.limits))}
+
+    def score(self, keep: np.ndarray, bits: BitAllocation | None = None) -> float:
+        """The evaluator's score of `keep` (quantised to `bits` when given)."""
+        if self.evaluate is None:
+            raise ValueError("this search problem has no evaluator")
+        return float(self.evaluate(keep) if bits is None else self.evaluate(keep, bits=bits))
 
 
 @dataclass
@@ -74,6 +91,7 @@ class Trial:
     keep: np.ndarray
     score: float | None
     costs: dict[str, float]
+    bits: BitAllocation | None = None
 
 
 @dataclass
@@ -84,6 +102,7 @@ class SearchResult:
     score: float | None
     trials: list[Trial] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    bits: BitAllocation | None = None  # per-kernel weight and per-layer activation bits, if searched
 
 
 class SearchMethod(ABC):
@@ -91,6 +110,7 @@ class SearchMethod(ABC):
 
     name: ClassVar[str]
     needs_evaluator: ClassVar[bool] = True
+    supports_bits: ClassVar[bool] = False  # chooses bits when the problem has a BitSpace
 
     @abstractmethod
     def search(self, problem: SearchProblem) -> SearchResult: ...

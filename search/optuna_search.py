@@ -34,6 +34,7 @@ from autoprune.search.trials import quiet_optuna, run_workers
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
+from autoprune.bits import BitAllocation
 from autoprune.errors import AutoPruneError, UsageError
 
 STUDY_DB = "study.db"  # the default storage's file inside SearchProblem.workdir
@@ -52,6 +53,7 @@ class OptunaSearch(SearchMethod):
     """
 
     name = "optuna"
+    supports_bits = True  # per-layer categorical widths beside the keep ratios
     trials: int = 20
     sampler: str | None = None  # None: tpe, or nsga2 with multi_objective
     storage: str | None = None  # SQLAlchemy URL; None: sqlite in the run directory (else memory)
@@ -128,12 +130,14 @@ class OptunaSearch(SearchMethod):
         done = sorted(
             study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.number
         )
+        graph = problem.cost_model.graph
         trials = [
             Trial(
                 t.number,
                 np.asarray(t.user_attrs["keep"], dtype=np.int64),
                 float(t.user_attrs["val_accuracy"]),
                 dict(t.user_attrs["costs"]),
+                BitAllocation.from_json(t.user_attrs["bits"], graph) if "bits" in t.user_attrs else None,
             )
             for t in done
         ]
@@ -164,4 +168,4 @@ class OptunaSearch(SearchMethod):
                 "pareto": [trials[i].number for i in front],
             }
         info["best_trial"] = best.number
-        return SearchResult(best.keep, best.score, trials, info)
+        return SearchResult(best.keep, best.score, trials, info, bits=best.bits)

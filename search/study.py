@@ -122,7 +122,7 @@ def safe_url(url: str | None) -> str | None:
 def identity(problem: SearchProblem, spec: StudySpec) -> dict[str, Any]:
     """What a study's trials depend on; a resumed study must match it exactly."""
     graph = problem.cost_model.graph
-    return {
+    mine: dict[str, Any] = {
         "model": graph.model_name,
         "signature": graph.signature,
         "sizes": [int(s) for s in problem.sizes],
@@ -130,6 +130,9 @@ def identity(problem: SearchProblem, spec: StudySpec) -> dict[str, Any]:
         "min_ratio": problem.projection.min_ratio,
         "cost_metric": spec.cost_metric,
     }
+    if problem.bits is not None:  # only then: studies searched before bits existed still match
+        mine["bits"] = problem.bits.to_json()
+    return mine
 
 
 def check_study(
@@ -161,7 +164,7 @@ def check_study(
         study.set_metric_names(["val_accuracy"] + ([spec.cost_metric] if spec.cost_metric else []))
         _study_note(study, problem)
     elif theirs != mine:
-        diff = sorted(k for k in mine if mine[k] != theirs.get(k))
+        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise UsageError(
             f"study {spec.study!r} in {where} searched another problem "
             f"(its {', '.join(diff)} differ); resume it with the same model and budgets, or "

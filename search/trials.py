@@ -23,11 +23,13 @@ import numpy as np
 import optuna
 import torch
 from autoprune.search.base import SearchProblem
+from autoprune.search.bit_space import fit_bits
 from autoprune.search.study import SAMPLERS, StudySpec, open_storage, trial_note
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
+from autoprune.bits import BitAllocation
 from autoprune.errors import AutoPruneError, UsageError
 from autoprune.projection import min_keeps
 
@@ -146,18 +148,19 @@ class _Objective:
         p = self.problem
         lo = p.projection.min_ratio
         ratios = np.array([trial.suggest_float(n, lo, 1.0) for n in self.names])
-        keep = self._keep(ratios)
-        costs = p.costs(keep)
+        bits = self._bits(trial)
+        keep = self._keep(ratios, bits)
+        costs = p.costs(keep, bits)
         metric = self.spec.cost_metric
         if metric is not None:  # the traded cost is recorded even when no budget names it
-            costs[metric] = float(p.cost_model.metric(metric, keep))
+            costs[metric] = float(p.costed(bits).metric(metric, keep))
         assert p.evaluate is not None  # checked by OptunaSearch.search
         detailed = getattr(p.evaluate, "evaluate", None)  # MaskEvaluator also reports the loss
         if detailed is not None:
-            res = detailed(keep)
+            res = detailed(keep) if bits is None else detailed(keep, bits)
             acc, loss = float(res.accuracy), float(res.loss)
         else:
-            acc, loss = float(p.evaluate(keep)), None
+            acc, loss = p.score(keep, bits), None
         ratio = (keep / p.sizes).round(4).tolist()
         attrs = {
             "keep": [int(k) for k in keep],
@@ -167,23 +170,41 @@ class _Objective:
             "val_loss": loss,
             "worker": f"{socket.gethostname()}:{os.getpid()}",  # which process ran it (--n-jobs)
         }
+        if bits is not None:
+            attrs["bits"] = bits.to_json()
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         trial_note(trial, self.names, keep, p.sizes, costs, acc, p.limits)
         self._chart(trial, ratio, acc)
         return acc if metric is None else (acc, costs[metric])
 
-    def _keep(self, ratios: np.ndarray) -> np.ndarray:
+    def _bits(self, trial: optuna.Trial) -> BitAllocation | None:
+        """Per-layer weight (and, when searched, activation) widths, repaired to fit the budgets."""
+        space = self.problem.bits
+        if space is None:
+            return None
+        layers = [lay.name for lay in self.problem.cost_model.graph.layers]
+        # A single choice is no choice: it stays out of the sampler's parameters.
+        weight = [space.weight[0]] * len(layers)
+        if len(space.weight) > 1:
+            weight = [trial.suggest_categorical(f"wbits:{n}", space.weight) for n in layers]
+        act = [space.act[0]] * len(layers)
+        if len(space.act) > 1:
+            act = [trial.suggest_categorical(f"abits:{n}", space.act) for n in layers]
+        return fit_bits(self.problem, space, weight, act)
+
+    def _keep(self, ratios: np.ndarray, bits: BitAllocation | None) -> np.ndarray:
         p = self.problem
         if self.spec.cost_metric is None:
-            return p.project(ratios)  # accuracy grows with size: fill the budget
+            return p.project(ratios, bits)  # accuracy grows with size: fill the budget
         # Trading accuracy against cost: keep the proposal as it is when it already fits, so the
         # front spans every cost below the budget, and project only what does not fit.
         raw = np.clip(np.round(ratios * p.sizes), min_keeps(p.sizes, p.projection), p.sizes).astype(
             np.int64
         )
-        fits = all(p.cost_model.metric(m, raw) <= lim for m, lim in p.limits.items())
-        return raw if fits else p.project(ratios)
+        model = p.costed(bits)
+        fits = all(model.metric(m, raw) <= lim for m, lim in p.limits.items())
+        return raw if fits else p.project(ratios, bits)
 
     def _chart(self, trial: optuna.Trial, ratio: list[float], acc: float) -> None:
         if self.store is None:

@@ -1,12 +1,23 @@
-"""Baselines: the same keep ratio in every unit (uniform), and random ratios (random)."""
+"""Baselines: the same keep ratio in every unit (uniform), and random ratios (random).
+
+With bits (`SearchProblem.bits`) uniform gives every kernel the same widths (`uniform_bits`: the
+largest that still leave reasonable keeps) and random draws widths per layer.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-
-from autoprune.search.base import SEARCH_METHODS, SearchMethod, SearchProblem, SearchResult, Trial, best_of
+from autoprune.search.base import (
+    SEARCH_METHODS,
+    SearchMethod,
+    SearchProblem,
+    SearchResult,
+    Trial,
+    best_of,
+)
+from autoprune.search.bit_space import random_bits, uniform_bits
 
 
 @SEARCH_METHODS.register("uniform")
@@ -16,11 +27,16 @@ class Uniform(SearchMethod):
 
     name = "uniform"
     needs_evaluator = False
+    supports_bits = True
 
     def search(self, problem: SearchProblem) -> SearchResult:
-        keep = problem.project(np.full(len(problem.sizes), 0.5))
-        score = problem.evaluate(keep) if problem.evaluate is not None else None
-        return SearchResult(keep, score, [Trial(0, keep, score, problem.costs(keep))])
+        ratios = np.full(len(problem.sizes), 0.5)
+        bits = None if problem.bits is None else uniform_bits(problem, problem.bits, ratios)
+        keep = problem.project(ratios, bits)
+        score = problem.score(keep, bits) if problem.evaluate is not None else None
+        return SearchResult(
+            keep, score, [Trial(0, keep, score, problem.costs(keep, bits), bits)], bits=bits
+        )
 
 
 @SEARCH_METHODS.register("random")
@@ -30,6 +46,7 @@ class RandomSearch(SearchMethod):
 
     name = "random"
     trials: int = 20
+    supports_bits = True
 
     def search(self, problem: SearchProblem) -> SearchResult:
         if problem.evaluate is None:
@@ -37,7 +54,11 @@ class RandomSearch(SearchMethod):
         rng = np.random.default_rng(problem.seed)
         history = []
         for i in range(self.trials):
-            keep = problem.project(rng.uniform(problem.projection.min_ratio, 1.0, len(problem.sizes)))
-            history.append(Trial(i, keep, problem.evaluate(keep), problem.costs(keep)))
+            ratios = rng.uniform(problem.projection.min_ratio, 1.0, len(problem.sizes))
+            bits = None if problem.bits is None else random_bits(problem, problem.bits, rng)
+            keep = problem.project(ratios, bits)
+            history.append(
+                Trial(i, keep, problem.score(keep, bits), problem.costs(keep, bits), bits)
+            )
         best = best_of(history)
-        return SearchResult(best.keep, best.score, history)
+        return SearchResult(best.keep, best.score, history, bits=best.bits)
