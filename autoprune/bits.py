@@ -32,6 +32,7 @@ MAGIC = b"APQ1"
 FIXED_HEADER = 4 + 1 + 1 + 2 + 2 + 3 * 2 + 8
 BITS_FIELD = 4  # per-kernel bits code
 SCALE_BYTES = 4  # float32 scale per quantised kernel
+COUNT_BYTES = 4  # u32 nonzero count per layer
 CRC_BYTES = 4
 
 
@@ -108,11 +109,12 @@ def ef_low_bits(n: int, length: int) -> int:
 
 
 def index_bits(n: int, length: int) -> int:
-    """Bits of one kernel's sparse indices: none when empty or dense, else Elias-Fano or a bitmap.
+    """Bits of n sorted positions in [0, length): none when empty or full, else Elias-Fano or a
+    bitmap, whichever is shorter.
 
     Elias-Fano stores each position's low bits verbatim and the gaps between high parts in unary
-    (n + ((length-1) >> low) bits); a bitmap (length bits) wins for nearly dense kernels. Both
-    depend only on n and length, so the decoder knows which was used without a flag.
+    (n + ((length-1) >> low) bits); a bitmap (length bits) wins when nearly full. Both depend
+    only on n and length, so the decoder knows which was used without a flag.
     """
     if n == 0 or n == length:
         return 0
@@ -121,25 +123,22 @@ def index_bits(n: int, length: int) -> int:
     return min(ef, length)
 
 
-def count_bits(length: int) -> int:
-    """Width of a kernel's nonzero count (0..length)."""
-    return int(length).bit_length()
-
-
 def layer_bytes(counts: Sequence[int], length: int, bits: Sequence[int], act_bits: int) -> int:
-    """Bytes of one layer's block (one entry of `counts`/`bits` per dense kernel).
+    """Bytes of one layer's block (one entry of `counts`/`bits` per dense kernel of `length`).
 
-    Act-bits byte (+ float32 activation scale when quantised), a float32 scale per quantised
-    non-empty kernel, then a byte-padded bitstream: per kernel its bits code (4 bits) and nonzero
-    count; then each kernel's indices; then each kernel's codes (n x bits; float32 when 32).
+    Act-bits byte (+ float32 activation scale when quantised), the layer's nonzero count (u32),
+    a byte-padded bitstream (per kernel its bits code; the positions of the layer's nonzeros in
+    the flattened layer, Elias-Fano or a bitmap; each nonzero's code, n x its kernel's bits),
+    then a float32 step size per quantised non-empty kernel. Index bits depend only on the
+    layer's total, so they are exact from a keep vector; codes depend on the spread only where
+    a layer's kernels have different bits.
     """
+    total = int(sum(counts))
+    stream = BITS_FIELD * len(bits) + index_bits(total, length * len(bits))
+    stream += sum(int(n) * b for n, b in zip(counts, bits, strict=True))
     scales = sum(SCALE_BYTES for n, b in zip(counts, bits, strict=True) if n and b != FLOAT_BITS)
-    stream = len(bits) * (BITS_FIELD + count_bits(length))
-    stream += sum(
-        index_bits(int(n), length) + int(n) * b for n, b in zip(counts, bits, strict=True)
-    )
     act = 1 + (SCALE_BYTES if act_bits != FLOAT_BITS else 0)
-    return act + scales + (stream + 7) // 8
+    return act + COUNT_BYTES + (stream + 7) // 8 + scales
 
 
 def header_bytes(graph: UnitGraph) -> int:
@@ -194,9 +193,10 @@ def estimated_costs(
     """Search-time (bytes of model.apq, BOPs) from per-layer widths and nonzero weights.
 
     The artifact stores dense-shaped layers. Weight granularity: a layer's nonzeros are spread
-    by `estimate_counts`. Channel granularity: `out` kernels keep `inputs` x kernel elements each
-    and the others are empty; which kernels survive is not known yet, so every kept kernel costs
-    the layer's mean bits and a scale if most of the layer is quantised.
+    by `estimate_counts` (exact when a layer's kernels share their bits and none is empty).
+    Channel granularity: `out` kernels keep `inputs` x kernel elements each and the others are
+    empty; which kernels survive is not known yet, so each kept one costs the layer's mean bits
+    (and a scale in the proportion of quantised kernels).
     """
     size = float(header_bytes(graph) + 4 * dense_rest_params(graph) + CRC_BYTES)
     bops = 0.0
@@ -210,14 +210,9 @@ def estimated_costs(
             continue
         o, n, mean = float(out[i]), round(inputs[i]) * lay.kernel, float(np.mean(wb))
         quantised = float(np.mean([b != FLOAT_BITS for b in wb]))
-        stream = lay.out_channels * (BITS_FIELD + count_bits(length)) + o * (
-            index_bits(n, length) + n * mean
-        )
-        size += (
-            1
-            + (SCALE_BYTES if ab != FLOAT_BITS else 0)
-            + SCALE_BYTES * o * quantised
-            + np.ceil(stream / 8)
-        )
+        total = round(o) * n
+        stream = BITS_FIELD * len(wb) + index_bits(total, length * len(wb)) + total * mean
+        act = 1 + (SCALE_BYTES if ab != FLOAT_BITS else 0)
+        size += act + COUNT_BYTES + np.ceil(stream / 8) + SCALE_BYTES * o * quantised
         bops += float(nonzeros[i]) * lay.positions * mean * ab
     return size, bops

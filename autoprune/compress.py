@@ -13,6 +13,7 @@ import torch
 
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.backends.base import BACKENDS, BackendConfig, BackendResult
+from autoprune.bits import BitAllocation
 from autoprune.budgets import Budget
 from autoprune.checkpoint import save_checkpoint
 from autoprune.data import make_loader
@@ -150,7 +151,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
             kept = select_kept(model, graph, keep, cfg.backend_cfg.importance)
         else:
             forget_stale_backend(stage, keep)
-            res = _run_backend(backend, loaded, graph, keep, cfg.backend_cfg, stage)
+            res = _run_backend(backend, loaded, graph, keep, cfg.backend_cfg, stage,
+                               bits=allocation.bit_allocation(graph))  # fmt: skip
             model, kept, history = res.model, res.kept, res.history
         timings["prune"] = time.perf_counter() - t
         extra = {
@@ -176,9 +178,12 @@ def _train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:
 
 
 def _run_backend(
-    backend: Any, loaded: Loaded, graph: Any, keep: np.ndarray, cfg: BackendConfig, stage: Path
+    backend: Any, loaded: Loaded, graph: Any, keep: np.ndarray, cfg: BackendConfig, stage: Path,
+    *, bits: BitAllocation | None = None,
 ) -> BackendResult:
-    """Run the backend, checkpointing every epoch into the staging folder (resumed if present)."""
+    """Run the backend (quantisation-aware when the allocation has bits), checkpointing every
+    epoch into the staging folder (resumed if present)."""
+    cfg = dataclasses.replace(cfg, bits=bits)
     last = stage / "epochs" / "last.pt"
 
     def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
@@ -237,7 +242,8 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume) as stage:
         dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
         t = time.perf_counter()
-        res = _run_backend(backend, loaded, graph, alloc.keep, cfg.backend_cfg, stage)
+        res = _run_backend(backend, loaded, graph, alloc.keep, cfg.backend_cfg, stage,
+                           bits=alloc.bit_allocation(graph))  # fmt: skip
         extra = {"backend": cfg.backend, "history": res.history, "info": res.info,
                  "wall_time_s": {"prune": time.perf_counter() - t}}  # fmt: skip
         return finish_run(stage, loaded, graph, alloc, res.model, res.kept,

@@ -26,6 +26,7 @@ from autoprune.latency import latency_check
 from autoprune.masking import slim
 from autoprune.models import build_model, default_input_size
 from autoprune.projection import ProjectionConfig, min_keeps
+from autoprune.quant_export import artifact_checks, export_artifact
 from autoprune.timing import measure_run_latency
 from autoprune.training import TrainConfig, fit, set_seed
 from autoprune.units import Granularity, UnitGraph, trace_units
@@ -185,6 +186,12 @@ def finish_run(
     of the same architecture is timed (weights do not change a dense kernel's speed).
     """
     t0 = time.perf_counter()
+    bits = allocation.bit_allocation(graph)
+    artifact = None
+    if bits is not None:  # the artifact keeps dense shapes, so it is written before slimming
+        artifact = export_artifact(stage, model, graph, kept, bits, num_classes=loaded.num_classes,
+                                   mean=loaded.data.mean, std=loaded.data.std,
+                                   predicted_size=allocation.predicted.get("size"))  # fmt: skip
     final_model = slim(model, graph, kept).eval()
     allocation.save(stage / "allocation.json")
     save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
@@ -207,12 +214,16 @@ def finish_run(
             continue
         limit = b.limit(allocation.dense[b.metric])
         checks[b.metric] = {"limit": limit, "measured": measured, "met": measured <= limit * (1 + 1e-9)}
+    if artifact is not None:
+        checks |= artifact_checks(allocation.budgets, allocation.dense, artifact)
     metrics = {
         "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
         "granularity": graph.granularity, "seed": allocation.provenance.get("seed"),
         "dense": dense_metrics, "final": final, "predicted": allocation.predicted,
         "budgets": checks, **compression(dense_metrics, final), "latency": latency, **extra,
     }  # fmt: skip
+    if artifact is not None:
+        metrics["artifact"] = artifact
     metrics.setdefault("wall_time_s", {})["export"] = time.perf_counter() - t0
     write_json_atomic(stage / "metrics.json", metrics)
     return metrics
