@@ -43,6 +43,7 @@ class RunSpec:
     lr: float = 0.01
     finetune_lr: float | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    bits: Any = None  # an object with allocate(model, graph) -> BitAllocation: kernel-wise bits
 
     @property
     def allocation(self) -> str:
@@ -87,11 +88,13 @@ def make_allocation(spec: RunSpec, loaded: Loaded, checkpoint: str, path: Path) 
     graph, cost_model = trace(loaded, spec.granularity)
     keep = keep_for(spec, graph, cost_model)
     budgets = [parse_budget("macs", f"{100 * spec.macs:g}%")] if spec.macs is not None else []
-    costs = cost_model.costs(keep).as_dict()
+    bits = None if spec.bits is None else spec.bits.allocate(loaded.model, graph)
+    costs = (cost_model if bits is None else cost_model.with_bits(bits)).costs(keep).as_dict()
     dense = cost_model.costs(cost_model.dense_keep).as_dict()
     alloc = Allocation.from_keep(graph, keep, num_classes=loaded.num_classes, budgets=budgets,
                                  predicted=costs, dense=dense, method="bench", dataset=loaded.dataset,
-                                 checkpoint=checkpoint, extra={"run": spec.name, "allocation": spec.allocation})  # fmt: skip
+                                 checkpoint=checkpoint, extra={"run": spec.name, "allocation": spec.allocation},
+                                 bits=bits)  # fmt: skip
     alloc.save(path)
     return alloc
 
