@@ -91,3 +91,18 @@ def test_eval_reads_the_artifact(
     assert "pass --dataset" in capsys.readouterr().err
     assert main(["eval", str(alone), "--dataset", "digits", "--limit", "96", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["accuracy"])
+
+
+@pytest.mark.slow
+def test_quick_quant_bench_reports_the_artifact(tmp_path: Path) -> None:
+    out = tmp_path / "bench"
+    assert main(["bench", "lenet5-mnist-quant", "--quick", "--quiet", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    (row,) = summary["runs"]
+    apq = out / row["artifact"]
+    assert apq.stat().st_size == row["artifact_bytes"] == row["predicted_bytes_exact"]
+    assert row["mean_weight_bits_per_layer"] == [4.0, 1.0, 1.0, 2.0]
+    fp32 = summary["dense"]["fp32_weight_bytes"]
+    assert row["storage_ratio"] == pytest.approx(fp32 / apq.stat().st_size)
+    assert row["weight_data_only_ratio"] == pytest.approx(fp32 / row["weight_code_bytes"])
+    assert "weight-data-only ratio" in (out / "README.md").read_text()
