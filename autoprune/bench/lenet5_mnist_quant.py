@@ -47,8 +47,9 @@ class QuantileBits:
     def allocate(self, model: nn.Module, graph: UnitGraph) -> BitAllocation:
         weight = {}
         for lay, rule in zip(graph.layers, self.layers, strict=True):
-            w = model.get_submodule(lay.name).weight.detach()
-            order = torch.argsort(w.reshape(w.shape[0], -1).norm(dim=1), descending=True).tolist()
+            w = model.get_submodule(lay.name).weight
+            assert isinstance(w, torch.Tensor)
+            order = torch.argsort(w.detach().flatten(1).norm(dim=1), descending=True).tolist()
             bits = np.zeros(len(order), dtype=np.int64)
             edges = np.round(np.cumsum([f for f, _ in rule]) * len(order)).astype(int)
             start = 0
@@ -65,20 +66,18 @@ class QuantileBits:
 
 
 RECIPE: dict[str, Any] = {"epochs": 12, "finetune_epochs": 12, "finetune_lr": 0.05}
+BITS_4 = QuantileBits((((1.0, 6),), ((1.0, 4),), ((1.0, 4),), ((1.0, 5),)))
+BINARY = QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),)))
+BITS_2 = QuantileBits((((1.0, 4),), ((0.5, 3), (0.5, 2)), ((1.0, 2),), ((1.0, 3),)))
 FULL = [
-    RunSpec("magnitude-24x-4bit", "magnitude", "weight", ratios=X24,
-            bits=QuantileBits((((1.0, 6),), ((1.0, 4),), ((1.0, 4),), ((1.0, 5),))), **RECIPE),
-    RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM,
-            bits=QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),))), **RECIPE),
-    RunSpec("magnitude-147x-2bit", "magnitude", "weight", ratios=X150,
-            bits=QuantileBits((((1.0, 4),), ((0.5, 3), (0.5, 2)), ((1.0, 2),), ((1.0, 3),))), **RECIPE),
-    RunSpec("admm-71x-binary", "admm", "weight", ratios=ADMM,
-            bits=QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),))), **RECIPE),
-]  # fmt: skip
+    RunSpec("magnitude-24x-4bit", "magnitude", "weight", ratios=X24, bits=BITS_4, **RECIPE),
+    RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
+    RunSpec("magnitude-147x-2bit", "magnitude", "weight", ratios=X150, bits=BITS_2, **RECIPE),
+    RunSpec("admm-71x-binary", "admm", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
+]
 QUICK = [
-    RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM,
-            bits=QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),))),
-            epochs=1, finetune_epochs=1),
+    RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, epochs=1,
+            finetune_epochs=1),
 ]  # fmt: skip
 
 
@@ -122,11 +121,14 @@ def lenet5_mnist_quant(cfg: BenchConfig) -> dict[str, Any]:
             rows.append(_row(spec, run_dir, graph, dense_acc, data_dir, out))
     best = _best(rows)
     summary = {
-        "benchmark": NAME, "quick": cfg.quick, "dataset": dataset, "bench_command": _bench_command(cfg),
+        "benchmark": NAME, "quick": cfg.quick, "dataset": dataset,
+        "bench_command": _bench_command(cfg),
         "dense": {"test_accuracy": dense_acc, "weights": dense["final"]["weights"],
-                  "checkpoint": dense_ckpt, "fp32_weight_bytes": 4 * dense["final"]["weights"]},
+                  "checkpoint": dense_ckpt,
+                  "fp32_weight_bytes": 4 * dense["final"]["weights"]},
         "runs": rows, "best": best, "max_drop_points": MAX_DROP_POINTS,
-        "targets": {"storage_ratio": DEEP_COMPRESSION_STORAGE, "weight_data_only_ratio": ADMM_NN_WEIGHT_DATA},
+        "targets": {"storage_ratio": DEEP_COMPRESSION_STORAGE,
+                    "weight_data_only_ratio": ADMM_NN_WEIGHT_DATA},
     }  # fmt: skip
     write_json_atomic(out / "summary.json", summary)
     (out / "README.md").write_text(render_quant_readme(summary))
@@ -150,6 +152,7 @@ def _row(
     report = evaluate_run(run_dir, data_dir=data_dir)  # the model rebuilt from model.apq
     counts = art["kernel_nonzeros"]
     alloc = json.loads((run_dir / "allocation.json").read_text())
+    alloc_path = f"{out}/allocations/{spec.name}.json"
     mean_bits = [
         float(
             np.dot(counts[lay.name], alloc["weight_bits"][lay.name]) / max(sum(counts[lay.name]), 1)
@@ -157,15 +160,20 @@ def _row(
         for lay in graph.layers
     ]
     row |= {
-        "bits_rule": spec.bits.describe(), "mean_weight_bits_per_layer": mean_bits,
-        "artifact_bytes": art["bytes"], "artifact_test_accuracy": report["accuracy"],
+        "bits_rule": spec.bits.describe(),
+        "mean_weight_bits_per_layer": mean_bits,
+        "artifact_bytes": art["bytes"],
+        "artifact_test_accuracy": report["accuracy"],
         "artifact_delta_points": 100 * (report["accuracy"] - dense_acc),
         "program_max_abs_diff": report.get("program_max_abs_diff"),
-        "storage_ratio": art["storage_ratio"], "weight_data_only_ratio": art["weight_data_only_ratio"],
-        "weight_code_bytes": art["weight_code_bytes"], "predicted_bytes_search": art["predicted_bytes_search"],
-        "predicted_bytes_exact": art["predicted_bytes_exact"], "artifact": f"runs/{spec.name}/model.apq",
-        "command": spec.prune_command(f"{out}/allocations/{spec.name}.json", data_dir, f"{out}/runs/{spec.name}"),
-    }  # fmt: skip
+        "storage_ratio": art["storage_ratio"],
+        "weight_data_only_ratio": art["weight_data_only_ratio"],
+        "weight_code_bytes": art["weight_code_bytes"],
+        "predicted_bytes_search": art["predicted_bytes_search"],
+        "predicted_bytes_exact": art["predicted_bytes_exact"],
+        "artifact": f"runs/{spec.name}/model.apq",
+        "command": spec.prune_command(alloc_path, data_dir, f"{out}/runs/{spec.name}"),
+    }
     return row
 
 
