@@ -24,6 +24,7 @@ from gymnasium import spaces
 from autoprune.costs import CostModel
 from autoprune.errors import BudgetError, UsageError
 from autoprune.projection import ProjectionConfig, min_keeps, project
+from autoprune.units import UnitGraph
 
 Reward = Literal["accuracy", "amc"]
 REWARDS: tuple[str, ...] = ("accuracy", "amc")
@@ -51,17 +52,8 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
         reward: Reward = "accuracy",
         project_final: bool = True,
     ) -> None:
-        if reward not in REWARDS:
-            raise UsageError(f"unknown reward {reward!r}; use one of {REWARDS}")
-        if not limits:
-            raise BudgetError("LayerBudget needs at least one budget (metric -> absolute limit)")
-        unknown = sorted(set(limits) - set(cost_model.metrics))
-        if unknown:
-            raise BudgetError(
-                f"no cost model for budget {unknown}; known: {list(cost_model.metrics)}"
-            )
+        self.limits = checked_limits(cost_model, limits, reward, "LayerBudget")
         self.cost_model = cost_model
-        self.limits = dict(sorted(limits.items()))
         self.evaluate = evaluate
         self.projection = projection or ProjectionConfig()
         self.reward_kind = reward
@@ -90,16 +82,7 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
     def _static_features(self) -> np.ndarray:
         """Shape and dense cost of every unit, each column scaled by its largest value."""
         graph, cm = self.cost_model.graph, self.cost_model
-        layers = {lay.name: lay for lay in graph.layers}
-        rows = []
-        for unit in graph.units:
-            lay = layers.get(unit.root) or layers.get(unit.root.removesuffix(".weight"))
-            if lay is None:  # a group rooted elsewhere: describe it by its first conv/linear member
-                lay = next(layers[m.module] for m in unit.members if m.module in layers)
-            rows.append(
-                [lay.type == "conv", lay.in_channels, lay.out_channels, lay.kernel, lay.positions]
-            )
-        shape = np.array(rows, dtype=np.float64)
+        shape = layer_shapes(graph)[unit_layers(graph)]
         own = np.zeros((self.n, 2))
         for u in range(self.n):  # what the unit costs: dense minus the dense model without it
             k = self.sizes.copy()
@@ -125,10 +108,7 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
             self.min_keep[t] / self.sizes[t],
             wall,
         ]
-        budgets = []
-        for m, lim in self.limits.items():
-            dense = self._dense[m]
-            budgets += [lim / dense, (lim - self.cost_model.metric(m, lo_rest)) / dense]
+        budgets = budget_features(self.limits, self._dense, self.cost_model, lo_rest)
         obs = np.concatenate([self._static[t], dynamic, budgets])
         return np.clip(obs, 0.0, 1.0).astype(np.float32)
 
@@ -145,12 +125,13 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
     def _wall(self) -> int:
         """The largest keep of the current unit with which every budget can still be met."""
         k = self._with_rest(self.min_keep)
-        lo, hi = int(self.min_keep[self._t]), int(self.sizes[self._t])
-        while lo < hi:  # invariant: keep lo fits (true at the start by induction over the steps)
-            mid = (lo + hi + 1) // 2
-            k[self._t] = mid
-            lo, hi = (mid, hi) if self._fits(k) else (lo, mid - 1)
-        return lo
+
+        def fits(keep: int) -> bool:
+            k[self._t] = keep
+            return self._fits(k)
+
+        # keep lo fits: true at the start by induction over the steps
+        return largest_fitting(int(self.min_keep[self._t]), int(self.sizes[self._t]), fits)
 
     # --- gymnasium API ------------------------------------------------------------------------
     def reset(
@@ -192,6 +173,66 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
         return self._observation(), self._reward(accuracy, costs["macs"]), True, False, info
 
     def _reward(self, accuracy: float, macs: float) -> float:
-        if self.reward_kind == "amc":  # AMC's resource-aware reward: -error x log(FLOPs)
-            return float(-(1.0 - accuracy) * np.log(max(macs, 1.0)))
-        return accuracy
+        return episode_reward(self.reward_kind, accuracy, macs)
+
+
+# --- shared with the other environments (KernelBits) -------------------------------------------
+def checked_limits(
+    cost_model: CostModel, limits: Mapping[str, float], reward: str, env: str
+) -> dict[str, float]:
+    """The budgets sorted by metric; errors for an unknown reward or metric or no budget."""
+    if reward not in REWARDS:
+        raise UsageError(f"unknown reward {reward!r}; use one of {REWARDS}")
+    if not limits:
+        raise BudgetError(f"{env} needs at least one budget (metric -> absolute limit)")
+    unknown = sorted(set(limits) - set(cost_model.metrics))
+    if unknown:
+        raise BudgetError(f"no cost model for budget {unknown}; known: {list(cost_model.metrics)}")
+    return dict(sorted(limits.items()))
+
+
+def largest_fitting(lo: int, hi: int, fits: Callable[[int], bool]) -> int:
+    """The largest value in [lo, hi] that fits, by bisection; `lo` must fit, and fitting must be
+    monotone (every cost grows with the value)."""
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+    return lo
+
+
+def layer_shapes(graph: UnitGraph) -> np.ndarray:
+    """Per conv/linear layer: is_conv, in, out, kernel, positions."""
+    rows = [
+        [lay.type == "conv", lay.in_channels, lay.out_channels, lay.kernel, lay.positions]
+        for lay in graph.layers
+    ]
+    return np.array(rows, dtype=np.float64)
+
+
+def unit_layers(graph: UnitGraph) -> list[int]:
+    """The layer that describes each unit: its root, else its first conv/linear member."""
+    index = {lay.name: i for i, lay in enumerate(graph.layers)}
+    out = []
+    for unit in graph.units:
+        i = index.get(unit.root, index.get(unit.root.removesuffix(".weight")))
+        if i is None:  # a group rooted elsewhere (a norm, an add)
+            i = next(index[m.module] for m in unit.members if m.module in index)
+        out.append(i)
+    return out
+
+
+def budget_features(
+    limits: Mapping[str, float], dense: Mapping[str, float], model: CostModel, low: np.ndarray
+) -> list[float]:
+    """Per budget: the limit and the room left when every undecided unit takes its minimum
+    (`low`), both as shares of the dense model's cost."""
+    out = []
+    for m, lim in limits.items():
+        out += [lim / dense[m], (lim - model.metric(m, low)) / dense[m]]
+    return out
+
+
+def episode_reward(kind: str, accuracy: float, macs: float) -> float:
+    if kind == "amc":  # AMC's resource-aware reward: -error x log(FLOPs)
+        return float(-(1.0 - accuracy) * np.log(max(macs, 1.0)))
+    return accuracy

@@ -18,7 +18,7 @@ import torch
 from autoprune.search.base import SearchProblem
 from torch import nn
 
-from autoprune.bits import BIT_CHOICES, FLOAT_BITS, BitAllocation
+from autoprune.bits import BIT_CHOICES, FLOAT_BITS, STORABLE_BITS, BitAllocation
 from autoprune.errors import UsageError
 from autoprune.projection import min_keeps
 from autoprune.units import UnitGraph
@@ -42,13 +42,12 @@ class BitSpace:
     act: tuple[int, ...] = (FLOAT_BITS,)
 
     def __post_init__(self) -> None:
-        allowed = (*BIT_CHOICES, FLOAT_BITS)
         for flag, values in (("--weight-bits", self.weight), ("--act-bits", self.act)):
-            bad = [v for v in values if v not in allowed]
+            bad = [v for v in values if v not in STORABLE_BITS]
             if not values or bad:
                 raise UsageError(
-                    f"{flag} {','.join(map(str, values)) or '(empty)'}: each width must be one of "
-                    f"{', '.join(map(str, allowed))} (32: float)"
+                    f"{flag} {','.join(map(str, values)) or '(empty)'}: each width must be "
+                    f"{min(STORABLE_BITS)}..{max(set(STORABLE_BITS) - {FLOAT_BITS})} or 32 (float)"
                 )
         object.__setattr__(self, "weight", tuple(sorted(set(self.weight))))
         object.__setattr__(self, "act", tuple(sorted(set(self.act))))
@@ -170,42 +169,6 @@ def random_bits(problem: SearchProblem, space: BitSpace, rng: np.random.Generato
     n = len(problem.cost_model.graph.layers)
     weight = [int(b) for b in rng.choice(space.weight, n)]
     return fit_bits(problem, space, weight, [int(b) for b in rng.choice(space.act, n)])
-
-
-def spread_bits(
-    importance: np.ndarray, mean: float, spread: float, choices: Sequence[int]
-) -> tuple[int, ...]:
-    """Kernel widths from `choices` whose mean is at most `mean`, the important kernels the widest.
-
-    The low-level action of KernelBits: kernel i at importance quantile q_i (0: least, 1: most
-    important) aims at mean + spread x (max - min choice) x (q_i - 1/2), rounded to the nearest
-    choice; then, to hold the mean, kernels step down one choice at a time (least important first)
-    while the mean is too high, and up (most important first) while it stays within `mean`.
-    """
-    ch = np.asarray(sorted(choices), dtype=np.float64)
-    n = len(importance)
-    lo, hi = float(ch[0]), float(ch[-1])
-    mean = float(np.clip(mean, lo, hi))
-    order = np.argsort(np.asarray(importance, dtype=np.float64), kind="stable")  # least first
-    q = np.empty(n)
-    q[order] = (np.arange(n) + 0.5) / n
-    aim = mean + float(np.clip(spread, 0.0, 1.0)) * (hi - lo) * (q - 0.5)
-    idx = np.abs(aim[:, None] - ch[None, :]).argmin(axis=1)
-    budget = mean * n + 1e-9
-    # One choice step per kernel per round keeps the widths close together; the order (least
-    # important first down, most important first up) keeps them sorted by importance.
-    while ch[idx].sum() > budget:
-        for i in order:
-            if idx[i] > 0 and ch[idx].sum() > budget:
-                idx[i] -= 1
-    changed = True
-    while changed:
-        changed = False
-        for i in order[::-1]:
-            if idx[i] + 1 < len(ch) and ch[idx].sum() - ch[idx[i]] + ch[idx[i] + 1] <= budget:
-                idx[i] += 1
-                changed = True
-    return tuple(int(b) for b in ch[idx])
 
 
 def kernel_importance(model: nn.Module, graph: UnitGraph) -> dict[str, np.ndarray]:

@@ -21,7 +21,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from autoprune.envs import LAYER_BUDGET
+from autoprune.envs import KERNEL_BITS, LAYER_BUDGET
 from autoprune.envs.layer_budget import REWARDS
 from autoprune.search.base import (
     SEARCH_METHODS,
@@ -31,6 +31,7 @@ from autoprune.search.base import (
     Trial,
     best_of,
 )
+from autoprune.search.bit_space import kernel_importance
 from autoprune.search.rl_agents import AGENTS, AgentConfig, RewardBaseline
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
@@ -45,9 +46,14 @@ AGENT_DIR = "agent"  # inside SearchProblem.workdir
 @SEARCH_METHODS.register("rl")
 @dataclass
 class RLSearch(SearchMethod):
-    """An SB3 agent (ddpg, td3, sac) sets per-unit keep ratios; every episode is scored."""
+    """An SB3 agent (ddpg, td3, sac) sets per-unit keep ratios; every episode is scored.
+
+    With bits (`SearchProblem.bits`) it plays KernelBits instead: per layer a keep ratio, an
+    activation width and a mean weight width spread over the kernels by their L1 importance.
+    """
 
     name = "rl"
+    supports_bits = True
     episodes: int = 200
     agent: str = "ddpg"
     # Random-action episodes first; None: a quarter of `episodes` (AMC: 100 of 400). On LeNet-5 /
@@ -88,7 +94,7 @@ class RLSearch(SearchMethod):
         if problem.evaluate is None:
             raise UsageError("the rl search needs an evaluator")
         t0 = time.perf_counter()
-        steps = len(problem.sizes)
+        steps = len(problem.sizes) if problem.bits is None else len(problem.cost_model.graph.layers)
         warmup = self.warmup if self.warmup is not None else self.episodes // 4
         cfg = AgentConfig(
             episodes=self.episodes,
@@ -113,6 +119,7 @@ class RLSearch(SearchMethod):
         trials.append(self._greedy_episode(agent, problem, len(trials)))
         best = best_of(trials)
         info = {
+            "env": LAYER_BUDGET if problem.bits is None else KERNEL_BITS,
             "agent": self.agent,
             "episodes": len(trials) - 1,
             "warmup": warmup,
@@ -122,16 +129,26 @@ class RLSearch(SearchMethod):
             "seconds": time.perf_counter() - t0,
             "checkpoint": f"{AGENT_DIR}/{self.agent}.zip" if ckpt else None,
         }
-        return SearchResult(best.keep, best.score, trials, info)
+        return SearchResult(best.keep, best.score, trials, info, bits=best.bits)
 
     def _make_env(self, problem: SearchProblem) -> gym.Env[np.ndarray, np.ndarray]:
+        common = {
+            "cost_model": problem.cost_model,
+            "limits": problem.limits,
+            "evaluate": problem.evaluate,
+            "projection": problem.projection,
+            "reward": self.reward,
+        }
+        if problem.bits is None:
+            return gym.make(LAYER_BUDGET, **common)
+        context = problem.context
+        importance = None if context is None else kernel_importance(context.model, context.graph)
         return gym.make(
-            LAYER_BUDGET,
-            cost_model=problem.cost_model,
-            limits=problem.limits,
-            evaluate=problem.evaluate,
-            projection=problem.projection,
-            reward=self.reward,
+            KERNEL_BITS,
+            **common,
+            weight_bits=problem.bits.weight,
+            act_bits=problem.bits.act,
+            importance=importance,
         )
 
     def _vec_env(self, problem: SearchProblem) -> VecEnv:
@@ -150,9 +167,14 @@ class RLSearch(SearchMethod):
             action, _ = agent.predict(obs, deterministic=True)
             obs, _, terminated, truncated, info = env.step(action)
             if terminated or truncated:
-                return Trial(
-                    number, info["allocation"], info["accuracy"], problem.costs(info["allocation"])
-                )
+                return episode_trial(problem, number, info)
+
+
+def episode_trial(problem: SearchProblem, number: int, info: dict[str, Any]) -> Trial:
+    """The Trial of a finished episode, from its last step's info."""
+    keep = np.asarray(info["allocation"], dtype=np.int64)
+    bits = info.get("bits")
+    return Trial(number, keep, float(info["accuracy"]), problem.costs(keep, bits), bits)
 
 
 def _single_threaded(make: Any) -> Any:
@@ -202,10 +224,7 @@ class EpisodeLog(BaseCallback):
         for done, info in zip(self.locals["dones"], self.locals["infos"], strict=True):
             if not done or "allocation" not in info:
                 continue
-            keep = np.asarray(info["allocation"], dtype=np.int64)
-            self.trials.append(
-                Trial(len(self.trials), keep, float(info["accuracy"]), self.problem.costs(keep))
-            )
+            self.trials.append(episode_trial(self.problem, len(self.trials), info))
             best = best_of(self.trials)
             self._bar.update(1)
             self._bar.set_postfix(best=f"{best.score:.4f}", at=best.number)

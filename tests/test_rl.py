@@ -40,7 +40,7 @@ def score(cm: CostModel) -> Callable[[np.ndarray], float]:
     """A cheap evaluator: more kept scores higher; unequal unit weights make an optimum."""
     weights = np.linspace(1.0, 0.2, len(cm.sizes))
 
-    def evaluate(keep: np.ndarray) -> float:
+    def evaluate(keep: np.ndarray, bits: object = None) -> float:  # KernelBits passes bits too
         return float(np.exp(weights @ np.log(np.asarray(keep) / cm.sizes) / len(keep)))
 
     return evaluate
