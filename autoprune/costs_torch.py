@@ -72,8 +72,13 @@ class TorchCostModel:
         }
 
     def metric(self, name: str, keep: Tensor, anchor: np.ndarray | None = None) -> Tensor:
-        """One metric; a metric without a closed form is linearised around the integer `anchor`."""
-        if name in BASE_METRICS:
+        """One metric; a metric without a closed form is linearised around the integer `anchor`.
+
+        Size and BOPs of a cost model with kernel-wise bits (`CostModel.with_bits`) count the
+        packed artifact's bytes, which have no closed form here: they are linearised too.
+        """
+        quantised = getattr(self.cost_model, "bits", None) is not None and name in ("size", "bops")
+        if name in BASE_METRICS and not quantised:
             return self.costs(keep)[name]
         if anchor is None:
             raise KeyError(f"metric {name!r} has no differentiable form; pass an anchor allocation")

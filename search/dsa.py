@@ -8,6 +8,10 @@ multiplier lambda), and the multipliers rise by dual ascent while a budget is ex
 ratios settle where the marginal loss of each unit balances its marginal cost (Ning et al. 2020,
 who use ADMM for the same constraint). Weights may train with the masks, on a copy of the model.
 The shared projection then rounds the ratios so every budget holds exactly.
+
+With bits (`SearchProblem.bits`) dsa does not learn widths: it takes those of `uniform --bits`
+(the same everywhere) and learns the keep ratios under the budgets at those widths (the artifact
+size and BOPs linearised around the starting allocation).
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from autoprune.search.base import (
     SearchResult,
     Trial,
 )
+from autoprune.search.bit_space import uniform_bits
 from autoprune.search.dsa_masks import (
     SoftMasks,
     keep_probabilities,
@@ -38,6 +43,7 @@ from autoprune.search.dsa_masks import (
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from autoprune.bits import BitAllocation
 from autoprune.costs_torch import TorchCostModel
 from autoprune.data import make_loader
 from autoprune.errors import UsageError
@@ -56,6 +62,7 @@ class DSA(SearchMethod):
 
     name = "dsa"
     needs_evaluator = False  # learns from training batches; scores its result if given one
+    supports_bits = True  # widths as uniform chooses them; keeps learned under them
     steps: int = 200  # optimisation steps (mini-batches); LeNet-5 on MNIST settles in ~150
     batch_size: int = 64  # as informative as 128 on LeNet-5 (same allocations), half the time
     lr: float = 0.02  # Adam on the ratios, cosine-decayed to zero so they settle
@@ -87,23 +94,31 @@ class DSA(SearchMethod):
         torch.manual_seed(problem.seed)
         model = copy.deepcopy(ctx.model)
         remove_masks(model, bake=True)
-        ratios, history, multipliers = self._optimise(problem, ctx, model)
-        keep = problem.project(ratios)
-        score = problem.evaluate(keep) if problem.evaluate is not None else None
+        bits = None
+        if problem.bits is not None:
+            bits = uniform_bits(problem, problem.bits, np.full(len(problem.sizes), 0.5))
+        ratios, history, multipliers = self._optimise(problem, ctx, model, bits)
+        keep = problem.project(ratios, bits)
+        score = problem.score(keep, bits) if problem.evaluate is not None else None
         info: dict[str, Any] = {
             "ratios": [float(r) for r in ratios], "multipliers": multipliers,
             "options": dataclasses.asdict(self), "history": history,
         }  # fmt: skip
-        return SearchResult(keep, score, [Trial(0, keep, score, problem.costs(keep))], info)
+        trial = Trial(0, keep, score, problem.costs(keep, bits), bits)
+        return SearchResult(keep, score, [trial], info, bits=bits)
 
     def _optimise(
-        self, problem: SearchProblem, ctx: SearchContext, model: nn.Module
+        self,
+        problem: SearchProblem,
+        ctx: SearchContext,
+        model: nn.Module,
+        bits: BitAllocation | None,
     ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, float]]:
         sizes = problem.sizes.astype(np.float64)
         floor = torch.as_tensor(min_keeps(problem.sizes, problem.projection) / sizes)
-        start = problem.project(np.ones(len(sizes))) / sizes  # uniform, on the budget
+        start = problem.project(np.ones(len(sizes)), bits) / sizes  # uniform, on the budget
         alpha = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        budgets = Budgets(problem, self.rho, self.dual_lr)
+        budgets = Budgets(problem, self.rho, self.dual_lr, bits)
         # A short second-moment memory: a burst of budget gradient must not freeze the ratios after.
         opt = torch.optim.Adam([alpha], lr=self.lr, betas=(0.9, 0.9))
         sched = torch.optim.lr_scheduler.LambdaLR(
@@ -179,8 +194,10 @@ class Budgets:
     overshoots on noisy gradients and the ratios swing from the budget to the floor and back.
     """
 
-    def __init__(self, problem: SearchProblem, rho: float, dual_lr: float) -> None:
-        self.costs = TorchCostModel(problem.cost_model)
+    def __init__(
+        self, problem: SearchProblem, rho: float, dual_lr: float, bits: BitAllocation | None = None
+    ) -> None:
+        self.costs = TorchCostModel(problem.costed(bits))
         self.limits = {m: float(v) for m, v in problem.limits.items()}
         self.sizes = problem.sizes
         self.rho, self.dual_lr = rho, dual_lr

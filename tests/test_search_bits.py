@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from autoprune.search import SEARCH_METHODS, SearchProblem
+from autoprune.search.base import SearchContext, SearchMethod, SearchResult
 from autoprune.search.bit_space import (
     BitSpace,
     fit_bits,
@@ -146,6 +147,38 @@ def test_optuna_searches_activation_widths_per_layer_only_when_asked() -> None:
     assert acts == {4, 8}
 
 
+@pytest.mark.parametrize(
+    ("method", "options"),
+    [
+        ("uniform", {}),
+        ("random", {"trials": 2}),
+        ("optuna", {"trials": 3, "artifacts": False}),
+        ("rl", {"episodes": 2, "warmup": 1}),
+        ("dsa", {"steps": 4, "batch_size": 16}),
+    ],
+)
+def test_every_method_with_bits_meets_the_budgets_scored_by_the_real_evaluator(
+    method: str, options: dict[str, object]
+) -> None:
+    torch.manual_seed(0)
+    model = build_model("lenet5", num_classes=10, input_size=LENET)
+    graph = trace_units(model, LENET, "channel", "lenet5")
+    data = load_dataset("fake", input_size=LENET, limit=64)
+    cm, space = CostModel(graph), BitSpace(act=(4, 8))
+    evaluate = MaskEvaluator.from_splits(model, graph, data, EvaluatorConfig(bn_batches=1))
+    problem = SearchProblem(
+        cm, limits_between(cm, space, {"size": 0.003, "macs": 0.3}), evaluate, bits=space,
+        context=SearchContext(model, graph, data.train, data.val),
+    )  # fmt: skip
+    result = SEARCH_METHODS.get(method)(**options).search(problem)
+    assert result.bits is not None
+    assert_meets(problem, result.keep, result.bits)
+    assert result.score == evaluate(result.keep, result.bits)  # scored quantised, as chosen
+    assert all(isinstance(key[0], tuple) for key in evaluate.cache)  # every call carried bits
+    model_at = cm.with_bits(result.bits)
+    assert max(model_at.metric(m, result.keep) / v for m, v in problem.limits.items()) > 0.9
+
+
 # --- scoring with bits ---------------------------------------------------------------------------
 def test_evaluator_scores_quantised_allocations_and_caches_them_apart() -> None:
     torch.manual_seed(0)
@@ -204,17 +237,30 @@ def test_cli_search_with_bits_writes_bits_that_meet_the_size_budget(tmp_path: Pa
     assert len(trials) == 2 and all("bits" in t for t in trials)
 
 
+class KeepsOnly(SearchMethod):
+    name = "keeps-only"
+
+    def search(self, problem: SearchProblem) -> SearchResult:
+        raise AssertionError("never reached: --bits is refused first")
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--act-bits", "8"], "add --bits"),
-        (["--bits", "--method", "dsa"], "does not choose bits"),
+        (["--bits", "--method", "keeps-only"], "does not choose bits"),
         (["--bits", "--weight-bits", "0"], "--weight-bits 0"),
     ],
 )
 def test_cli_rejects_bits_flags_it_cannot_honour(
-    extra: list[str], message: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    extra: list[str],
+    message: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # every built-in method chooses bits; a user's method may not
+    monkeypatch.setitem(SEARCH_METHODS._items, "keeps-only", KeepsOnly)
     argv = ["search", "--model", "lenet5", "--dataset", "fake", "--limit", "16",
             "--dense-epochs", "0", "--budget-flops", "50%", "--no-prune", "--quiet",
             "--out", str(tmp_path / "r"), *extra]  # fmt: skip
