@@ -15,5 +15,14 @@ from autoprune.search.base import (
     SearchResult,
     Trial,
 )
+from autoprune.search.bit_space import BitSpace
 
-__all__ = ["SEARCH_METHODS", "Evaluator", "SearchMethod", "SearchProblem", "SearchResult", "Trial"]
+__all__ = [
+    "SEARCH_METHODS",
+    "BitSpace",
+    "Evaluator",
+    "SearchMethod",
+    "SearchProblem",
+    "SearchResult",
+    "Trial",
+]

@@ -11,6 +11,7 @@ import optuna
 from autoprune.search.base import SearchProblem
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 
+from autoprune.bits import BitAllocation
 from autoprune.budgets import format_value
 from autoprune.errors import UsageError
 from autoprune.registry import Registry
@@ -199,8 +200,10 @@ def trial_note(
     costs: Mapping[str, float],
     accuracy: float,
     limits: Mapping[str, float],
+    bits: BitAllocation | None = None,
 ) -> None:
-    """A Markdown note on the trial: costs against limits and a bar per unit of its keep ratio."""
+    """A Markdown note on the trial: costs against limits, a bar per unit of its keep ratio and,
+    with bits, each layer's weight and activation widths."""
     from optuna_dashboard import save_note
 
     parts = [
@@ -215,4 +218,13 @@ def trial_note(
         f"**val accuracy {100 * accuracy:.2f}%**; {'; '.join(parts)}\n\n"
         "| unit | keep | total | ratio | |\n|---|---:|---:|---:|---|\n" + "\n".join(rows)
     )
+    if bits is not None:
+        widths = [
+            f"| {name} | {min(w)}-{max(w)} | {sum(w) / len(w):.2f} | {bits.act[name]} |"
+            for name, w in bits.weight.items()
+        ]
+        body += (
+            "\n\n| layer | weight bits | mean | activation bits |\n|---|---:|---:|---:|\n"
+            + "\n".join(widths)
+        )
     save_note(trial, body)

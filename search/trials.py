@@ -174,7 +174,7 @@ class _Objective:
             attrs["bits"] = bits.to_json()
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
-        trial_note(trial, self.names, keep, p.sizes, costs, acc, p.limits)
+        trial_note(trial, self.names, keep, p.sizes, costs, acc, p.limits, bits)
         self._chart(trial, ratio, acc)
         return acc if metric is None else (acc, costs[metric])
 

@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+import optuna
 import pytest
 import torch
 from autoprune.search import SEARCH_METHODS, SearchProblem
@@ -177,6 +178,25 @@ def test_every_method_with_bits_meets_the_budgets_scored_by_the_real_evaluator(
     assert all(isinstance(key[0], tuple) for key in evaluate.cache)  # every call carried bits
     model_at = cm.with_bits(result.bits)
     assert max(model_at.metric(m, result.keep) / v for m, v in problem.limits.items()) > 0.9
+
+
+def test_optuna_notes_the_widths_and_keeps_studies_with_and_without_bits_apart(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = SEARCH_METHODS.get("optuna")(trials=2, artifacts=False, storage=url, study="s")
+    search.search(bits_problem({"size": 0.005}))
+    study = optuna.load_study(study_name="s", storage=url)
+    attrs = study._storage.get_study_system_attrs(study._study_id)
+    trial_id = study.trials[0]._trial_id
+    note = "".join(
+        v for k, v in sorted(attrs.items()) if k.startswith(f"dashboard:{trial_id}:note_str")
+    )
+    assert "| layer | weight bits | mean | activation bits |" in note and "| features.0 |" in note
+    plain = bits_problem({"size": 0.005})
+    plain.bits = None
+    with pytest.raises(UsageError, match="bits"):
+        search.search(plain)
 
 
 # --- scoring with bits ---------------------------------------------------------------------------
