@@ -145,6 +145,9 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                   help="distil the dense model's outputs into the pruned one with weight ALPHA "
+                        "in [0, 1] (0: off)")  # fmt: skip
     p.add_argument("--importance", default="l1", help="l1 | l2 | taylor")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend-specific option, e.g. aux_lr=0.02 (repeatable)")  # fmt: skip
@@ -164,7 +167,7 @@ def _backend_cfg(args: argparse.Namespace) -> Any:
     from autoprune.backends.base import BackendConfig
 
     return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
-                         finetune_lr=args.finetune_lr,
+                         finetune_lr=args.finetune_lr, distill=args.distill,
                          batch_size=args.batch_size, importance=args.importance, seed=args.seed,
                          progress=not args.quiet, options=_backend_options(args.backend_option))  # fmt: skip
 

@@ -171,6 +171,24 @@ def _progress(loader: Batches, show: bool, desc: str) -> Iterator[tuple[Tensor, 
     return iter(tqdm(loader, total=total, desc=desc, disable=not show, leave=False))
 
 
+@dataclass(frozen=True)
+class Distill:
+    """Knowledge distillation from a frozen teacher (Hinton et al. 2015): the objective becomes
+    (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at temperature T."""
+
+    teacher: nn.Module
+    alpha: float
+    temperature: float = 4.0
+
+    def objective(self, logits: Tensor, x: Tensor, ce: Tensor) -> Tensor:
+        with torch.no_grad():
+            target = self.teacher(x)
+        t = self.temperature
+        kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(target / t, dim=1),
+                      log_target=True, reduction="batchmean")  # fmt: skip
+        return (1.0 - self.alpha) * ce + self.alpha * t * t * kl
+
+
 def train_epoch(
     model: nn.Module,
     loader: Batches,
@@ -182,10 +200,14 @@ def train_epoch(
     after_step: Callable[[int], None] | None = None,
     step_offset: int = 0,
     label_smoothing: float = 0.0,
+    distill: Distill | None = None,
     progress: bool = True,
     desc: str = "",
 ) -> EpochStats:
-    """One pass over `loader`; hooks get the global step (`step_offset` + batch index)."""
+    """One pass over `loader`; hooks get the global step (`step_offset` + batch index).
+
+    The loss reported is the cross-entropy, also when `distill` trains on another objective.
+    """
     device, start = _device(model), time.perf_counter()
     model.train()
     loss_sum, correct, n, steps = 0.0, 0, 0, 0
@@ -200,6 +222,8 @@ def train_epoch(
                 f"training diverged: the loss is {loss_value} at step {step}; "
                 "lower the learning rate (--lr) or the regularisation strength"
             )
+        if distill is not None:
+            loss = distill.objective(logits, x, loss)
         total = loss + penalty() if penalty is not None else loss
         optimizer.zero_grad(set_to_none=True)
         total.backward()

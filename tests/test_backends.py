@@ -185,3 +185,15 @@ def test_keep_outside_a_unit_is_a_usage_error(dense: Any) -> None:
     keep[0] = graph.sizes[0] + 1
     with pytest.raises(UsageError, match="keeps 501 of 500"):
         Reweighted().run(copy.deepcopy(dense.model), graph, keep, dense.data, _cfg())
+
+
+def test_distilling_run_hits_the_allocation_and_records_it(dense: Any) -> None:
+    loaded = copy.copy(dense)
+    loaded.model = copy.deepcopy(dense.model)
+    graph, _ = trace(loaded, "weight")
+    keep = _keep(graph)
+    res = Reweighted().run(loaded.model, graph, keep, loaded.data, _cfg(distill=0.5))
+    assert [len(k) for k in res.kept] == keep.tolist()
+    assert res.info["distill"] == {"alpha": 0.5, "temperature": 4.0}
+    with pytest.raises(UsageError, match="--distill must be in"):
+        Reweighted().run(copy.deepcopy(dense.model), graph, keep, loaded.data, _cfg(distill=1.5))

@@ -11,6 +11,7 @@ from autoprune.data import load_dataset, make_loader
 from autoprune.errors import AutoPruneError, UnknownNameError, UsageError
 from autoprune.models import build_model
 from autoprune.training import (
+    Distill,
     TrainConfig,
     evaluate,
     fit,
@@ -136,3 +137,26 @@ def test_bad_configs_are_rejected(kwargs: dict, error: type, message: str) -> No
 def test_fit_owns_its_scheduler() -> None:
     with pytest.raises(UsageError, match="scheduler"):
         fit(nn.Linear(3, 2), _toy_loader(), None, TrainConfig(epochs=1), scheduler=None)  # type: ignore[arg-type]
+
+
+def test_distillation_pulls_the_student_towards_the_teacher() -> None:
+    torch.manual_seed(0)
+    teacher, student = nn.Linear(3, 2), nn.Linear(3, 2)
+    x, ce = torch.randn(12, 3), torch.tensor(0.7)
+    same = Distill(student, alpha=1.0).objective(student(x), x, ce)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)  # KL of identical outputs
+    half = Distill(teacher, alpha=0.5, temperature=2.0).objective(student(x), x, ce)
+    assert float(half) > 0.35  # half the cross-entropy plus a positive KL term
+
+    opt = torch.optim.SGD(student.parameters(), lr=0.5)
+    distill = Distill(teacher.requires_grad_(False), alpha=1.0)
+
+    def gap() -> float:
+        return float((student(x).softmax(1) - teacher(x).softmax(1)).abs().max())
+
+    before = gap()
+    labels = torch.zeros(12, dtype=torch.long)
+    loader = make_loader(TensorDataset(x, labels), batch_size=12, shuffle=False)
+    for _ in range(30):
+        train_epoch(student, loader, opt, distill=distill, progress=False)
+    assert gap() < before / 4  # alpha 1 ignores the labels and follows the teacher

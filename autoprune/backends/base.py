@@ -27,6 +27,10 @@ class BackendConfig:
     lr: float = 0.01
     finetune_lr: float | None = None  # None: `lr`; higher re-trains more (learning-rate rewinding)
     weight_decay: float = 5e-4
+    # Weight of distillation from the dense model in both phases (0: plain cross-entropy); the
+    # pruned network then learns the dense one's soft outputs as well as the labels.
+    distill: float = 0.0
+    distill_temperature: float = 4.0
     optimizer: str = "sgd"
     importance: str = "l1"  # ranks elements where a backend needs an initial choice
     seed: int = 0

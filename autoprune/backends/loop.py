@@ -8,6 +8,7 @@ mask to exactly `keep` elements per unit, and the check that every pruned elemen
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from abc import abstractmethod
@@ -23,7 +24,7 @@ from autoprune.data import DataSplits, make_loader
 from autoprune.errors import UsageError
 from autoprune.masking import UnitMap, apply_masks, keep_vectors, remove_masks
 from autoprune.quant import add_act_quant, add_weight_quant, on_levels
-from autoprune.training import evaluate, set_seed, train_epoch
+from autoprune.training import Distill, evaluate, set_seed, train_epoch
 from autoprune.units import UnitGraph
 
 MOMENTUM = 0.9  # SGD momentum of both phases: the value every pruning paper here trains with
@@ -72,6 +73,7 @@ class MaskTrainer(Backend):
     """A backend made of a pruning phase (subclass hooks) and a fixed-mask fine-tune (shared)."""
 
     Options: ClassVar[type[Any]]
+    distill: Distill | None = None  # set by `run` when the config distils
     # With bits: fake-quantise weights during the pruning phase too (else only while fine-tuning).
     quantise_while_pruning: ClassVar[bool] = False
 
@@ -122,6 +124,7 @@ class MaskTrainer(Backend):
         opts, keeps = self._bind(model, graph, keep, cfg, steps)
         umap = self.umap
         bits = cfg.bits
+        self.distill = _teacher(model, cfg)
         act_quant = {} if bits is None else add_act_quant(model, graph, bits)
         history: list[dict[str, Any]] = list(resume["history"]) if resume else []
         phase = resume["phase"] if resume else "prune"
@@ -158,6 +161,8 @@ class MaskTrainer(Backend):
         remove_masks(model, bake=True)  # bakes the fake-quantised values too
         _check_exact(model, umap, kept, self.name)
         info: dict[str, Any] = {"backend": self.name, "options": dataclasses.asdict(opts)}
+        if self.distill is not None:
+            info["distill"] = {"alpha": self.distill.alpha, "temperature": self.distill.temperature}
         if bits is not None:
             _check_levels(model, graph, bits.weight, self.name)
             info["act_scales"] = {name: q.scale for name, q in act_quant.items()}
@@ -225,6 +230,7 @@ class MaskTrainer(Backend):
                                  seed=cfg.seed * 100_003 + offset + epoch)  # fmt: skip
             hooks = self.hooks() if phase == "prune" else {}
             stats = train_epoch(model, loader, opt, scheduler=scheduler, step_offset=first,
+                                distill=self.distill,
                                 progress=cfg.progress, desc=f"{self.name} {phase} {epoch + 1}/{epochs}",
                                 **hooks)  # fmt: skip
             v = evaluate(model, val)
@@ -245,6 +251,19 @@ class MaskTrainer(Backend):
                 else:
                     state["kept"] = list(self.kept)
                 on_epoch_end(offset + epoch, state)
+
+
+def _teacher(model: nn.Module, cfg: BackendConfig) -> Distill | None:
+    """The dense model, frozen, when the run distils (`model` is still dense when this runs)."""
+    if not cfg.distill:
+        return None
+    if not 0.0 < cfg.distill <= 1.0 or not cfg.distill_temperature > 0:
+        raise UsageError(
+            f"--distill must be in (0, 1] and the temperature > 0, got {cfg.distill!r} "
+            f"and {cfg.distill_temperature!r}"
+        )
+    teacher = copy.deepcopy(model).eval().requires_grad_(False)
+    return Distill(teacher, cfg.distill, cfg.distill_temperature)
 
 
 def _lr_factor(phase: str, first: int, total: int) -> Callable[[int], float]:

@@ -37,7 +37,10 @@ class ReweightedOptions:
     base: float = 0.0  # reweighted L1 on every gate, on top of IncReg (0: IncReg alone)
     ramp: float = 0.6  # the targets reach `keep` at this fraction of the pruning phase
     clamp: float = 3.0  # gates live in [-1, clamp]
-    feedback: bool = True  # masked weights still get their gradient (Lin et al. 2020)
+    # Masked weights still get their gradient (Lin et al. 2020) while the targets ramp down. Not
+    # after: a masked weight then drifts without bound and a gate that reopens late lets it into
+    # the network at once (LeNet-5 at 71x diverged to NaN in its 11th epoch).
+    feedback: bool = True
 
 
 _MAX_FACTOR = 10.0  # IncReg factors stop growing here: the gate is at the floor long before
@@ -133,6 +136,7 @@ class Reweighted(MaskTrainer):
         self.coef = [torch.zeros_like(a) for a in aux]  # (factor + base) / (|a| + eps), per refresh
         ramp_steps = opts.ramp * self.total_steps
         self.refresh_every = max(1, int(ramp_steps / max(1, opts.refreshes)))
+        self.ramp_steps = ramp_steps
         for key in umap.slices:
             parametrize.register_parametrization(
                 model.get_submodule(key[0]), key[1], GateMask(self.gates, key)
@@ -166,6 +170,7 @@ class Reweighted(MaskTrainer):
                 a.add_(coef, alpha=-self.opts.reg_rate).clamp_(-1.0, self.opts.clamp)
         if (step + 1) % self.refresh_every == 0:
             self._refresh(step + 1)
+        self.gates.feedback = self.opts.feedback and step + 1 < self.ramp_steps
 
     def final_kept(self, model: nn.Module) -> list[Tensor]:
         return [top_keep(a.detach(), k) for a, k in zip(self.gates.aux, self.keep, strict=True)]

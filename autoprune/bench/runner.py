@@ -42,6 +42,7 @@ class RunSpec:
     finetune_epochs: int = 10
     lr: float = 0.01
     finetune_lr: float | None = None
+    distill: float = 0.0
     options: dict[str, Any] = field(default_factory=dict)
     bits: Any = None  # an object with allocate(model, graph) -> BitAllocation: kernel-wise bits
 
@@ -52,7 +53,8 @@ class RunSpec:
 
     def backend_config(self, progress: bool) -> BackendConfig:
         return BackendConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
-                             finetune_lr=self.finetune_lr, options=dict(self.options),
+                             finetune_lr=self.finetune_lr, distill=self.distill,
+                             options=dict(self.options),
                              progress=progress)  # fmt: skip
 
     def prune_command(self, allocation: str, data_dir: str | None, out: str) -> str:
@@ -60,6 +62,8 @@ class RunSpec:
                  f"--epochs {self.epochs}", f"--finetune-epochs {self.finetune_epochs}", f"--lr {self.lr:g}"]  # fmt: skip
         if self.finetune_lr is not None:
             parts.append(f"--finetune-lr {self.finetune_lr:g}")
+        if self.distill:
+            parts.append(f"--distill {self.distill:g}")
         parts += [f"--backend-option {k}={v}" for k, v in sorted(self.options.items())]
         if data_dir:
             parts.append(f"--data-dir {data_dir}")
