@@ -346,10 +346,17 @@ class Dashboard(Command):
         p.add_argument("run", nargs="?", help="run directory of `autoprune search --method optuna`")
         p.add_argument("--storage", metavar="URL", help="an Optuna storage URL instead of (or besides) RUN")
         p.add_argument("--port", type=int, default=8080)
+        p.add_argument("--screenshot", metavar="FILE.png",
+                       help="render the study in headless Chromium, save the PNG and exit")  # fmt: skip
+        p.add_argument("--browser", help="with --screenshot: the Chromium executable")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.dashboard import serve
+        from autoprune.dashboard import screenshot, serve
 
+        if args.screenshot:
+            path = screenshot(args.run, args.screenshot, storage=args.storage, browser=args.browser)
+            print(f"wrote {path}")
+            return 0
         serve(args.run, storage=args.storage, port=args.port)
         return 0
 

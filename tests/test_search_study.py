@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -212,3 +213,36 @@ def test_dashboard_serves_the_run_study_on_localhost_only(
     assert seen["storage"] == f"sqlite:///{(problem.workdir / 'study.db').resolve()}"
     assert seen["artifact_store"] is not None
     assert np.isfinite(_trials(seen["storage"], "autoprune")[0].value)
+
+
+@pytest.mark.skipif(
+    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
+    reason="no headless Chromium on this machine",
+)
+def test_dashboard_screenshot_renders_the_finished_study(tmp_path: Path) -> None:
+    from PIL import Image
+
+    run = tmp_path / "run"
+    run.mkdir()
+    problem = problem_for("lenet5", [("macs", "30%")])
+    problem.workdir = run
+    OptunaSearch(trials=3).search(problem)
+    png = tmp_path / "shots" / "dashboard.png"
+    assert main(["dashboard", str(run), "--screenshot", str(png)]) == 0
+    image = Image.open(png).convert("RGB")
+    assert image.size == (1600, 1000)
+    # the page rendered: the dashboard's blue app bar on top, a light page body below it
+    r, g, b = image.getpixel((800, 5))
+    assert b > 200 and r < 100
+    assert len(set(image.crop((0, 100, 1600, 1000)).getdata())) > 50  # charts, not a blank page
+
+
+def test_dashboard_screenshot_without_a_browser_is_a_usage_error(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    problem = problem_for("lenet5", [("macs", "30%")])
+    problem.workdir = run
+    OptunaSearch(trials=1).search(problem)
+    code = main(["dashboard", str(run), "--screenshot", str(tmp_path / "x.png"),
+                 "--browser", "no-such-browser"])  # fmt: skip
+    assert code == 2 and not (tmp_path / "x.png").exists()
