@@ -64,12 +64,14 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--bits",
         action="store_true",
         help="choose weight bits per kernel and activation bits per layer as well as keeps "
-        "(uniform, random, optuna, rl); --budget-size then counts the packed artifact's bytes",
+        "(every method; dsa takes uniform's widths); --budget-size then counts the packed "
+        "artifact's bytes",
     )
     b.add_argument(
         "--weight-bits",
         metavar="LIST",
-        help="with --bits: weight widths to choose from (default 2,3,4,5,6,8; one value fixes it)",
+        help="with --bits: weight widths to choose from, each 1..15 (default 2,3,4,5,6,8; one "
+        "value fixes it)",
     )
     b.add_argument(
         "--act-bits",
