@@ -16,13 +16,17 @@ from autoprune.backends.base import BACKENDS, BackendConfig, BackendResult
 from autoprune.bits import BitAllocation
 from autoprune.budgets import Budget
 from autoprune.checkpoint import save_checkpoint
+from autoprune.costs import CostModel
 from autoprune.data import make_loader
 from autoprune.errors import UsageError
 from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
 from autoprune.export import model_metrics, staged_run_dir
+from autoprune.importance import score_units
+from autoprune.kernel_counts import KernelCounts
 from autoprune.latency import TABLE_FILE, LatencyConfig, attach_latency
 from autoprune.masking import select_kept
 from autoprune.projection import ProjectionConfig
+from autoprune.report import write_search_report
 from autoprune.runs import (
     CHECKPOINT_KIND_DENSE,
     Loaded,
@@ -34,7 +38,6 @@ from autoprune.runs import (
     resolve_limits,
     trace,
 )
-from autoprune.report import write_search_report
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem
 from autoprune.search.base import SearchContext
 from autoprune.search.bit_space import BitSpace, smallest_bits
@@ -101,10 +104,10 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
     smallest = None if cfg.bits is None else cost_model.with_bits(smallest_bits(graph, cfg.bits))
     limits, dense_costs = resolve_limits(cfg.budgets, cost_model, cfg.projection, smallest_model=smallest)
     method = make_method(cfg.method, cfg.method_options)
-    backend = None if cfg.no_prune else get_backend(cfg.backend)()
     if cfg.bits is not None and not method.supports_bits:
         bit_methods = sorted(n for n in SEARCH_METHODS.names() if SEARCH_METHODS.get(n).supports_bits)
         raise UsageError(f"--bits: search method {cfg.method!r} does not choose bits; use one of {bit_methods}")
+    backend = None if cfg.no_prune else get_backend(cfg.backend)()
     _refuse_existing(cfg.out, cfg.overwrite)
     refuse_interrupted(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
     timings["trace"] = time.perf_counter() - t0
@@ -132,7 +135,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
             evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg.evaluator)
         context = SearchContext(loaded.model, graph, loaded.data.train, loaded.data.val)
         problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
-                                progress=cfg.progress, context=context, bits=cfg.bits)  # fmt: skip
+                                progress=cfg.progress, context=context, bits=cfg.bits,
+                                kernel_counts=_kernel_counts(cfg, loaded, cost_model, evaluate))  # fmt: skip
         result = method.search(problem)
         timings["search"] = time.perf_counter() - t
 
@@ -167,6 +171,17 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         write_search_report(stage, graph=graph, result=result, keep=keep, limits=limits, metrics=metrics,
                             method=cfg.method)  # fmt: skip
     return metrics
+
+
+def _kernel_counts(
+    cfg: SearchRun, loaded: Loaded, cost_model: CostModel, evaluate: MaskEvaluator | None
+) -> KernelCounts | None:
+    """With bits: nonzeros per kernel as the evaluator keeps them (its scores; l1 without one)."""
+    if cfg.bits is None:
+        return None
+    if evaluate is not None:
+        return KernelCounts(cost_model, evaluate.scores)
+    return KernelCounts(cost_model, score_units(loaded.model, cost_model.graph.units))
 
 
 def _train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:

@@ -37,6 +37,7 @@ from gymnasium import spaces
 from autoprune.bits import BIT_CHOICES, FLOAT_BITS, BitAllocation
 from autoprune.costs import CostModel
 from autoprune.errors import BudgetError, UsageError
+from autoprune.kernel_counts import KernelCounts, priced
 from autoprune.projection import ProjectionConfig, min_keeps, project
 
 STATIC_FEATURES = 9  # index, is_conv, in, out, kernel, positions, layer MACs, weights, owns units
@@ -50,7 +51,8 @@ class KernelBitsEnv(gym.Env[np.ndarray, np.ndarray]):
 
     `evaluate(keep, bits=BitAllocation)` scores an allocation (search.base.Evaluator); it is
     called once per episode, at the end. `importance` gives each layer's kernels an importance
-    (default: all equal); `weight_bits` and `act_bits` the widths to choose from (one
+    (default: all equal); `kernel_counts` prices allocations exactly (autoprune.kernel_counts;
+    default: `CostModel.with_bits`'s estimate); `weight_bits` and `act_bits` the widths to choose from (one
     activation width fixes it; 32: float). `info` of every step holds the
     layer, its widths and walls; the last step's adds the allocation, bits, costs and accuracy.
     """
@@ -66,12 +68,14 @@ class KernelBitsEnv(gym.Env[np.ndarray, np.ndarray]):
         weight_bits: Sequence[int] = BIT_CHOICES,
         act_bits: Sequence[int] = (FLOAT_BITS,),
         importance: Mapping[str, np.ndarray] | None = None,
+        kernel_counts: KernelCounts | None = None,
         projection: ProjectionConfig | None = None,
         reward: Reward = "accuracy",
         project_final: bool = True,
     ) -> None:
         self.limits = checked_limits(cost_model, limits, reward, "KernelBits")
         self.cost_model, self.evaluate = cost_model, evaluate
+        self.kernel_counts = kernel_counts
         if not weight_bits or not act_bits:
             raise UsageError("KernelBits needs at least one weight and one activation width")
         self.weight_choices = tuple(sorted(set(weight_bits)))
@@ -134,7 +138,9 @@ class KernelBitsEnv(gym.Env[np.ndarray, np.ndarray]):
         return BitAllocation(dict(self._weight), dict(self._act))
 
     def _model(self, bits: BitAllocation) -> CostModel:
-        return self.cost_model.with_bits(bits)
+        if self.kernel_counts is None:
+            return self.cost_model.with_bits(bits)
+        return priced(self.cost_model, bits, self.kernel_counts)
 
     def _fits(self, keep: np.ndarray, bits: BitAllocation) -> bool:
         model = self._model(bits)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from autoprune.costs import CostModel
+from autoprune.kernel_counts import KernelCounts, priced
 from autoprune.projection import ProjectionConfig, project
 from autoprune.registry import Registry
 
@@ -57,6 +58,9 @@ class SearchProblem:
     progress: bool = False  # show a progress bar while searching
     context: SearchContext | None = None  # model and data; None where only costs are searched
     bits: BitSpace | None = None  # None: keeps only; else every method chooses bits from these
+    # Nonzeros per kernel as the evaluator keeps elements: with it, allocations with bits are
+    # priced exactly (autoprune.kernel_counts); without, by CostModel.with_bits's estimate.
+    kernel_counts: KernelCounts | None = None
 
     @property
     def sizes(self) -> np.ndarray:
@@ -64,7 +68,11 @@ class SearchProblem:
 
     def costed(self, bits: BitAllocation | None) -> CostModel:
         """The cost model of allocations quantised to `bits` (the float one for None)."""
-        return self.cost_model if bits is None else self.cost_model.with_bits(bits)
+        if bits is None:
+            return self.cost_model
+        if self.kernel_counts is None:
+            return self.cost_model.with_bits(bits)
+        return priced(self.cost_model, bits, self.kernel_counts)
 
     def project(
         self, ratios: np.ndarray | list[float], bits: BitAllocation | None = None

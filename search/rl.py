@@ -149,6 +149,7 @@ class RLSearch(SearchMethod):
             weight_bits=problem.bits.weight,
             act_bits=problem.bits.act,
             importance=importance,
+            kernel_counts=problem.kernel_counts,
         )
 
     def _vec_env(self, problem: SearchProblem) -> VecEnv:

@@ -22,6 +22,8 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 from autoprune.bits import BIT_CHOICES, BitAllocation
 from autoprune.costs import CostModel
 from autoprune.errors import BudgetError, UsageError
+from autoprune.importance import score_units
+from autoprune.kernel_counts import KernelCounts, priced
 from autoprune.models import build_model
 from autoprune.projection import ProjectionConfig, min_keeps, project
 from autoprune.units import trace_units
@@ -34,6 +36,14 @@ SPACE = BitSpace(act=(4, 8))
 def cost_model(name: str = "lenet5", granularity: str = "channel") -> CostModel:
     model = build_model(name, num_classes=10, input_size=SIZES[name])
     return CostModel(trace_units(model, SIZES[name], granularity, name))  # type: ignore[arg-type]
+
+
+@cache
+def exact_counts(name: str = "lenet5", granularity: str = "channel") -> KernelCounts:
+    model = build_model(name, num_classes=10, input_size=SIZES[name])
+    return KernelCounts(
+        cost_model(name, granularity), score_units(model, cost_model(name, granularity).graph.units)
+    )
 
 
 def limits_of(cm: CostModel, fractions: dict[str, float]) -> dict[str, float]:
@@ -79,9 +89,13 @@ def episode(env: gymnasium.Env, actions: Iterator[np.ndarray], seed: int | None 
 
 
 def assert_meets(
-    cm: CostModel, limits: dict[str, float], keep: np.ndarray, bits: BitAllocation
+    cm: CostModel,
+    limits: dict[str, float],
+    keep: np.ndarray,
+    bits: BitAllocation,
+    counts: KernelCounts | None = None,
 ) -> None:
-    model = cm.with_bits(bits)
+    model = cm.with_bits(bits) if counts is None else priced(cm, bits, counts)
     for metric, limit in limits.items():
         assert model.metric(metric, keep) <= limit, (metric, model.metric(metric, keep), limit)
     assert (keep >= min_keeps(cm.sizes, ProjectionConfig())).all() and (keep <= cm.sizes).all()
@@ -132,24 +146,31 @@ def test_seeded_reset_gives_identical_episodes() -> None:
         max_size=5,
     ),
     project_final=st.booleans(),
+    exact=st.booleans(),
 )
 def test_every_finished_episode_meets_every_budget(
-    granularity: str, fractions: dict[str, float], actions: list[list[float]], project_final: bool
+    granularity: str,
+    fractions: dict[str, float],
+    actions: list[list[float]],
+    project_final: bool,
+    exact: bool,
 ) -> None:
     cm = cost_model("lenet5", granularity)
     limits = limits_of(cm, fractions)
-    env = make_env("lenet5", granularity, limits=limits, project_final=project_final)
+    counts = exact_counts("lenet5", granularity) if exact else None
+    env = make_env(
+        "lenet5", granularity, limits=limits, project_final=project_final, kernel_counts=counts
+    )
     # The drawn actions repeat over the layers; out-of-range and NaN ones test the clipping.
     steps = episode(env, iter([np.array(a) for a in actions] * len(cm.graph.layers)))
     info = steps[-1][2]
     keep, bits = np.asarray(info["allocation"]), info["bits"]
-    assert_meets(cm, limits, keep, bits)
-    assert info["costs"] == {m: cm.with_bits(bits).metric(m, keep) for m in info["costs"]}
+    model = cm.with_bits(bits) if counts is None else priced(cm, bits, counts)
+    assert_meets(cm, limits, keep, bits, counts)
+    assert info["costs"] == {m: model.metric(m, keep) for m in info["costs"]}
     proposed = np.asarray(info["proposed"])
-    assert_meets(cm, limits, proposed, bits)  # the env's own walls, before any projection
-    expected = (
-        project(proposed / cm.sizes, cm.with_bits(bits), limits) if project_final else proposed
-    )
+    assert_meets(cm, limits, proposed, bits, counts)  # the env's own walls, before projection
+    expected = project(proposed / cm.sizes, model, limits) if project_final else proposed
     assert keep.tolist() == expected.tolist()
 
 

@@ -29,6 +29,7 @@ from autoprune.costs import CostModel
 from autoprune.data import load_dataset
 from autoprune.errors import UsageError
 from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
+from autoprune.kernel_counts import KernelCounts
 from autoprune.models import build_model
 from autoprune.projection import ProjectionConfig, min_keeps
 from autoprune.quant import on_levels
@@ -69,7 +70,7 @@ def bits_problem(
 
 
 def assert_meets(problem: SearchProblem, keep: np.ndarray, bits: BitAllocation) -> None:
-    model = problem.cost_model.with_bits(bits)
+    model = problem.costed(bits)
     for metric, limit in problem.limits.items():
         assert model.metric(metric, keep) <= limit + 1e-6, (
             metric,
@@ -170,13 +171,14 @@ def test_every_method_with_bits_meets_the_budgets_scored_by_the_real_evaluator(
     problem = SearchProblem(
         cm, limits_between(cm, space, {"size": 0.003, "macs": 0.3}), evaluate, bits=space,
         context=SearchContext(model, graph, data.train, data.val),
+        kernel_counts=KernelCounts(cm, evaluate.scores),
     )  # fmt: skip
     result = SEARCH_METHODS.get(method)(**options).search(problem)
     assert result.bits is not None
-    assert_meets(problem, result.keep, result.bits)
+    assert_meets(problem, result.keep, result.bits)  # priced exactly, kernel by kernel
     assert result.score == evaluate(result.keep, result.bits)  # scored quantised, as chosen
     assert all(isinstance(key[0], tuple) for key in evaluate.cache)  # every call carried bits
-    model_at = cm.with_bits(result.bits)
+    model_at = problem.costed(result.bits)
     assert max(model_at.metric(m, result.keep) / v for m, v in problem.limits.items()) > 0.9
 
 
