@@ -37,10 +37,24 @@ def quantise_in_place(
     model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor], bits: BitAllocation
 ) -> None:
     """Zero every pruned element and put every weight on its kernel's levels (a no-op, up to
-    float rounding, after a quantisation-aware backend; post-training quantisation otherwise)."""
+    float rounding, after a quantisation-aware backend; post-training quantisation otherwise).
+
+    Channel masks zero what produces a pruned channel; the artifact keeps dense shapes, so the
+    weights that consume it are zeroed too (slimming would remove them).
+    """
     remove_masks(model, bake=True)
     apply_masks(model, element_masks(model, graph, kept))
     remove_masks(model, bake=True)
+    with torch.no_grad():
+        for unit, idx in zip(graph.units, kept, strict=True):
+            pruned = set(range(unit.size)) - set(idx.tolist())
+            for mem in unit.members:
+                w = getattr(model.get_submodule(mem.module), "weight", None)
+                if mem.dim != "in" or not pruned or w is None or w.dim() < 2:
+                    continue
+                cols = [i for i, r in zip(mem.idxs, mem.root_idxs, strict=True) if r in pruned]
+                if cols and max(cols) < w.shape[1]:  # grouped convs index inputs per group
+                    w[:, cols] = 0.0
     add_weight_quant(model, graph, bits)
     remove_masks(model, bake=True)
 

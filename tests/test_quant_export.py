@@ -93,6 +93,33 @@ def test_eval_reads_the_artifact(
     assert json.loads(capsys.readouterr().out)["accuracy"] == pytest.approx(report["accuracy"])
 
 
+def test_channel_run_artifact_is_predicted_exactly(tmp_path: Path) -> None:
+    """Channel granularity at uniform bits: the search-time estimate is the file size, to the
+    byte (pruned channels are empty kernels; the weights that read them are zeroed too)."""
+    loaded = load_model_and_data(model="lenet5", dataset="digits", input_size=SIZE, limit=64)
+    save_checkpoint(tmp_path / "d.pt", state_dict=loaded.model.state_dict(),
+                    meta={"kind": "dense", "model": "lenet5", "num_classes": 10,
+                          "input_size": list(SIZE), "dataset": "digits"})  # fmt: skip
+    graph, cm = trace(loaded, "channel")
+    bits = BitAllocation.uniform(graph, 3, 8)
+    keep = np.maximum(1, np.array(graph.sizes) // 2)
+    alloc = Allocation.from_keep(graph, keep, num_classes=10, bits=bits, dataset="digits",
+                                 predicted=cm.with_bits(bits).costs(keep).as_dict(),
+                                 checkpoint=str(tmp_path / "d.pt"))  # fmt: skip
+    alloc.save(tmp_path / "a.json")
+    cfg = BackendConfig(epochs=1, finetune_epochs=1, batch_size=32, progress=False)
+    metrics = run_prune(
+        PruneRun(str(tmp_path / "a.json"), str(tmp_path / "run"), "magnitude", cfg, limit=64)
+    )
+    art = metrics["artifact"]
+    assert (
+        art["bytes"]
+        == art["predicted_bytes_search"]
+        == (tmp_path / "run" / "model.apq").stat().st_size
+    )
+    assert art["nonzero_weights"] == metrics["final"]["nonzero_weights"]  # what slimming keeps
+
+
 @pytest.mark.slow
 def test_quick_quant_bench_reports_the_artifact(tmp_path: Path) -> None:
     out = tmp_path / "bench"
