@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.bitpack import BitReader, BitWriter, ByteCursor
 from autoprune.bits import (
     BITS_FIELD,
     FLOAT_BITS,
@@ -65,55 +66,6 @@ class Encoded:
     counts: dict[str, list[int]]
 
 
-# --- bit packing --------------------------------------------------------------------------------
-class _BitWriter:
-    def __init__(self) -> None:
-        self.values: list[np.ndarray] = []
-        self.widths: list[np.ndarray] = []
-
-    def add(self, values: Any, width: Any) -> None:
-        v = np.asarray(values, dtype=np.uint64).ravel()
-        self.values.append(v)
-        self.widths.append(np.broadcast_to(np.asarray(width, dtype=np.int64), v.shape))
-
-    def tobytes(self) -> bytes:
-        if not self.values:
-            return b""
-        v, w = np.concatenate(self.values), np.concatenate(self.widths)
-        starts = np.cumsum(w) - w
-        field = np.repeat(np.arange(len(v)), w)
-        offset = (np.arange(int(w.sum())) - np.repeat(starts, w)).astype(np.uint64)
-        bits = ((v[field] >> offset) & np.uint64(1)).astype(np.uint8)
-        return np.packbits(bits, bitorder="little").tobytes()
-
-
-class _BitReader:
-    def __init__(self, data: bytes, source: str) -> None:
-        self.bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8), bitorder="little")
-        self.pos, self.source = 0, source
-
-    def read(self, count: int, width: int) -> np.ndarray:
-        n = count * width
-        if self.pos + n > len(self.bits):
-            raise CheckpointError(f"{self.source} is truncated; export the run again")
-        chunk = self.bits[self.pos : self.pos + n].reshape(count, width).astype(np.uint64)
-        self.pos += n
-        return (chunk << np.arange(width, dtype=np.uint64)).sum(axis=1, dtype=np.uint64)
-
-    def read_widths(self, widths: np.ndarray) -> np.ndarray:
-        """Consecutive fields of the given widths (at most 64 each)."""
-        total = int(widths.sum())
-        if self.pos + total > len(self.bits):
-            raise CheckpointError(f"{self.source} is truncated; export the run again")
-        starts = self.pos + np.cumsum(widths) - widths
-        offset = np.arange(total) - np.repeat(starts - self.pos, widths)
-        bits = self.bits[self.pos : self.pos + total].astype(np.uint64) << offset.astype(np.uint64)
-        self.pos += total
-        if not len(widths):
-            return np.zeros(0, dtype=np.uint64)
-        return np.add.reduceat(bits, starts - starts[0])  # fields are contiguous, widths >= 1
-
-
 # --- writing ------------------------------------------------------------------------------------
 def _write_layer(
     w: torch.Tensor, bits: tuple[int, ...], act_bits: int, act_scale: float | None
@@ -129,7 +81,7 @@ def _write_layer(
     if act_bits != FLOAT_BITS:
         head += struct.pack("<f", float(act_scale if act_scale is not None else 1.0))
     head += struct.pack("<I", n)
-    out = _BitWriter()
+    out = BitWriter()
     out.add([kb if kb != FLOAT_BITS else 0 for kb in bits], BITS_FIELD)
     size = kernels * length
     if 0 < n < size and index_bits(n, size) == size:  # a bitmap is no longer than Elias-Fano
@@ -208,28 +160,8 @@ def write_artifact(
 
 
 # --- reading ------------------------------------------------------------------------------------
-class _Bytes:
-    """A cursor over the file that turns every short read into a one-line CheckpointError."""
-
-    def __init__(self, data: bytes, source: str) -> None:
-        self.data, self.pos, self.source = data, 0, source
-
-    def take(self, n: int) -> bytes:
-        if n < 0 or self.pos + n > len(self.data):
-            raise CheckpointError(f"{self.source} is truncated; export the run again")
-        out = self.data[self.pos : self.pos + n]
-        self.pos += n
-        return out
-
-    def unpack(self, fmt: str) -> tuple[Any, ...]:
-        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))
-
-    def floats(self, n: int) -> np.ndarray:
-        return np.frombuffer(self.take(4 * n), dtype="<f4").astype(np.float32)
-
-
 def _read_layer(
-    buf: _Bytes, shape: torch.Size
+    buf: ByteCursor, shape: torch.Size
 ) -> tuple[torch.Tensor, tuple[int, ...], int, float | None]:
     kernels, length = shape[0], int(np.prod(shape[1:]))
     size = kernels * length
@@ -242,7 +174,7 @@ def _read_layer(
         )
     # Bits fields and indices come first: they fix every code's width, hence the stream's length.
     head = BITS_FIELD * kernels + index_bits(n, size)
-    peek = _BitReader(buf.data[buf.pos : buf.pos + (head + 7) // 8], buf.source)
+    peek = BitReader(buf.data[buf.pos : buf.pos + (head + 7) // 8], buf.source)
     bits_codes = peek.read(kernels, BITS_FIELD).astype(np.int64)
     bits = tuple(int(b) if b else FLOAT_BITS for b in bits_codes)
     if n == 0 or n == size:
@@ -257,7 +189,7 @@ def _read_layer(
     if len(positions) != n or (n and (positions[-1] >= size or (np.diff(positions) <= 0).any())):
         raise CheckpointError(f"{buf.source} is corrupt (bad sparse index); export the run again")
     kb = np.asarray(bits, dtype=np.int64)[positions // length]
-    reader = _BitReader(buf.take((head + int(kb.sum()) + 7) // 8), buf.source)
+    reader = BitReader(buf.take((head + int(kb.sum()) + 7) // 8), buf.source)
     reader.pos = head
     values = reader.read_widths(kb)
     counts = np.bincount(positions // length, minlength=kernels)
@@ -290,7 +222,7 @@ def load_artifact(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(
             f"{source} is truncated or corrupt (checksum mismatch); export the run again"
         )
-    buf = _Bytes(data[:-4], source)
+    buf = ByteCursor(data[:-4], source)
     buf.take(4)
     version, gran, name_len = buf.unpack("<BBH")
     if version != VERSION or gran >= len(GRANULARITIES):
