@@ -37,10 +37,10 @@ class ReweightedOptions:
     base: float = 0.0  # reweighted L1 on every gate, on top of IncReg (0: IncReg alone)
     ramp: float = 0.6  # the targets reach `keep` at this fraction of the pruning phase
     clamp: float = 3.0  # gates live in [-1, clamp]
-    # Masked weights still get their gradient (Lin et al. 2020) while the targets ramp down. Not
-    # after: a masked weight then drifts without bound and a gate that reopens late lets it into
-    # the network at once (LeNet-5 at 71x diverged to NaN in its 11th epoch).
-    feedback: bool = True
+    # Masked weights still get their gradient (Lin et al. 2020) while the targets ramp down. Off by
+    # default: a masked weight drifts without bound and a gate that reopens lets it into the
+    # network at once (LeNet-5 at 71x diverged to NaN, after the ramp and, distilling, within it).
+    feedback: bool = False
 
 
 _MAX_FACTOR = 10.0  # IncReg factors stop growing here: the gate is at the floor long before
