@@ -51,7 +51,7 @@ FULL = _runs([
     ("admm-319x", "admm", "weight", X310),
     ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
     ("magnitude-channel-20pct-macs", "magnitude", "channel", 0.20),
-], epochs=12, finetune_epochs=12, finetune_lr=0.05)  # fmt: skip
+], epochs=12, finetune_epochs=12, finetune_lr=0.05, distill=0.7)  # fmt: skip
 QUICK_DENSE = TrainConfig(epochs=2, lr=0.05, seed=0)
 QUICK = _runs([
     ("magnitude-71x", "magnitude", "weight", ADMM),
