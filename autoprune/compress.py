@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.backends.base import BACKENDS, BackendConfig, BackendResult
+from autoprune.bit_match import PricedKernels
 from autoprune.bits import BitAllocation
 from autoprune.budgets import Budget
 from autoprune.checkpoint import save_checkpoint
@@ -26,6 +28,7 @@ from autoprune.kernel_counts import KernelCounts
 from autoprune.latency import TABLE_FILE, LatencyConfig, attach_latency
 from autoprune.masking import select_kept
 from autoprune.projection import ProjectionConfig
+from autoprune.quant_export import calibrate_activations
 from autoprune.report import write_search_report
 from autoprune.runs import (
     CHECKPOINT_KIND_DENSE,
@@ -151,13 +154,23 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         )  # fmt: skip
         dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
         model, kept, history, t = loaded.model, None, [], time.perf_counter()
+        bits = allocation.bit_allocation(graph)
+        match = None
+        if bits is not None and problem.kernel_counts is not None:
+            match = PricedKernels.at(problem.kernel_counts, keep, loaded.model)
         if backend is None:
             kept = select_kept(model, graph, keep, cfg.backend_cfg.importance)
+            if bits is not None:  # no backend trained activation scales: calibrate them here
+                if match is not None:
+                    kept, bits = match(kept, model, bits)
+                calibrate_activations(model, graph, kept, bits, _calibration(loaded, cfg.evaluator))
         else:
             forget_stale_backend(stage, keep)
             res = _run_backend(backend, loaded, graph, keep, cfg.backend_cfg, stage,
-                               bits=allocation.bit_allocation(graph))  # fmt: skip
-            model, kept, history = res.model, res.kept, res.history
+                               bits=bits, match=match)  # fmt: skip
+            model, kept, history, bits = res.model, res.kept, res.history, res.bits
+        if bits is not None:  # the kept kernels' bits (permuted to what the search priced)
+            allocation.set_bits(bits)
         timings["prune"] = time.perf_counter() - t
         extra = {
             "method": cfg.method, "backend": None if backend is None else cfg.backend,
@@ -184,6 +197,12 @@ def _kernel_counts(
     return KernelCounts(cost_model, score_units(loaded.model, cost_model.graph.units))
 
 
+def _calibration(loaded: Loaded, ev: EvaluatorConfig) -> list[torch.Tensor]:
+    """The training batches the evaluator calibrates activation scales on."""
+    loader = make_loader(loaded.data.train, batch_size=ev.batch_size, shuffle=True, seed=ev.seed)
+    return [x for x, _ in itertools.islice(loader, max(ev.bn_batches, 1))]
+
+
 def _train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:
     if train.epochs <= 0:
         return
@@ -194,11 +213,12 @@ def _train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:
 
 def _run_backend(
     backend: Any, loaded: Loaded, graph: Any, keep: np.ndarray, cfg: BackendConfig, stage: Path,
-    *, bits: BitAllocation | None = None,
+    *, bits: BitAllocation | None = None, match: PricedKernels | None = None,
 ) -> BackendResult:
-    """Run the backend (quantisation-aware when the allocation has bits), checkpointing every
-    epoch into the staging folder (resumed if present)."""
-    cfg = dataclasses.replace(cfg, bits=bits)
+    """Run the backend (quantisation-aware when the allocation has bits; with `match`, the kept
+    kernels take the priced bits), checkpointing every epoch into the staging folder (resumed if
+    present)."""
+    cfg = dataclasses.replace(cfg, bits=bits, match_priced=match)
     last = stage / "epochs" / "last.pt"
 
     def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
@@ -247,8 +267,13 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
         raise UsageError(f"{cfg.allocation} names no dataset; pass --dataset")
     loaded = load_model_and_data(model=None, dataset=dataset, data_dir=cfg.data_dir,
                                  checkpoint=checkpoint, limit=cfg.limit)  # fmt: skip
-    graph, _ = trace(loaded, alloc.granularity)  # type: ignore[arg-type]
+    graph, cost_model = trace(loaded, alloc.granularity)  # type: ignore[arg-type]
     alloc.check_fits(graph)
+    bits = alloc.bit_allocation(graph)
+    match = None
+    if bits is not None:  # priced as `search` prices without an evaluator (l1 importance)
+        counts = KernelCounts(cost_model, score_units(loaded.model, graph.units))
+        match = PricedKernels.at(counts, alloc.keep, loaded.model)
     backend = get_backend(cfg.backend)()
     if not cfg.resume:
         _refuse_existing(cfg.out, cfg.overwrite)
@@ -258,7 +283,9 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
         dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
         t = time.perf_counter()
         res = _run_backend(backend, loaded, graph, alloc.keep, cfg.backend_cfg, stage,
-                           bits=alloc.bit_allocation(graph))  # fmt: skip
+                           bits=bits, match=match)  # fmt: skip
+        if res.bits is not None:
+            alloc.set_bits(res.bits)
         extra = {"backend": cfg.backend, "history": res.history, "info": res.info,
                  "wall_time_s": {"prune": time.perf_counter() - t}}  # fmt: skip
         return finish_run(stage, loaded, graph, alloc, res.model, res.kept,

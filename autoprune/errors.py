@@ -33,3 +33,7 @@ class AllocationError(UsageError):
 
 class CheckpointError(UsageError):
     """A checkpoint is missing, truncated or does not fit the model."""
+
+
+class BudgetBrokenError(AutoPruneError):
+    """The exported model measures above a budget it was built for (nothing is written)."""

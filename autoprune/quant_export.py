@@ -18,8 +18,9 @@ from torch import nn
 
 from autoprune.artifact import ARTIFACT, write_artifact
 from autoprune.bits import BitAllocation, artifact_bytes
+from autoprune.evaluator import quantised_inputs
 from autoprune.masking import apply_masks, element_masks, remove_masks
-from autoprune.quant import ActQuant, add_weight_quant
+from autoprune.quant import ActQuant, add_act_quant, add_weight_quant
 from autoprune.units import UnitGraph
 
 
@@ -57,6 +58,24 @@ def quantise_in_place(
                     w[:, cols] = 0.0
     add_weight_quant(model, graph, bits)
     remove_masks(model, bake=True)
+
+
+def calibrate_activations(
+    model: nn.Module,
+    graph: UnitGraph,
+    kept: Sequence[torch.Tensor],
+    bits: BitAllocation,
+    batches: Sequence[torch.Tensor],
+) -> dict[str, float]:
+    """Post-training activation scales for a model no backend trained (`search --no-prune`).
+
+    The weights are pruned and quantised first, then every quantised layer's input scale is
+    calibrated on `batches` as the evaluator scores allocations; the hooks stay on `model`.
+    """
+    quantise_in_place(model, graph, kept, bits)
+    with quantised_inputs(model, graph, bits, batches):
+        scales = act_scales(model, graph)
+    return {name: hook.scale for name, hook in add_act_quant(model, graph, bits, scales).items()}
 
 
 def export_artifact(

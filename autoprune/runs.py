@@ -20,7 +20,7 @@ from autoprune.budgets import Budget, check_budgets
 from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.costs import CostModel
 from autoprune.data import DataSplits, load_dataset, make_loader
-from autoprune.errors import CheckpointError, UsageError
+from autoprune.errors import BudgetBrokenError, CheckpointError, UsageError
 from autoprune.export import compression, export_program, model_metrics, staged_run_dir
 from autoprune.latency import latency_check
 from autoprune.masking import slim
@@ -216,6 +216,7 @@ def finish_run(
         checks[b.metric] = {"limit": limit, "measured": measured, "met": measured <= limit * (1 + 1e-9)}
     if artifact is not None:
         checks |= artifact_checks(allocation.budgets, allocation.dense, artifact)
+    _refuse_broken(checks)
     metrics = {
         "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
         "granularity": graph.granularity, "seed": allocation.provenance.get("seed"),
@@ -227,6 +228,21 @@ def finish_run(
     metrics.setdefault("wall_time_s", {})["export"] = time.perf_counter() - t0
     write_json_atomic(stage / "metrics.json", metrics)
     return metrics
+
+
+def _refuse_broken(checks: dict[str, dict[str, Any]]) -> None:
+    """Every budget but latency (a noisy measurement) must hold on what was exported."""
+    broken = [
+        f"{metric} {c['measured']:,.0f} > {c['limit']:,.0f}"
+        + (f" (measured on {c['measured_on']})" if "measured_on" in c else "")
+        for metric, c in checks.items()
+        if metric != "latency" and not c["met"]
+    ]
+    if broken:
+        raise BudgetBrokenError(
+            f"the exported model breaks its budgets: {'; '.join(broken)}; nothing was written "
+            "(a bug: the allocation was priced within them)"
+        )
 
 
 def _measured(final: dict[str, Any], metric: str, granularity: str) -> float | None:

@@ -16,6 +16,10 @@ from autoprune.data import DataSplits
 from autoprune.registry import Registry
 from autoprune.units import UnitGraph
 
+MatchPriced = Callable[
+    [list[torch.Tensor], nn.Module, BitAllocation], tuple[list[torch.Tensor], BitAllocation]
+]
+
 
 @dataclass
 class BackendConfig:
@@ -39,6 +43,10 @@ class BackendConfig:
         default_factory=dict
     )  # backend-specific, checked by the backend
     bits: BitAllocation | None = None  # the allocation's bits: train quantisation-aware to them
+    # With bits, once the pruning phase fixes the mask: (kept, model, bits) -> the kept elements
+    # and bits to fine-tune with, so the artifact costs what the search priced
+    # (autoprune.bit_match.PricedKernels); None keeps both as they are.
+    match_priced: MatchPriced | None = None
 
 
 @dataclass
@@ -53,6 +61,7 @@ class BackendResult:
     kept: list[torch.Tensor]
     history: list[dict[str, Any]] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    bits: BitAllocation | None = None  # the bits the model is quantised to (after match_priced)
 
 
 # Called after every epoch with (epoch, state dict of everything needed to resume) so the caller

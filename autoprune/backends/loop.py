@@ -151,6 +151,9 @@ class MaskTrainer(Backend):
             )
 
         remove_masks(model, bake=False)  # the raw weights of every element go on into fine-tuning
+        if bits is not None and cfg.match_priced is not None:
+            kept, bits = cfg.match_priced(kept, model, bits)
+            self.kept = kept
         apply_masks(model, umap.masks(keep_vectors(umap.sizes, kept, param_dtype(model))))
         if bits is not None:
             add_weight_quant(model, graph, bits)
@@ -166,7 +169,7 @@ class MaskTrainer(Backend):
         if bits is not None:
             _check_levels(model, graph, bits.weight, self.name)
             info["act_scales"] = {name: q.scale for name, q in act_quant.items()}
-        return BackendResult(model, kept, history, info)
+        return BackendResult(model, kept, history, info, bits=bits)
 
     def _bind(
         self,
