@@ -20,7 +20,7 @@ from torch import nn
 
 from autoprune.allocation import write_json_atomic
 from autoprune.bench import BENCHMARKS, BenchConfig
-from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS, X150
+from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS
 from autoprune.bench.lenet5_mnist import NAME as DENSE_BENCH
 from autoprune.bench.quant_report import render_quant_readme
 from autoprune.bench.runner import RunSpec, measure_run, run_spec
@@ -69,13 +69,11 @@ class QuantileBits:
 RECIPE: dict[str, Any] = {"epochs": 12, "finetune_epochs": 12, "finetune_lr": 0.05}
 BITS_4 = QuantileBits((((1.0, 6),), ((1.0, 4),), ((1.0, 4),), ((1.0, 5),)))
 BINARY = QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),)))
-BITS_2 = QuantileBits((((1.0, 4),), ((0.5, 3), (0.5, 2)), ((1.0, 2),), ((1.0, 3),)))
 BINARY_ALL = QuantileBits((((1.0, 2),), ((1.0, 1),), ((1.0, 1),), ((1.0, 1),)))
 LONG = {"epochs": 16, "finetune_epochs": 24, "finetune_lr": 0.05}
 FULL = [
     RunSpec("magnitude-24x-4bit", "magnitude", "weight", ratios=X24, bits=BITS_4, **RECIPE),
     RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
-    RunSpec("magnitude-147x-2bit", "magnitude", "weight", ratios=X150, bits=BITS_2, **RECIPE),
     RunSpec(
         "magnitude-65x-binary-long", "magnitude", "weight", ratios=X65, bits=BINARY_ALL, **LONG
     ),
