@@ -135,8 +135,9 @@ def lenet5_mnist_quant(cfg: BenchConfig) -> dict[str, Any]:
     }  # fmt: skip
     write_json_atomic(out / "summary.json", summary)
     (out / "README.md").write_text(render_quant_readme(summary))
-    lines = ["# written by autoprune bench", "runs/*", *([f"!runs/{best}/"] if best else []),
-             "runs/*/checkpoint.pt", "runs/*/model.pt2", "runs/*/epochs/", "dense/"]  # fmt: skip
+    # Artifacts are small: every run's model.apq, metrics and allocation are committed.
+    lines = ["# written by autoprune bench", "runs/.*", "runs/*/checkpoint.pt", "runs/*/model.pt2",
+             "runs/*/epochs/", "dense/"]  # fmt: skip
     (out / ".gitignore").write_text("\n".join(lines) + "\n")
     return summary
 

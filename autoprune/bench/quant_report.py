@@ -72,7 +72,7 @@ def render_quant_readme(s: dict[str, Any]) -> str:
             )
         )
     if s["best"]:
-        lines += ["", f"Best run (committed with its artifact): `runs/{s['best']}/model.apq`."]
+        lines += ["", f"Best run: `runs/{s['best']}/model.apq` (every run's artifact is committed)."]
     lines += [
         "",
         "## Commands",
