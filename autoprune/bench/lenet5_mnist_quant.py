@@ -34,7 +34,7 @@ from autoprune.units import UnitGraph
 NAME = "lenet5-mnist-quant"
 DEEP_COMPRESSION_STORAGE = 39.0  # Han et al. 2016, LeNet-5, indices included
 ADMM_NN_WEIGHT_DATA = 1910.0  # Ren et al. 2019, weight data only
-X24 = (0.66, 0.12, 0.04, 0.19)  # Han et al.'s per-layer ratios with fc1 halved: about 24x
+X21 = (0.66, 0.12, 0.04, 0.19)  # Han et al.'s per-layer ratios with fc1 halved: 21.2x
 X65 = (0.80, 0.092, 0.00875, 0.084)  # about 65x, denser convolutions than ADMM's 71.2x
 
 
@@ -72,7 +72,7 @@ BINARY = QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),)))
 BINARY_ALL = QuantileBits((((1.0, 2),), ((1.0, 1),), ((1.0, 1),), ((1.0, 1),)))
 LONG = {"epochs": 16, "finetune_epochs": 24, "finetune_lr": 0.05}
 FULL = [
-    RunSpec("magnitude-24x-4bit", "magnitude", "weight", ratios=X24, bits=BITS_4, **RECIPE),
+    RunSpec("magnitude-21x-4bit", "magnitude", "weight", ratios=X21, bits=BITS_4, **RECIPE),
     RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
     RunSpec(
         "magnitude-65x-binary-long", "magnitude", "weight", ratios=X65, bits=BINARY_ALL, **LONG
