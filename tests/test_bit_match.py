@@ -116,8 +116,9 @@ def write_allocation(
     return path, predicted, bits
 
 
-def prune(path: Path, out: Path) -> dict[str, Any]:
-    cfg = BackendConfig(epochs=0, finetune_epochs=0, progress=False)
+def prune(path: Path, out: Path, epochs: int = 1) -> dict[str, Any]:
+    """`autoprune prune` with the contrary backend: one batch per phase, the last one QAT."""
+    cfg = BackendConfig(epochs=epochs, finetune_epochs=epochs, batch_size=LIMIT, progress=False)
     return run_prune(PruneRun(str(path), str(out), backend="contrary", backend_cfg=cfg, limit=LIMIT,
                               progress=False))  # fmt: skip
 
@@ -154,7 +155,7 @@ def test_a_budget_broken_on_the_artifact_fails_and_writes_nothing(
 
     monkeypatch.setattr(compress.PricedKernels, "at", staticmethod(unmatched))
     with pytest.raises(BudgetBrokenError, match=r"size .* > .*model\.apq") as err:
-        prune(path, tmp_path / "run")
+        prune(path, tmp_path / "run", epochs=0)
     assert "\n" not in str(err.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["allocation.json", "dense.pt"]
 
