@@ -70,7 +70,8 @@ def match_rows(
             out.append(idx)
             continue
         name = unit.name.removesuffix(".weight")
-        w = model.get_submodule(name).weight.detach().abs().reshape(-1).double().cpu()
+        weight: Tensor = model.get_submodule(name).weight  # type: ignore[assignment]
+        w = weight.detach().abs().reshape(-1).double().cpu()
         counts = torch.as_tensor(priced[name], dtype=torch.int64)
         rows = counts.numel()
         # The backend's choices rank above everything else, then magnitude decides.
