@@ -117,9 +117,10 @@ def test_existing_output_is_not_clobbered(lenet_run: Path, capsys: pytest.Captur
 
 def test_console_script_exit_code(tmp_path: Path) -> None:
     """The installed entry point turns errors into exit code 2 and one stderr line."""
+    # a generous timeout: on a loaded machine importing torch alone can take minutes
     proc = subprocess.run(
         [sys.executable, "-m", "autoprune", "profile", "--model", "lenet7"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "lenet5" in proc.stderr
