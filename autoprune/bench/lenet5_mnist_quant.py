@@ -77,6 +77,9 @@ FULL = [
     RunSpec(
         "magnitude-65x-binary-long", "magnitude", "weight", ratios=X65, bits=BINARY_ALL, **LONG
     ),
+    # the same as magnitude-71x-binary, distilling the dense model (alpha 0.7) in both phases
+    RunSpec("magnitude-71x-binary-distill", "magnitude", "weight", ratios=ADMM, bits=BINARY,
+            distill=0.7, **RECIPE),  # fmt: skip
 ]
 QUICK = [
     RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, epochs=1,
