@@ -19,7 +19,14 @@ from autoprune.allocation import write_json_atomic
 from autoprune.bench import BENCHMARKS, BenchConfig
 from autoprune.bench.overhead import step_overhead
 from autoprune.bench.report import render_readme, write_gitignore
-from autoprune.bench.runner import RunSpec, best_runs, keep_for, measure_run, run_spec
+from autoprune.bench.runner import (
+    RunSpec,
+    best_runs,
+    keep_for,
+    measure_run,
+    recorded_command,
+    run_spec,
+)
 from autoprune.errors import UsageError
 from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
 from autoprune.training import TrainConfig
@@ -105,7 +112,7 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
     for row in rows:
         spec = next(s for s in specs if s.name == row["run"])
         alloc = f"{out}/allocations/{spec.name}.json"
-        row["command"] = spec.prune_command(alloc, data_dir, f"{out}/runs/{spec.name}")
+        row["command"] = recorded_command(spec, alloc, data_dir, out / "runs" / spec.name)
     best = best_runs(rows, MAX_DROP_POINTS)
     summary = {
         "benchmark": NAME, "quick": cfg.quick, "dataset": dataset,

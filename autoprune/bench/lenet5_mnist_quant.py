@@ -23,7 +23,7 @@ from autoprune.bench import BENCHMARKS, BenchConfig
 from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS
 from autoprune.bench.lenet5_mnist import NAME as DENSE_BENCH
 from autoprune.bench.quant_report import render_quant_readme
-from autoprune.bench.runner import RunSpec, measure_run, run_spec
+from autoprune.bench.runner import RunSpec, measure_run, recorded_command, run_spec
 from autoprune.bits import FLOAT_BITS, BitAllocation
 from autoprune.errors import UsageError
 from autoprune.evaluate_run import evaluate_run
@@ -179,7 +179,7 @@ def _row(
         "predicted_bytes_search": art["predicted_bytes_search"],
         "predicted_bytes_exact": art["predicted_bytes_exact"],
         "artifact": f"runs/{spec.name}/model.apq",
-        "command": spec.prune_command(alloc_path, data_dir, f"{out}/runs/{spec.name}"),
+        "command": recorded_command(spec, str(alloc_path), data_dir, out / "runs" / spec.name),
     }
     return row
 

@@ -70,6 +70,9 @@ class RunSpec:
         return " ".join([*parts, f"--out {out}"])
 
 
+COMMAND_FILE = "command.txt"  # in a run directory: the exact `autoprune prune` that made it
+
+
 def keep_for(spec: RunSpec, graph: UnitGraph, cost_model: CostModel) -> np.ndarray:
     """Integer keeps of a spec: rounded ratios, or uniform ratios projected onto a MACs budget."""
     sizes = np.array(graph.sizes)
@@ -121,7 +124,17 @@ def run_spec(
                        data_dir=data_dir, limit=limit, progress=progress, overwrite=force, resume=resume))  # fmt: skip
     # The per-epoch resume state is as big as several models and useless once the run is done.
     shutil.rmtree(run_dir / "epochs", ignore_errors=True)
+    (run_dir / COMMAND_FILE).write_text(spec.prune_command(str(alloc_path), data_dir, str(run_dir)) + "\n")
     return True
+
+
+def recorded_command(spec: RunSpec, allocation: str, data_dir: str | None, run_dir: Path) -> str:
+    """The command a finished run was made with: its own record, so a reused run made with an
+    older recipe is reported as it ran, not as the current spec would run it."""
+    record = run_dir / COMMAND_FILE
+    if record.is_file():
+        return record.read_text().strip()
+    return spec.prune_command(allocation, data_dir, str(run_dir))
 
 
 def layer_counts(
