@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from test_search import lenet5_problem, problem_for
 
 from autoprune.cli import main
+from autoprune.dashboard import BROWSERS
 from autoprune.errors import UsageError
 from autoprune.export import load_program, partial_dir
 from autoprune.measure import count_macs
@@ -215,34 +216,34 @@ def test_dashboard_serves_the_run_study_on_localhost_only(
     assert np.isfinite(_trials(seen["storage"], "autoprune")[0].value)
 
 
+def _finished_study(run: Path, trials: int) -> Path:
+    """A run directory holding a finished optuna study of `trials` trials on lenet5."""
+    run.mkdir()
+    problem = problem_for("lenet5", [("macs", "30%")])
+    problem.workdir = run
+    OptunaSearch(trials=trials).search(problem)
+    return run
+
+
 @pytest.mark.skipif(
-    not any(shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")),
-    reason="no headless Chromium on this machine",
+    not any(shutil.which(b) for b in BROWSERS), reason="no headless Chromium on this machine"
 )
 def test_dashboard_screenshot_renders_the_finished_study(tmp_path: Path) -> None:
     from PIL import Image
 
-    run = tmp_path / "run"
-    run.mkdir()
-    problem = problem_for("lenet5", [("macs", "30%")])
-    problem.workdir = run
-    OptunaSearch(trials=3).search(problem)
+    run = _finished_study(tmp_path / "run", trials=3)
     png = tmp_path / "shots" / "dashboard.png"
     assert main(["dashboard", str(run), "--screenshot", str(png)]) == 0
     image = Image.open(png).convert("RGB")
     assert image.size == (1600, 1000)
     # the page rendered: the dashboard's blue app bar on top, a light page body below it
-    r, g, b = image.getpixel((800, 5))
+    r, _, b = image.getpixel((800, 5))
     assert b > 200 and r < 100
     assert len(set(image.crop((0, 100, 1600, 1000)).getdata())) > 50  # charts, not a blank page
 
 
 def test_dashboard_screenshot_without_a_browser_is_a_usage_error(tmp_path: Path) -> None:
-    run = tmp_path / "run"
-    run.mkdir()
-    problem = problem_for("lenet5", [("macs", "30%")])
-    problem.workdir = run
-    OptunaSearch(trials=1).search(problem)
+    run = _finished_study(tmp_path / "run", trials=1)
     code = main(["dashboard", str(run), "--screenshot", str(tmp_path / "x.png"),
                  "--browser", "no-such-browser"])  # fmt: skip
     assert code == 2 and not (tmp_path / "x.png").exists()
