@@ -25,7 +25,7 @@ from autoprune.bench.runner import (
     keep_for,
     measure_run,
     recorded_command,
-    run_spec,
+    run_specs,
 )
 from autoprune.errors import UsageError
 from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
@@ -88,10 +88,8 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
         run_train(TrainRun("lenet5", dataset, str(dense_dir), data_dir, train=dense_train,
                            progress=cfg.progress, overwrite=True))  # fmt: skip
     dense_ckpt = str(dense_dir / "checkpoint.pt")
-    for spec in specs:
-        if spec.name in wanted:
-            run_spec(spec, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
-                     limit=None, force=cfg.force, progress=cfg.progress)  # fmt: skip
+    run_specs(specs, wanted, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
+              force=cfg.force, progress=cfg.progress)  # fmt: skip
 
     loaded = load_model_and_data(
         model=None, dataset=dataset, data_dir=data_dir, checkpoint=dense_ckpt

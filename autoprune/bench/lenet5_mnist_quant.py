@@ -23,7 +23,7 @@ from autoprune.bench import BENCHMARKS, BenchConfig
 from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS
 from autoprune.bench.lenet5_mnist import NAME as DENSE_BENCH
 from autoprune.bench.quant_report import render_quant_readme
-from autoprune.bench.runner import RunSpec, measure_run, recorded_command, run_spec
+from autoprune.bench.runner import RunSpec, measure_run, recorded_command, run_specs
 from autoprune.bits import FLOAT_BITS, BitAllocation
 from autoprune.errors import UsageError
 from autoprune.evaluate_run import evaluate_run
@@ -109,10 +109,8 @@ def lenet5_mnist_quant(cfg: BenchConfig) -> dict[str, Any]:
         run_train(TrainRun("lenet5", dataset, str(dense_dir), train=TrainConfig(epochs=1, seed=0),
                            progress=cfg.progress, overwrite=True))  # fmt: skip
     dense_ckpt = str(dense_dir / "checkpoint.pt")
-    for spec in specs:
-        if spec.name in wanted:
-            run_spec(spec, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
-                     limit=None, force=cfg.force, progress=cfg.progress)  # fmt: skip
+    run_specs(specs, wanted, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
+              force=cfg.force, progress=cfg.progress)  # fmt: skip
 
     dense = json.loads((dense_dir / "metrics.json").read_text())
     dense_acc = float(dense["final"]["accuracy"])

@@ -128,6 +128,17 @@ def run_spec(
     return True
 
 
+def run_specs(
+    specs: list[RunSpec], wanted: set[str] | list[str], *, out: Path, dense_ckpt: str,
+    dataset: str, data_dir: str | None, force: bool, progress: bool,
+) -> None:  # fmt: skip
+    """Run (or reuse) every spec whose name is in `wanted`, in the specs' order."""
+    for spec in specs:
+        if spec.name in wanted:
+            run_spec(spec, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
+                     limit=None, force=force, progress=progress)  # fmt: skip
+
+
 def recorded_command(spec: RunSpec, allocation: str, data_dir: str | None, run_dir: Path) -> str:
     """The command a finished run was made with: its own record, so a reused run made with an
     older recipe is reported as it ran, not as the current spec would run it."""
