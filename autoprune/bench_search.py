@@ -131,7 +131,7 @@ def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
     (out / "README.md").write_text(render_readme(summary, out))
     (out / ".gitignore").write_text(
         "# large or re-creatable: checkpoints, programs, studies\n"
-        "*.pt\n*.pt2\n*.db\n*.db-*\nartifacts/\nepochs/\n.*.partial/\n"
+        "*.pt\n*.pt2\n*.db\n*.db-*\nartifacts/\nepochs/\n.*.partial/\nagent/\n"
     )
     return summary
 
