@@ -197,3 +197,50 @@ def test_distilling_run_hits_the_allocation_and_records_it(dense: Any) -> None:
     assert res.info["distill"] == {"alpha": 0.5, "temperature": 4.0}
     with pytest.raises(UsageError, match="--distill must be in"):
         Reweighted().run(copy.deepcopy(dense.model), graph, keep, loaded.data, _cfg(distill=1.5))
+
+
+@pytest.mark.parametrize("sync", [True, False])
+def test_synced_gates_hold_the_keep_after_the_ramp(dense: Any, sync: bool) -> None:
+    """With `sync` exactly `keep` gates per unit are on from the end of the ramp; without, the
+    count is whatever the loss and the regulariser leave (here: not the keep)."""
+    loaded = copy.copy(dense)
+    loaded.model = copy.deepcopy(dense.model)
+    graph, _ = trace(loaded, "weight")  # type: ignore[arg-type]
+    keep = _keep(graph, 0.1)
+    cfg = _cfg(epochs=3, options={"sync": sync, "ramp": 0.5})
+    res = Reweighted().run(loaded.model, graph, keep, loaded.data, cfg)
+    prune = [row for row in res.history if row["phase"] == "prune"]
+    on_keep = [row["gates_on"] == keep.tolist() for row in prune[1:]]  # the ramp ends mid-run
+    assert all(on_keep) if sync else not all(on_keep)
+
+
+def _pruned_weight_norm(dense: Any, shrink: float) -> float:
+    """Mean |raw weight| of the elements the pruning phase cuts, at its end."""
+    from autoprune.data import make_loader
+    from autoprune.training import train_epoch
+
+    model = copy.deepcopy(dense.model)
+    graph, _ = trace(dense, "weight")
+    keep = _keep(graph, 0.1)
+    torch.manual_seed(0)
+    loader = make_loader(dense.data.train, batch_size=16, shuffle=True, seed=0)
+    backend = Reweighted()
+    cfg = _cfg(epochs=1, options={"shrink": shrink, "ramp": 1.0, "refreshes": 4})
+    hooks = backend.prepare(model, graph, keep, cfg, steps_per_epoch=len(loader))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    train_epoch(model, loader, opt, progress=False, **hooks)
+    cut = []
+    for u, kept in enumerate(backend.final_kept(model)):
+        unit = graph.units[u]
+        layer = model.get_submodule(unit.name.removesuffix(".weight"))
+        raw = layer.parametrizations.weight.original.detach().flatten()
+        mask = torch.ones_like(raw, dtype=torch.bool)
+        mask[kept] = False
+        cut.append(raw[mask].abs())
+    return float(torch.cat(cut).mean())
+
+
+def test_shrink_makes_the_cut_weights_small_before_the_cut(dense: Any) -> None:
+    # the cut elements shrink over the ramp (3 e-folds for one doomed all along) instead of
+    # keeping their size until their gate closes
+    assert _pruned_weight_norm(dense, 3.0) < 0.8 * _pruned_weight_norm(dense, 0.0)

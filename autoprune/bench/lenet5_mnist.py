@@ -39,18 +39,26 @@ MAX_DROP_POINTS = 0.1  # the accuracy a "no loss" run may give up against the de
 
 
 def _runs(table: list[tuple[str, str, str, Any]], **recipe: Any) -> list[RunSpec]:
-    """Specs from (name, backend, granularity, ratios per unit | fraction of dense MACs) rows."""
+    """Specs from (name, backend, granularity, ratios per unit | fraction of dense MACs) rows;
+    a name ending in -seedN is that run again with backend seed N."""
     return [
         RunSpec(name, backend, gran, ratios=None if isinstance(a, float) else a,  # type: ignore[arg-type]
-                macs=a if isinstance(a, float) else None, **recipe)
+                macs=a if isinstance(a, float) else None, seed=_seed(name), **recipe)
         for name, backend, gran, a in table
     ]  # fmt: skip
+
+
+def _seed(name: str) -> int:
+    head, _, seed = name.rpartition("-seed")
+    return int(seed) if head and seed.isdigit() else 0
 
 
 DENSE = TrainConfig(epochs=20, lr=0.05, seed=0)
 FULL = _runs([
     ("magnitude-71x", "magnitude", "weight", ADMM),
     ("reweighted-71x", "reweighted", "weight", ADMM),
+    ("magnitude-71x-seed1", "magnitude", "weight", ADMM),
+    ("reweighted-71x-seed1", "reweighted", "weight", ADMM),
     ("admm-71x", "admm", "weight", ADMM),
     ("reweighted-147x", "reweighted", "weight", X150),
     ("reweighted-319x", "reweighted", "weight", X310),

@@ -43,6 +43,7 @@ class RunSpec:
     lr: float = 0.01
     finetune_lr: float | None = None
     distill: float = 0.0
+    seed: int = 0  # the backend's (data order, gates); a replicate of a run differs only here
     options: dict[str, Any] = field(default_factory=dict)
     bits: Any = None  # an object with allocate(model, graph) -> BitAllocation: kernel-wise bits
 
@@ -54,7 +55,7 @@ class RunSpec:
     def backend_config(self, progress: bool) -> BackendConfig:
         return BackendConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
                              finetune_lr=self.finetune_lr, distill=self.distill,
-                             options=dict(self.options),
+                             seed=self.seed, options=dict(self.options),
                              progress=progress)  # fmt: skip
 
     def prune_command(self, allocation: str, data_dir: str | None, out: str) -> str:
@@ -64,6 +65,8 @@ class RunSpec:
             parts.append(f"--finetune-lr {self.finetune_lr:g}")
         if self.distill:
             parts.append(f"--distill {self.distill:g}")
+        if self.seed:
+            parts.append(f"--seed {self.seed}")
         parts += [f"--backend-option {k}={v}" for k, v in sorted(self.options.items())]
         if data_dir:
             parts.append(f"--data-dir {data_dir}")
