@@ -61,6 +61,7 @@ FULL = _runs([
     ("reweighted-71x-seed1", "reweighted", "weight", ADMM),
     ("admm-71x", "admm", "weight", ADMM),
     ("reweighted-147x", "reweighted", "weight", X150),
+    ("magnitude-147x", "magnitude", "weight", X150),
     ("reweighted-319x", "reweighted", "weight", X310),
     ("magnitude-319x", "magnitude", "weight", X310),
     ("admm-319x", "admm", "weight", X310),

@@ -80,6 +80,8 @@ FULL = [
     # the same as magnitude-71x-binary, distilling the dense model (alpha 0.7) in both phases
     RunSpec("magnitude-71x-binary-distill", "magnitude", "weight", ratios=ADMM, bits=BINARY,
             distill=0.7, **RECIPE),  # fmt: skip
+    # the default backend on magnitude-71x-binary's allocation, bits and recipe
+    RunSpec("reweighted-71x-binary", "reweighted", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
 ]
 QUICK = [
     RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, epochs=1,
