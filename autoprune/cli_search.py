@@ -52,6 +52,13 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--n-jobs", type=int, help="optuna: worker processes sharing the study (default 1)"
     )
+    g.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        default=None,
+        help="optuna: do not make the uniform allocation a fresh study's first trial",
+    )
     g.add_argument("--steps", type=int, help="dsa: gradient steps on the keep ratios (default 200)")
     g.add_argument(
         "--train-weights",
@@ -104,6 +111,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "storage": args.storage,
         "study": args.study,
         "n_jobs": args.n_jobs,
+        "warm_start": args.warm_start,
         "steps": args.steps,
         "train_weights": args.train_weights,
     }

@@ -31,6 +31,7 @@ from autoprune.search.base import (
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
 from autoprune.search.study import SAMPLERS, StudySpec, check_study, open_storage, safe_url
 from autoprune.search.trials import quiet_optuna, run_workers
+from autoprune.search.uniform import UNIFORM_RATIO
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
@@ -63,6 +64,10 @@ class OptunaSearch(SearchMethod):
     pick: str = "best"  # from the Pareto front: best | knee | cheapest | 1% (cheapest within 1 pt)
     artifacts: bool = True  # a PNG keep-ratio chart per trial (needs a run directory)
     heartbeat_s: int = 10  # a trial whose process stops beating for 2x this is marked FAIL
+    # A fresh study's first trial is the uniform allocation (every ratio equal, projected), so the
+    # sampler starts from the baseline and the study never ends below it on its own proxy. One
+    # worker only: with several, two processes can pop the same enqueued trial (Optuna on SQLite).
+    warm_start: bool = True
 
     def __post_init__(self) -> None:
         if not isinstance(self.trials, int) or self.trials < 1:
@@ -96,6 +101,9 @@ class OptunaSearch(SearchMethod):
         )
         before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         check_study(study, problem, spec, resume=self.study is not None)
+        if self.warm_start and self.n_jobs == 1 and not study.get_trials(deepcopy=False):
+            names = [u.name for u in problem.cost_model.graph.units]
+            study.enqueue_trial({n: UNIFORM_RATIO for n in names})
         try:
             run_workers(spec, problem, study, self.n_jobs)
             return self._result(study, problem, spec, before)

@@ -20,6 +20,9 @@ from autoprune.search.base import (
 from autoprune.search.bit_space import random_bits, uniform_bits
 
 
+UNIFORM_RATIO = 0.5  # any equal ratio: the projection scales it until a budget binds
+
+
 @SEARCH_METHODS.register("uniform")
 @dataclass
 class Uniform(SearchMethod):
@@ -30,7 +33,7 @@ class Uniform(SearchMethod):
     supports_bits = True
 
     def search(self, problem: SearchProblem) -> SearchResult:
-        ratios = np.full(len(problem.sizes), 0.5)
+        ratios = np.full(len(problem.sizes), UNIFORM_RATIO)
         bits = None if problem.bits is None else uniform_bits(problem, problem.bits, ratios)
         keep = problem.project(ratios, bits)
         score = problem.score(keep, bits) if problem.evaluate is not None else None

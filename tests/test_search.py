@@ -169,3 +169,13 @@ def test_bare_search_command_has_documented_defaults() -> None:
     resolve_defaults(args)
     assert args.model is None and args.dense_epochs == 0
     assert method_options(args) == {"multi_objective": "macs", "study": "s", "n_jobs": 2}
+
+
+def test_optuna_starts_from_the_uniform_allocation() -> None:
+    problem = problem_for("lenet5", [("macs", "10%")], seed=1)  # seed 0's first draw is uniform
+    uniform = SEARCH_METHODS.get("uniform")().search(problem)
+    warm = OptunaSearch(trials=3, artifacts=False).search(problem)
+    cold = OptunaSearch(trials=3, artifacts=False, warm_start=False).search(problem)
+    assert warm.trials[0].keep.tolist() == uniform.keep.tolist()
+    assert cold.trials[0].keep.tolist() != uniform.keep.tolist()
+    assert warm.score is not None and uniform.score is not None and warm.score >= uniform.score
