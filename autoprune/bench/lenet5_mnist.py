@@ -59,6 +59,8 @@ FULL = _runs([
     ("reweighted-71x", "reweighted", "weight", ADMM),
     ("magnitude-71x-seed1", "magnitude", "weight", ADMM),
     ("reweighted-71x-seed1", "reweighted", "weight", ADMM),
+    ("magnitude-71x-seed2", "magnitude", "weight", ADMM),
+    ("reweighted-71x-seed2", "reweighted", "weight", ADMM),
     ("admm-71x", "admm", "weight", ADMM),
     ("reweighted-147x", "reweighted", "weight", X150),
     ("magnitude-147x", "magnitude", "weight", X150),
