@@ -189,6 +189,7 @@ class Reweighted(MaskTrainer):
             )
         self.model = model
         self.doomed = [torch.zeros_like(a) for a in aux]  # on, but outside the final keep
+        self.doomed_masks: dict[ParamKey, Tensor] = {}  # `doomed` on each parameter, per refresh
         self._refresh(0)
 
     def _targets(self, step: int) -> list[int]:
@@ -197,7 +198,8 @@ class Reweighted(MaskTrainer):
         return [cubic_keep(n, k, progress) for n, k in zip(sizes, self.keep, strict=True)]
 
     def _refresh(self, step: int) -> None:
-        for u, (a, target) in enumerate(zip(self.gates.aux, self._targets(step), strict=True)):
+        targets = self._targets(step)
+        for u, (a, target) in enumerate(zip(self.gates.aux, targets, strict=True)):
             a = a.detach()
             # Below the target-th largest gate (a selection, not a sort: this runs every refresh).
             below = a < torch.kthvalue(a, a.numel() - target + 1).values
@@ -209,12 +211,19 @@ class Reweighted(MaskTrainer):
             reweight = (1.0 + self.opts.eps) / (a.abs() + self.opts.eps)
             self.coef[u] = (f + self.opts.base) * reweight
         if self.opts.sync:
-            self.gates.hold(self._targets(step))
+            self.gates.hold(targets)
         if self.opts.shrink:
             for u, (a, on) in enumerate(zip(self.gates.aux, self.gates.on(), strict=True)):
                 final = torch.zeros_like(on)
                 final[top_keep(a.detach(), self.keep[u])] = True
                 self.doomed[u] = (on & ~final).to(a.dtype)
+            self._expand_doomed()
+
+    def _expand_doomed(self) -> None:
+        # once per refresh, not per step: `_shrink` runs on every step of the ramp
+        self.doomed_masks = {
+            key: self.umap.mask(key, self.doomed, fill=0.0) for key in self.umap.slices
+        }
 
     def after_step(self, step: int) -> None:
         self.aux_opt.step()  # the loss's say
@@ -235,9 +244,8 @@ class Reweighted(MaskTrainer):
     @torch.no_grad()
     def _shrink(self, rate: float) -> None:
         """Scale the weights of the doomed elements by (1 - rate)."""
-        for key in self.umap.slices:
+        for key, doomed in self.doomed_masks.items():
             raw = getattr(self.model.get_submodule(key[0]).parametrizations, key[1]).original
-            doomed = self.umap.mask(key, self.doomed, fill=0.0)
             raw.mul_(1.0 - rate * doomed.to(raw.dtype))
 
     def final_kept(self, model: nn.Module) -> list[Tensor]:
@@ -262,3 +270,5 @@ class Reweighted(MaskTrainer):
         self.coef = [t.clone() for t in state["coef"]]
         self.gates.held = state["held"]
         self.doomed = [t.clone() for t in state["doomed"]]
+        if self.opts.shrink:
+            self._expand_doomed()

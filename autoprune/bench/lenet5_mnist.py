@@ -26,6 +26,7 @@ from autoprune.bench.runner import (
     measure_run,
     recorded_command,
     run_specs,
+    split_seed,
 )
 from autoprune.errors import UsageError
 from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
@@ -43,14 +44,9 @@ def _runs(table: list[tuple[str, str, str, Any]], **recipe: Any) -> list[RunSpec
     a name ending in -seedN is that run again with backend seed N."""
     return [
         RunSpec(name, backend, gran, ratios=None if isinstance(a, float) else a,  # type: ignore[arg-type]
-                macs=a if isinstance(a, float) else None, seed=_seed(name), **recipe)
+                macs=a if isinstance(a, float) else None, seed=split_seed(name)[1], **recipe)
         for name, backend, gran, a in table
     ]  # fmt: skip
-
-
-def _seed(name: str) -> int:
-    head, _, seed = name.rpartition("-seed")
-    return int(seed) if head and seed.isdigit() else 0
 
 
 DENSE = TrainConfig(epochs=20, lr=0.05, seed=0)

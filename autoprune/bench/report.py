@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from autoprune.bench.runner import split_seed
+
 REFERENCE = """\
 | method | weights kept | ratio | accuracy |
 |---|---|---|---|
@@ -34,8 +36,7 @@ def replicate_groups(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any
     """Runs by name with any -seedN suffix removed: a run and its seed replicates."""
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in sorted(rows, key=lambda r: r["run"]):
-        head, _, seed = r["run"].rpartition("-seed")
-        groups.setdefault(head if head and seed.isdigit() else r["run"], []).append(r)
+        groups.setdefault(split_seed(r["run"])[0], []).append(r)
     return groups
 
 
@@ -52,17 +53,18 @@ def _accs(group: list[dict[str, Any]]) -> str:
     return f"{mean} (mean of {len(group)} seeds: {seeds})"
 
 
-def _noise(diff: float, runs: list[dict[str, Any]]) -> str:
-    """A note when a difference is smaller than the spread between seeds of one run."""
-    spreads = [max(accs) - min(accs) for accs in _seed_accs(runs) if len(accs) > 1]
+def _noise(diff: float, groups: list[list[dict[str, Any]]]) -> str:
+    """A note when a difference is smaller than the spread between the seeds of one group."""
+    spreads = [_spread(g) for g in groups if len(g) > 1]
     if not spreads or abs(diff) >= max(spreads):
         return ""
     spread = 100 * max(spreads)
     return f"; {100 * diff:+.2f} points, within seed noise (seeds differ by up to {spread:.2f})"
 
 
-def _seed_accs(runs: list[dict[str, Any]]) -> list[list[float]]:
-    return [[r["test_accuracy"] for r in g] for g in replicate_groups(runs).values()]
+def _spread(group: list[dict[str, Any]]) -> float:
+    accs = [r["test_accuracy"] for r in group]
+    return max(accs) - min(accs)
 
 
 def checks(summary: dict[str, Any]) -> list[str]:
@@ -101,7 +103,7 @@ def checks(summary: dict[str, Any]) -> list[str]:
                 verdict = "beats" if mine > theirs else "does not beat"
                 lines.append(
                     f"- {name} {verdict} {other_name} at the same allocation: "
-                    f"{_accs(g)} vs {_accs(other)}{_noise(mine - theirs, g + other)}"
+                    f"{_accs(g)} vs {_accs(other)}{_noise(mine - theirs, [g, other])}"
                 )
     return lines
 

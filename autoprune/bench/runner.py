@@ -73,6 +73,12 @@ class RunSpec:
         return " ".join([*parts, f"--out {out}"])
 
 
+def split_seed(name: str) -> tuple[str, int]:
+    """A run name NAME-seedN as (NAME, N); any other name as (name, 0)."""
+    head, _, seed = name.rpartition("-seed")
+    return (head, int(seed)) if head and seed.isdigit() else (name, 0)
+
+
 COMMAND_FILE = "command.txt"  # in a run directory: the exact `autoprune prune` that made it
 
 
