@@ -163,16 +163,16 @@ class Allocation:
                 input_size=tuple(int(v) for v in model["input_size"]),  # type: ignore[arg-type]
                 num_classes=int(model["num_classes"]),
                 units=units,
-                budgets=[Budget.from_dict(b) for b in d.get("budgets", [])],
-                predicted={k: float(v) for k, v in d.get("predicted", {}).items()},
-                dense={k: float(v) for k, v in d.get("dense", {}).items()},
-                provenance=dict(d.get("provenance", {})),
+                budgets=[Budget.from_dict(b) for b in d.get("budgets") or []],
+                predicted={k: float(v) for k, v in (d.get("predicted") or {}).items()},
+                dense={k: float(v) for k, v in (d.get("dense") or {}).items()},
+                provenance=dict(d.get("provenance") or {}),
                 dataset=d.get("dataset"),
                 checkpoint=d.get("checkpoint"),
                 act_bits=d.get("act_bits"),
                 weight_bits=d.get("weight_bits"),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AllocationError(f"{source} is malformed ({type(e).__name__}: {e}); regenerate it") from None
 
     def save(self, path: str | Path) -> None:

@@ -63,6 +63,9 @@ def test_other_model_is_refused() -> None:
         lambda d: d["units"][0].update(keep=10**9),
         lambda d: d["units"][0].update(keep=2.5),
         lambda d: d.pop("model"),
+        lambda d: d.update(predicted=[1, 2]),
+        lambda d: d.update(units=[7]),
+        lambda d: d["model"].update(input_size=None),
     ],
 )
 def test_malformed_files_are_refused(tmp_path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
@@ -74,6 +77,16 @@ def test_malformed_files_are_refused(tmp_path: Path, mutate) -> None:  # type: i
     with pytest.raises(AllocationError) as e:
         Allocation.load(path)
     assert "\n" not in str(e.value)
+
+
+def test_null_optional_fields_read_as_empty(tmp_path: Path) -> None:
+    alloc, _ = _alloc()
+    data = alloc.to_dict() | {"predicted": None, "dense": None, "provenance": None}
+    path = tmp_path / "allocation.json"
+    path.write_text(json.dumps(data))
+    loaded = Allocation.load(path)
+    assert loaded.predicted == {} and loaded.dense == {} and loaded.provenance == {}
+    assert [u.keep for u in loaded.units] == [u.keep for u in alloc.units]
 
 
 def test_missing_file(tmp_path: Path) -> None:
