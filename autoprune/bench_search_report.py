@@ -58,7 +58,11 @@ def checks(summary: dict[str, Any]) -> list[str]:
         for method in [m for m in ("optuna", "rl", "dsa") if m in by and "uniform" in by]:
             o, u = by[method]["test_accuracy"], by["uniform"]["test_accuracy"]
             verdict = "beats" if o > u else "does NOT beat"
-            within = f"; within seed noise (+-{100 * noise:.2f})" if abs(o - u) <= noise else ""
+            paired = paired_noise(by[method], by["uniform"])
+            bound = noise if paired is None else paired[2]
+            within = f"; within seed noise (+-{100 * bound:.2f})" if abs(o - u) <= bound else ""
+            if paired is not None:
+                within = f"; ahead on {paired[0]} of {paired[1]} seeds{within}"
             lines.append(
                 f"- {budget} MACs: {method} {verdict} uniform on final test accuracy "
                 f"({_pct(o)} vs {_pct(u)}, {100 * (o - u):+.2f} points{within})"
@@ -81,6 +85,17 @@ TABLE_HEAD = (
     "| method | proxy (val) accuracy | final test accuracy: mean (per seed) | search wall time "
     "| trials | MACs (measured) | keep per unit |\n|---|---:|---:|---:|---:|---:|---|"
 )
+
+
+def paired_noise(a: dict[str, Any], b: dict[str, Any]) -> tuple[int, int, float] | None:
+    """Seeds on which `a` is ahead of `b`, the seed count, and two standard errors of the mean
+    per-seed difference, when both rows were trained with the same seeds: a seed moves every
+    allocation's accuracy together, so the paired spread is the honest noise."""
+    xs, ys = a.get("test_accuracies", []), b.get("test_accuracies", [])
+    if len(xs) < 2 or len(xs) != len(ys):
+        return None
+    d = np.asarray(xs) - np.asarray(ys)
+    return int((d > 0).sum()), len(d), float(2 * d.std(ddof=1) / np.sqrt(len(d)))
 
 
 def seed_noise(rows: list[dict[str, Any]]) -> float:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.bench_search_report import checks, render_readme, spearman
+from autoprune.bench_search_report import checks, paired_noise, render_readme, spearman
 
 
 def test_spearman_ranks_with_ties_and_refuses_degenerate_input() -> None:
@@ -31,7 +31,8 @@ def test_readme_states_whether_optuna_beats_uniform(tmp_path: Path) -> None:
         {**row, "method": "uniform", "budget": "10%", "test_accuracy": 0.95},
         {**row, "method": "optuna", "budget": "10%", "test_accuracy": 0.97},
         {**row, "method": "uniform", "budget": "5%", "test_accuracy": 0.93, **seeds},
-        {**row, "method": "optuna", "budget": "5%", "test_accuracy": 0.9295, **seeds},
+        {**row, "method": "optuna", "budget": "5%", "test_accuracy": 0.9295,
+         "test_accuracies": [0.9495, 0.9515, 0.9475]},  # paired: -0.05, +0.05, -0.15 points
     ]
     points = [{"keep": [i], "proxy_accuracy": i / 10, "test_accuracy": i / 10} for i in range(3)]
     summary = {
@@ -55,9 +56,21 @@ def test_readme_states_whether_optuna_beats_uniform(tmp_path: Path) -> None:
     lines = checks(summary)
     assert lines[0].startswith("- 10% MACs: optuna beats uniform") and "+2.00 points" in lines[0]
     assert lines[1].startswith("- 5% MACs: optuna does NOT beat uniform")
-    assert "within seed noise (+-0.16)" in lines[1] and "noise" not in lines[0]
+    assert "ahead on 1 of 3 seeds; within seed noise (+-0.12)" in lines[1]
+    assert "noise" not in lines[0] and "seeds" not in lines[0]
     text = render_readme(summary, tmp_path)
     assert (
         "| optuna | 90.00% | 97.00% | 1.0 s | 4 |" in text
         and (tmp_path / "proxy_vs_final.png").is_file()
     )
+
+
+def test_a_small_lead_on_every_seed_is_not_called_noise() -> None:
+    """Seeds move both rows together: 0.05 points ahead on each of three seeds that differ by
+    a whole point is a win, not noise."""
+    uniform = {"test_accuracies": [0.95, 0.96, 0.97]}
+    method = {"test_accuracies": [0.9505, 0.9604, 0.9706]}
+    ahead, n, bound = paired_noise(method, uniform)
+    assert (ahead, n) == (3, 3) and 0 < bound < 0.0005
+    assert paired_noise(method, {"test_accuracies": [0.95, 0.96]}) is None
+    assert paired_noise({"test_accuracies": [0.95]}, {"test_accuracies": [0.95]}) is None
