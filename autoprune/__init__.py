@@ -4,6 +4,6 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from autoprune.errors import AutoPruneError  # noqa: E402
+from autoprune.errors import AutoPruneError
 
 __all__ = ["AutoPruneError", "__version__"]

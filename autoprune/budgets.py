@@ -10,7 +10,13 @@ from autoprune.errors import BudgetError
 
 # CLI flag suffix -> cost-model metric. "FLOPs" means conv + linear multiply-accumulates (the
 # convention of AMC, Torch-Pruning and OTO); reports print MACs and 2 x MACs.
-FLAG_METRIC = {"flops": "macs", "params": "params", "size": "size", "bops": "bops", "latency": "latency"}
+FLAG_METRIC = {
+    "flops": "macs",
+    "params": "params",
+    "size": "size",
+    "bops": "bops",
+    "latency": "latency",
+}
 METRIC_FLAG = {v: k for k, v in FLAG_METRIC.items()}
 
 _COUNT_SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
@@ -42,7 +48,12 @@ class Budget:
         return f"--budget-{METRIC_FLAG[self.metric]}"
 
     def to_dict(self) -> dict[str, object]:
-        return {"metric": self.metric, "value": self.value, "relative": self.relative, "text": self.text}
+        return {
+            "metric": self.metric,
+            "value": self.value,
+            "relative": self.relative,
+            "text": self.text,
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, object]) -> Budget:
@@ -59,7 +70,7 @@ def parse_budget(metric: str, text: str) -> Budget:
     m = re.fullmatch(_NUMBER + r"\s*%", s)
     if m:
         pct = _number(m)
-        if not 0 < pct:
+        if not pct > 0:
             raise BudgetError(f"{flag} {text!r} must be a positive percentage of the dense model")
         return Budget(metric, pct / 100.0, relative=True, text=str(text))
     m = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", s)
@@ -96,10 +107,14 @@ def format_value(metric: str, value: float) -> str:
     return f"{value:.0f}"
 
 
-def check_budgets(budgets: Sequence[Budget], dense: dict[str, float], smallest: dict[str, float]) -> dict[str, float]:
+def check_budgets(
+    budgets: Sequence[Budget], dense: dict[str, float], smallest: dict[str, float]
+) -> dict[str, float]:
     """Absolute limit per metric; errors for budgets that are met already or cannot be met."""
     if not budgets:
-        raise BudgetError("no budget given; pass at least one of --budget-flops/-params/-size/-bops/-latency")
+        raise BudgetError(
+            "no budget given; pass at least one of --budget-flops/-params/-size/-bops/-latency"
+        )
     limits: dict[str, float] = {}
     for b in budgets:
         if b.metric in limits:
@@ -107,14 +122,16 @@ def check_budgets(budgets: Sequence[Budget], dense: dict[str, float], smallest: 
         limit = b.limit(dense[b.metric])
         if limit >= dense[b.metric]:
             raise BudgetError(
-                f"{b.flag} {b.text} is at or above the dense model's {format_value(b.metric, dense[b.metric])}"
+                f"{b.flag} {b.text} is at or above the dense model's "
+                f"{format_value(b.metric, dense[b.metric])}"
                 f": nothing needs pruning; ask for less than that"
             )
         if limit < smallest[b.metric]:
             raise BudgetError(
                 f"{b.flag} {b.text} is below the smallest feasible model "
                 f"({format_value(b.metric, smallest[b.metric])}, "
-                f"{100 * smallest[b.metric] / dense[b.metric]:.2f}% of dense); ask for at least that"
+                f"{100 * smallest[b.metric] / dense[b.metric]:.2f}% of dense); "
+                f"ask for at least that"
             )
         limits[b.metric] = limit
     return limits

@@ -43,8 +43,14 @@ class Command:
 
 
 def _common(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
-    p.add_argument("--model", required=model_required, help="zoo or torchvision name, or pkg.module:factory")
-    p.add_argument("--dataset", default="digits", help="digits (default) | mnist | fashion-mnist | cifar10 | imagefolder | fake")
+    p.add_argument(
+        "--model", required=model_required, help="zoo or torchvision name, or pkg.module:factory"
+    )
+    p.add_argument(
+        "--dataset",
+        default="digits",
+        help="digits (default) | mnist | fashion-mnist | cifar10 | imagefolder | fake",
+    )
     p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
     p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
     p.add_argument("--limit", type=int, help="use at most N samples per split (quick runs)")
@@ -73,15 +79,28 @@ def before_after_table(metrics: dict[str, Any]) -> str:
         ("MACs", format_value("macs", d["macs"]), format_value("macs", f["macs"])),
         ("FLOPs (2 x MACs)", format_value("macs", d["flops"]), format_value("macs", f["flops"])),
         ("params", format_value("params", d["params"]), format_value("params", f["params"])),
-        ("nonzero params", format_value("params", d["nonzero_params"]), format_value("params", f["nonzero_params"])),
+        (
+            "nonzero params",
+            format_value("params", d["nonzero_params"]),
+            format_value("params", f["nonzero_params"]),
+        ),
     ]
     if d.get("latency_s") and f.get("latency_s"):
-        rows.append(("latency (batch 1)", format_value("latency", d["latency_s"]), format_value("latency", f["latency_s"])))
+        rows.append(
+            (
+                "latency (batch 1)",
+                format_value("latency", d["latency_s"]),
+                format_value("latency", f["latency_s"]),
+            )
+        )
     w = max(len(r[0]) for r in rows)
     lines = [f"{'':{w}}  {'dense':>12}  {'final':>12}"]
     lines += [f"{a:{w}}  {b:>12}  {c:>12}" for a, b, c in rows]
     if "compression_ratio" in metrics:
-        lines.append(f"compression {metrics['compression_ratio']:.2f}x (weights), MACs {metrics['macs_ratio']:.2f}x")
+        lines.append(
+            f"compression {metrics['compression_ratio']:.2f}x (weights), "
+            f"MACs {metrics['macs_ratio']:.2f}x"
+        )
     return "\n".join(lines)
 
 
@@ -102,13 +121,18 @@ class Train(Command):
 
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
                           optimizer=args.optimizer, seed=args.seed)  # fmt: skip
-        metrics = run_train(TrainRun(args.model, args.dataset, args.out, args.data_dir, args.input_size,
-                                     cfg, args.limit, not args.quiet, args.force))  # fmt: skip
+        metrics = run_train(TrainRun(args.model, args.dataset, args.out, args.data_dir,
+                                     args.input_size, cfg, args.limit, not args.quiet,
+                                     args.force))  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2, default=float))
         else:
             acc = metrics["final"]["accuracy"]
-            _print(args, f"dense {args.model} on {args.dataset}: test accuracy {100 * acc:.2f}%; wrote {args.out}")
+            _print(
+                args,
+                f"dense {args.model} on {args.dataset}: test accuracy {100 * acc:.2f}%; "
+                f"wrote {args.out}",
+            )
         return 0
 
 
@@ -125,7 +149,12 @@ class Profile(Command):
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.profile import profile, render_profile
 
-        report = profile(args.model, input_size=args.input_size, dataset=args.dataset, granularity=args.granularity)
+        report = profile(
+            args.model,
+            input_size=args.input_size,
+            dataset=args.dataset,
+            granularity=args.granularity,
+        )
         print(json.dumps(report, indent=2) if args.json else render_profile(report))
         return 0
 
@@ -139,7 +168,11 @@ def _budgets(args: argparse.Namespace) -> list[Budget]:
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="reweighted", help="reweighted (default) | admm | magnitude | greg | hspg")
+    p.add_argument(
+        "--backend",
+        default="reweighted",
+        help="reweighted (default) | admm | magnitude | greg | hspg",
+    )
     p.add_argument("--epochs", type=int, default=10, help="backend pruning epochs")
     p.add_argument("--finetune-epochs", type=int, default=5)
     p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
@@ -169,7 +202,8 @@ def _backend_cfg(args: argparse.Namespace) -> Any:
     return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
                          finetune_lr=args.finetune_lr, distill=args.distill,
                          batch_size=args.batch_size, importance=args.importance, seed=args.seed,
-                         progress=not args.quiet, options=_backend_options(args.backend_option))  # fmt: skip
+                         progress=not args.quiet,
+                         options=_backend_options(args.backend_option))  # fmt: skip
 
 
 class Search(Command):
@@ -180,14 +214,27 @@ class Search(Command):
         p.add_argument("--checkpoint", help="dense checkpoint (from `autoprune train`)")
         for flag in FLAG_METRIC:
             p.add_argument(f"--budget-{flag}", metavar="B")
-        p.add_argument("--method", default=DEFAULT_METHOD, help="optuna (default) | uniform | random | rl | dsa")
+        p.add_argument(
+            "--method",
+            default=DEFAULT_METHOD,
+            help="optuna (default) | uniform | random | rl | dsa",
+        )
         p.add_argument("--granularity", choices=["channel", "weight"], default="channel")
-        p.add_argument("--no-prune", action="store_true", help="export the allocation without backend training")
-        p.add_argument("--dense-epochs", type=int,
-                       help="without --checkpoint: train the dense model this long first (default 1)")  # fmt: skip
+        p.add_argument(
+            "--no-prune", action="store_true", help="export the allocation without backend training"
+        )
+        p.add_argument(
+            "--dense-epochs",
+            type=int,
+            help="without --checkpoint: train the dense model this long first (default 1)",
+        )
         p.add_argument("--min-ratio", type=float, default=0.05, help="smallest keep ratio per unit")
-        p.add_argument("--latency-table", metavar="FILE",
-                       help="for --budget-latency: a table from `autoprune latency-table` (default: measure one)")  # fmt: skip
+        p.add_argument(
+            "--latency-table",
+            metavar="FILE",
+            help="for --budget-latency: a table from `autoprune latency-table` "
+            "(default: measure one)",
+        )
         add_search_arguments(p)
         p.add_argument("--episodes", type=int, help="rl: episodes the agent plays (default 200)")
         p.add_argument("--agent", help="rl: ddpg (default) | td3 | sac")
@@ -195,27 +242,41 @@ class Search(Command):
         p.add_argument("--out", help="run directory (default runs/search-MODEL-DATASET-TIMESTAMP)")
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.cli_search import bit_space, evaluator_config, method_options, resolve_defaults
+        from autoprune.cli_search import (
+            bit_space,
+            evaluator_config,
+            method_options,
+            resolve_defaults,
+        )
         from autoprune.compress import SearchRun, run_search
         from autoprune.projection import ProjectionConfig
         from autoprune.training import TrainConfig
 
         budgets = _budgets(args)
         if not budgets:
-            raise UsageError("no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)")
+            raise UsageError(
+                "no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)"
+            )
         resolve_defaults(args)
         options = method_options(args)
-        options.update({k: v for k, v in {"episodes": args.episodes, "agent": args.agent}.items() if v is not None})
+        options.update(
+            {
+                k: v
+                for k, v in {"episodes": args.episodes, "agent": args.agent}.items()
+                if v is not None
+            }
+        )
         cfg = SearchRun(
-            dataset=args.dataset, out=args.out, budgets=budgets, model=args.model, data_dir=args.data_dir,
+            dataset=args.dataset, out=args.out, budgets=budgets, model=args.model,
+            data_dir=args.data_dir,
             checkpoint=args.checkpoint, input_size=args.input_size, method=args.method,
             method_options=options, evaluator=evaluator_config(args), resume=args.study is not None,
             granularity=args.granularity, seed=args.seed, no_prune=args.no_prune,
             backend=args.backend, backend_cfg=_backend_cfg(args),
             projection=ProjectionConfig(min_ratio=args.min_ratio),
             dense_train=TrainConfig(epochs=args.dense_epochs, seed=args.seed),
-            limit=args.limit, progress=not args.quiet, overwrite=args.force, latency_table=args.latency_table,
-            bits=bit_space(args),
+            limit=args.limit, progress=not args.quiet, overwrite=args.force,
+            latency_table=args.latency_table, bits=bit_space(args),
         )  # fmt: skip
         metrics = run_search(cfg)
         _finish(args, metrics, args.out)
@@ -232,12 +293,16 @@ class Prune(Command):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--allocation", required=True)
-        p.add_argument("--checkpoint", help="dense checkpoint (default: the one the allocation names)")
+        p.add_argument(
+            "--checkpoint", help="dense checkpoint (default: the one the allocation names)"
+        )
         p.add_argument("--dataset", help="default: the allocation's")
         p.add_argument("--data-dir")
         p.add_argument("--limit", type=int)
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+        p.add_argument(
+            "--resume", action="store_true", help="continue an interrupted run from its last epoch"
+        )
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--json", action="store_true")
         p.add_argument("--force", action="store_true")
@@ -247,8 +312,9 @@ class Prune(Command):
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.compress import PruneRun, run_prune
 
-        cfg = PruneRun(args.allocation, args.out, args.backend, _backend_cfg(args), args.data_dir, args.dataset,
-                       args.checkpoint, args.limit, not args.quiet, args.force, args.resume)  # fmt: skip
+        cfg = PruneRun(args.allocation, args.out, args.backend, _backend_cfg(args), args.data_dir,
+                       args.dataset, args.checkpoint, args.limit, not args.quiet, args.force,
+                       args.resume)  # fmt: skip
         _finish(args, run_prune(cfg), args.out)
         return 0
 
@@ -266,7 +332,9 @@ class Eval(Command):
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.evaluate_run import evaluate_run
 
-        report = evaluate_run(args.run, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit)
+        report = evaluate_run(
+            args.run, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit
+        )
         if args.json:
             print(json.dumps(report, indent=2, default=float))
         else:
@@ -275,16 +343,26 @@ class Eval(Command):
 
 
 class LatencyTableCmd(Command):
-    name, help = "latency-table", "time every prunable layer over kept widths on this machine (JSON table)"
+    name, help = (
+        "latency-table",
+        "time every prunable layer over kept widths on this machine (JSON table)",
+    )
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True)
         p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
-        p.add_argument("--num-classes", type=int,
-                       help="classifier outputs; must match the searched model (default: the model's own)")  # fmt: skip
+        p.add_argument(
+            "--num-classes",
+            type=int,
+            help="classifier outputs; must match the searched model (default: the model's own)",
+        )
         p.add_argument("--batch", type=int, default=1, help="images per timed forward pass")
-        p.add_argument("--threads", type=int, help="torch threads while timing (default: torch's setting)")
-        p.add_argument("--rounds", type=int, default=9, help="interleaved timing rounds; medians are kept")
+        p.add_argument(
+            "--threads", type=int, help="torch threads while timing (default: torch's setting)"
+        )
+        p.add_argument(
+            "--rounds", type=int, default=9, help="interleaved timing rounds; medians are kept"
+        )
         p.add_argument("--out", help="JSON file to write (default: latency-MODEL-CxHxW.json)")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--json", action="store_true")
@@ -301,18 +379,25 @@ class LatencyTableCmd(Command):
                 raise UsageError(f"--{flag.replace('_', '-')} {value} must be a positive integer")
         if args.threads:
             torch.set_num_threads(args.threads)
-        cfg = LatencyConfig(batch=args.batch, timing=TimingConfig(rounds=args.rounds, threads=args.threads))
-        table = table_for(args.model, input_size=args.input_size, num_classes=args.num_classes, cfg=cfg,
-                          progress=not (args.quiet or args.json))  # fmt: skip
+        cfg = LatencyConfig(
+            batch=args.batch, timing=TimingConfig(rounds=args.rounds, threads=args.threads)
+        )
+        table = table_for(args.model, input_size=args.input_size, num_classes=args.num_classes,
+                          cfg=cfg, progress=not (args.quiet or args.json))  # fmt: skip
         size = "x".join(map(str, table.input_size))
-        out = args.out or f"latency-{''.join(c if c.isalnum() else '_' for c in args.model)}-{size}.json"
+        out = (
+            args.out
+            or f"latency-{''.join(c if c.isalnum() else '_' for c in args.model)}-{size}.json"
+        )
         table.save(out)
         if args.json:
             print(json.dumps(table.to_dict(), indent=2))
         else:
             _print(args, f"{args.model} @ {size}: {len(table.layers)} layers, dense "
-                         f"{format_value('latency', table.info['dense_model_s'])} at batch {table.batch}, "
-                         f"{table.threads} threads, other jobs busy {table.info['others_cores']} cores; wrote {out}")  # fmt: skip
+                         f"{format_value('latency', table.info['dense_model_s'])} "
+                         f"at batch {table.batch}, {table.threads} threads, "
+                         f"other jobs busy {table.info['others_cores']} cores; "
+                         f"wrote {out}")  # fmt: skip
         return 0
 
 
@@ -335,7 +420,10 @@ class Export(Command):
             print(json.dumps(report, indent=2))
         else:
             diff = max(report["max_abs_diff"].values())
-            print(f"wrote {report['onnx']} ({report['bytes']:,} bytes); outputs match model.pt2 within {diff:.2g}")
+            print(
+                f"wrote {report['onnx']} ({report['bytes']:,} bytes); "
+                f"outputs match model.pt2 within {diff:.2g}"
+            )
         return 0
 
 
@@ -344,10 +432,15 @@ class Dashboard(Command):
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("run", nargs="?", help="run directory of `autoprune search --method optuna`")
-        p.add_argument("--storage", metavar="URL", help="an Optuna storage URL instead of (or besides) RUN")
+        p.add_argument(
+            "--storage", metavar="URL", help="an Optuna storage URL instead of (or besides) RUN"
+        )
         p.add_argument("--port", type=int, default=8080)
-        p.add_argument("--screenshot", metavar="FILE.png",
-                       help="render the study in headless Chromium, save the PNG and exit")  # fmt: skip
+        p.add_argument(
+            "--screenshot",
+            metavar="FILE.png",
+            help="render the study in headless Chromium, save the PNG and exit",
+        )
         p.add_argument("--browser", help="with --screenshot: the Chromium executable")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -368,8 +461,12 @@ class Bench(Command):
         p.add_argument("benchmark", help="lenet5-mnist")
         p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
         p.add_argument("--out", help="default: results/NAME")
-        p.add_argument("--quick", action="store_true", help="embedded digits data and an epoch or two")
-        p.add_argument("--only", help="comma-separated run names (default: all); finished runs are reused")
+        p.add_argument(
+            "--quick", action="store_true", help="embedded digits data and an epoch or two"
+        )
+        p.add_argument(
+            "--only", help="comma-separated run names (default: all); finished runs are reused"
+        )
         p.add_argument("--force", action="store_true", help="redo finished runs")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--json", action="store_true")
@@ -384,12 +481,24 @@ class Bench(Command):
         if args.json:
             print(json.dumps(summary, indent=2, default=float))
         else:
-            _print(args, f"wrote {args.out or 'results/' + args.benchmark}/README.md ({len(summary['runs'])} runs)")
+            _print(
+                args,
+                f"wrote {args.out or 'results/' + args.benchmark}/README.md "
+                f"({len(summary['runs'])} runs)",
+            )
         return 0
 
 
 COMMANDS: list[Command] = [
-    Train(), Profile(), Search(), Prune(), Eval(), LatencyTableCmd(), Export(), Dashboard(), Bench(),
+    Train(),
+    Profile(),
+    Search(),
+    Prune(),
+    Eval(),
+    LatencyTableCmd(),
+    Export(),
+    Dashboard(),
+    Bench(),
 ]
 
 
@@ -414,7 +523,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"autoprune {args.command}: error: {msg}", file=sys.stderr)
         return e.exit_code
     except FileExistsError as e:
-        print(f"autoprune {args.command}: error: {e} exists; choose another --out or pass --force", file=sys.stderr)
+        print(
+            f"autoprune {args.command}: error: {e} exists; choose another --out or pass --force",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print(f"autoprune {args.command}: interrupted", file=sys.stderr)

@@ -62,7 +62,8 @@ class SearchRun:
     input_size: tuple[int, int, int] | None = None
     method: str = "uniform"
     method_options: dict[str, Any] = field(default_factory=dict)
-    resume: bool = False  # continue an interrupted run in its staging folder (see autoprune.staging)
+    # continue an interrupted run in its staging folder (see autoprune.staging)
+    resume: bool = False
     granularity: Granularity = "channel"
     seed: int = 0
     no_prune: bool = False
@@ -85,7 +86,10 @@ def make_method(name: str, options: dict[str, Any]) -> SearchMethod:
     allowed = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     unknown = sorted(set(options) - allowed)
     if unknown:
-        raise UsageError(f"search method {name!r} takes no option {', '.join(unknown)}; it takes {sorted(allowed)}")
+        raise UsageError(
+            f"search method {name!r} takes no option {', '.join(unknown)}; "
+            f"it takes {sorted(allowed)}"
+        )
     return cls(**options)
 
 
@@ -100,16 +104,24 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
-                                 checkpoint=cfg.checkpoint, input_size=cfg.input_size, limit=cfg.limit)  # fmt: skip
+                                 checkpoint=cfg.checkpoint, input_size=cfg.input_size,
+                                 limit=cfg.limit)  # fmt: skip
     graph, cost_model = trace(loaded, cfg.granularity)
-    latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model, table_path=cfg.latency_table,
-                             run_dir=cfg.out, cfg=cfg.latency, progress=cfg.progress)  # fmt: skip
+    latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model,
+                             table_path=cfg.latency_table, run_dir=cfg.out, cfg=cfg.latency,
+                             progress=cfg.progress)  # fmt: skip
     smallest = None if cfg.bits is None else cost_model.with_bits(smallest_bits(graph, cfg.bits))
-    limits, dense_costs = resolve_limits(cfg.budgets, cost_model, cfg.projection, smallest_model=smallest)
+    limits, dense_costs = resolve_limits(
+        cfg.budgets, cost_model, cfg.projection, smallest_model=smallest
+    )
     method = make_method(cfg.method, cfg.method_options)
     if cfg.bits is not None and not method.supports_bits:
-        bit_methods = sorted(n for n in SEARCH_METHODS.names() if SEARCH_METHODS.get(n).supports_bits)
-        raise UsageError(f"--bits: search method {cfg.method!r} does not choose bits; use one of {bit_methods}")
+        bit_methods = sorted(
+            n for n in SEARCH_METHODS.names() if SEARCH_METHODS.get(n).supports_bits
+        )
+        raise UsageError(
+            f"--bits: search method {cfg.method!r} does not choose bits; use one of {bit_methods}"
+        )
     backend = None if cfg.no_prune else get_backend(cfg.backend)()
     _refuse_existing(cfg.out, cfg.overwrite)
     refuse_interrupted(cfg.out, resume=cfg.resume, overwrite=cfg.overwrite)
@@ -120,7 +132,8 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         if latency is not None:
             latency.save(stage / TABLE_FILE)
         checkpoint = cfg.checkpoint
-        if checkpoint is None:  # no dense checkpoint given: train one (or keep the init) and keep it
+        # no dense checkpoint given: train one (or keep the init) and keep it
+        if checkpoint is None:
             t = time.perf_counter()
             if not (cfg.resume and restore_dense(loaded.model, stage)):
                 _train_dense(loaded, cfg.dense_train, cfg.progress)
@@ -137,9 +150,11 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         if method.needs_evaluator:
             evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg.evaluator)
         context = SearchContext(loaded.model, graph, loaded.data.train, loaded.data.val)
-        problem = SearchProblem(cost_model, limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
-                                progress=cfg.progress, context=context, bits=cfg.bits,
-                                kernel_counts=_kernel_counts(cfg, loaded, cost_model, evaluate))  # fmt: skip
+        problem = SearchProblem(
+            cost_model, limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
+            progress=cfg.progress, context=context, bits=cfg.bits,
+            kernel_counts=_kernel_counts(cfg, loaded, cost_model, evaluate),
+        )  # fmt: skip
         result = method.search(problem)
         timings["search"] = time.perf_counter() - t
 
@@ -149,10 +164,14 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
         bit_info = {} if cfg.bits is None else {"bit_space": cfg.bits.to_json()}
         allocation = Allocation.from_keep(
             graph, keep, num_classes=loaded.num_classes, budgets=cfg.budgets, predicted=predicted,
-            dense=dense_costs, method=cfg.method, seed=cfg.seed, dataset=cfg.dataset, checkpoint=checkpoint,
-            extra={"proxy_accuracy": result.score, "trials": len(result.trials), **bit_info}, bits=result.bits,
+            dense=dense_costs, method=cfg.method, seed=cfg.seed, dataset=cfg.dataset,
+            checkpoint=checkpoint,
+            extra={"proxy_accuracy": result.score, "trials": len(result.trials), **bit_info},
+            bits=result.bits,
         )  # fmt: skip
-        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
+        dense_metrics = model_metrics(
+            loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False
+        )
         model, kept, history, t = loaded.model, None, [], time.perf_counter()
         bits = allocation.bit_allocation(graph)
         match = None
@@ -178,11 +197,12 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
                        "seconds": timings["search"], **result.info},
             "history": history, "wall_time_s": timings,
         }  # fmt: skip
-        metrics = finish_run(stage, loaded, graph, allocation, model, kept, dense_metrics=dense_metrics,
-                             extra=extra, latency_batch=latency.batch if latency else 1)  # fmt: skip
+        metrics = finish_run(stage, loaded, graph, allocation, model, kept,
+                             dense_metrics=dense_metrics, extra=extra,
+                             latency_batch=latency.batch if latency else 1)  # fmt: skip
         _write_trials(stage, result)
-        write_search_report(stage, graph=graph, result=result, keep=keep, limits=limits, metrics=metrics,
-                            method=cfg.method)  # fmt: skip
+        write_search_report(stage, graph=graph, result=result, keep=keep, limits=limits,
+                            metrics=metrics, method=cfg.method)  # fmt: skip
     return metrics
 
 
@@ -207,13 +227,22 @@ def _train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:
     if train.epochs <= 0:
         return
     set_seed(train.seed)
-    loader = make_loader(loaded.data.train, batch_size=train.batch_size, shuffle=True, seed=train.seed)
+    loader = make_loader(
+        loaded.data.train, batch_size=train.batch_size, shuffle=True, seed=train.seed
+    )
     fit(loaded.model, loader, _loader(loaded.data.val), train, progress=progress)
 
 
 def _run_backend(
-    backend: Any, loaded: Loaded, graph: Any, keep: np.ndarray, cfg: BackendConfig, stage: Path,
-    *, bits: BitAllocation | None = None, match: PricedKernels | None = None,
+    backend: Any,
+    loaded: Loaded,
+    graph: Any,
+    keep: np.ndarray,
+    cfg: BackendConfig,
+    stage: Path,
+    *,
+    bits: BitAllocation | None = None,
+    match: PricedKernels | None = None,
 ) -> BackendResult:
     """Run the backend (quantisation-aware when the allocation has bits; with `match`, the kept
     kernels take the priced bits), checkpointing every epoch into the staging folder (resumed if
@@ -234,8 +263,9 @@ def _run_backend(
 
 
 def _write_trials(stage: Path, result: Any) -> None:
-    rows = [{"number": t.number, "score": t.score, "keep": [int(k) for k in t.keep], "costs": t.costs,
-             **({} if t.bits is None else {"bits": t.bits.to_json()})} for t in result.trials]  # fmt: skip
+    rows = [{"number": t.number, "score": t.score, "keep": [int(k) for k in t.keep],
+             "costs": t.costs, **({} if t.bits is None else {"bits": t.bits.to_json()})}
+            for t in result.trials]  # fmt: skip
     write_json_atomic(stage / "trials.json", rows)
 
 
@@ -280,7 +310,9 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
     set_seed(cfg.backend_cfg.seed)
     alloc.provenance["backend"] = cfg.backend
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume) as stage:
-        dense_metrics = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False)
+        dense_metrics = model_metrics(
+            loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False
+        )
         t = time.perf_counter()
         res = _run_backend(backend, loaded, graph, alloc.keep, cfg.backend_cfg, stage,
                            bits=bits, match=match)  # fmt: skip

@@ -108,7 +108,11 @@ class CostModel:
         self._norm_per = np.array([g.norms[n][1] for n in norm_names], dtype=np.float64)
         self._a_norm, self._b_norm = a_norm, norm_ch - a_norm @ sizes
         # Sanity: a width that would go negative means the trace double-counted a member.
-        if (self._b_out < -1e-6).any() or (self._b_in < -1e-6).any() or (self._b_norm < -1e-6).any():
+        if (
+            (self._b_out < -1e-6).any()
+            or (self._b_in < -1e-6).any()
+            or (self._b_norm < -1e-6).any()
+        ):
             raise RuntimeError("channel units overlap; the traced groups are inconsistent")
 
     def channel_terms(self) -> ChannelTerms:
@@ -128,7 +132,11 @@ class CostModel:
 
     def _widths(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         kf = k.astype(np.float64)
-        return self._a_out @ kf + self._b_out, self._a_in @ kf + self._b_in, self._a_norm @ kf + self._b_norm
+        return (
+            self._a_out @ kf + self._b_out,
+            self._a_in @ kf + self._b_in,
+            self._a_norm @ kf + self._b_norm,
+        )
 
     def layer_widths(self, keep: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Kept output and input channels of every conv/linear layer, as the slimmed layer has them.
@@ -152,13 +160,18 @@ class CostModel:
         if self.graph.granularity == "weight":
             weights = k.astype(np.float64)
             macs = weights * self._positions
-            biases = float((self._bias * np.array([lay.out_channels for lay in self.graph.layers])).sum())
+            biases = float(
+                (self._bias * np.array([lay.out_channels for lay in self.graph.layers])).sum()
+            )
             norm = sum(c * p for c, p in self.graph.norms.values())
             return macs, weights, biases + norm + self.graph.other_params
         out, inp, norm_ch = self._widths(k)
         weights = out * inp * self._kernel
         macs = weights * self._positions
-        rest = float((self._bias * out).sum() + (self._norm_per * norm_ch).sum()) + self.graph.other_params
+        rest = (
+            float((self._bias * out).sum() + (self._norm_per * norm_ch).sum())
+            + self.graph.other_params
+        )
         return macs, weights, rest
 
     def with_bits(self, bits: BitAllocation) -> CostModel:
@@ -225,7 +238,11 @@ class CostModel:
         if not quantised and name in BASE_METRICS and self.graph.granularity == "weight":
             per = {"macs": self._positions, "params": 1.0, "weights": 1.0}.get(name)
             if per is None:
-                per = (self.weight_bits / 8) if name == "size" else self._positions * self.weight_bits * self.act_bits
+                per = (
+                    (self.weight_bits / 8)
+                    if name == "size"
+                    else self._positions * self.weight_bits * self.act_bits
+                )
             return np.broadcast_to(np.asarray(per, dtype=np.float64), k.shape).copy()
         base = self.metric(name, k)
         out = np.empty(len(k))
@@ -236,7 +253,9 @@ class CostModel:
         return out
 
     # --- reporting ---------------------------------------------------------------------------
-    def layer_table(self, keep: Sequence[int] | np.ndarray | None = None) -> list[dict[str, object]]:
+    def layer_table(
+        self, keep: Sequence[int] | np.ndarray | None = None
+    ) -> list[dict[str, object]]:
         """One row per conv/linear layer: widths, kernel, output positions, MACs, weights."""
         k = self.dense_keep if keep is None else np.asarray(keep)
         macs, weights, _ = self.layer_costs(k)

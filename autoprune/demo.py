@@ -25,8 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     dense_dir, pruned_dir = f"{args.out}/dense", f"{args.out}/pruned"
     print(f"1/2  training dense LeNet-5 on digits -> {dense_dir}")
-    run_train(TrainRun("lenet5", "digits", dense_dir, train=TrainConfig(epochs=20, lr=0.01), overwrite=True))
-    print(f"2/2  searching ({args.method}) for --budget-flops {args.budget_flops}, training to it -> {pruned_dir}")
+    run_train(
+        TrainRun(
+            "lenet5", "digits", dense_dir, train=TrainConfig(epochs=20, lr=0.01), overwrite=True
+        )
+    )
+    print(
+        f"2/2  searching ({args.method}) for --budget-flops {args.budget_flops}, "
+        f"training to it -> {pruned_dir}"
+    )
     metrics = run_search(
         SearchRun(
             dataset="digits",
@@ -40,7 +47,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     print()
     print(before_after_table(metrics))
-    print(f"\nrun directory: {pruned_dir}  (model.pt2 runs with plain torch)  total {time.perf_counter() - t0:.0f}s")
+    print(
+        f"\nrun directory: {pruned_dir}  (model.pt2 runs with plain torch)  "
+        f"total {time.perf_counter() - t0:.0f}s"
+    )
     return 0
 
 

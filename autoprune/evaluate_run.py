@@ -22,7 +22,11 @@ from autoprune.training import evaluate
 
 
 def evaluate_run(
-    run: str | Path, *, dataset: str | None = None, data_dir: str | None = None, limit: int | None = None
+    run: str | Path,
+    *,
+    dataset: str | None = None,
+    data_dir: str | None = None,
+    limit: int | None = None,
 ) -> dict[str, Any]:
     """Accuracy of RUN/checkpoint.pt on the test split, and agreement with RUN/model.pt2."""
     run = Path(run)
@@ -30,7 +34,9 @@ def evaluate_run(
         return _evaluate_artifact(run, dataset=dataset, data_dir=data_dir, limit=limit)
     ckpt = run / "checkpoint.pt"
     if not ckpt.is_file():
-        raise UsageError(f"{str(run)!r} has no checkpoint.pt; point at a run directory from train/search/prune")
+        raise UsageError(
+            f"{str(run)!r} has no checkpoint.pt; point at a run directory from train/search/prune"
+        )
     model, meta = load_pruned(ckpt)
     name = dataset or str(meta["dataset"])
     size = tuple(meta["input_size"])
@@ -77,7 +83,8 @@ def _evaluate_artifact(
         "run": str(path), "artifact": str(file), "model": meta["model"], "dataset": name,
         "accuracy": result.accuracy, "loss": result.loss, "samples": result.n,
         "artifact_bytes": meta["bytes"], "nonzero_weights": sum(map(sum, counts.values())),
-        "storage_ratio": fp32 / meta["bytes"], "weight_data_only_ratio": fp32 / max(code_bytes, 1e-9),
+        "storage_ratio": fp32 / meta["bytes"],
+        "weight_data_only_ratio": fp32 / max(code_bytes, 1e-9),
     }  # fmt: skip
     program = run / "model.pt2"
     if program.is_file():

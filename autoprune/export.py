@@ -31,7 +31,9 @@ class Normalized(nn.Module):
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net
-        self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer(
+            "mean", torch.tensor(list(mean), dtype=torch.float32).view(1, -1, 1, 1)
+        )
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +41,11 @@ class Normalized(nn.Module):
 
 
 def export_program(
-    model: nn.Module, input_size: Sequence[int], mean: Sequence[float], std: Sequence[float], path: Path
+    model: nn.Module,
+    input_size: Sequence[int],
+    mean: Sequence[float],
+    std: Sequence[float],
+    path: Path,
 ) -> None:
     """Write `model` wrapped in Normalized as a torch.export program with a dynamic batch."""
     wrapped = Normalized(model, mean, std).eval()
@@ -97,7 +103,9 @@ def compression(dense: dict[str, Any], final: dict[str, Any]) -> dict[str, float
 
 
 @contextmanager
-def staged_run_dir(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> Iterator[Path]:
+def staged_run_dir(
+    out: str | Path, *, overwrite: bool = False, resume: bool = False
+) -> Iterator[Path]:
     """A staging directory that becomes `out` only if the block finishes without error.
 
     Nothing half-written is ever left at `out`. On an error the staging folder is removed; on

@@ -35,7 +35,7 @@ def select_kept(
 ) -> list[torch.Tensor]:
     """Indices each unit keeps: its `keep` most important elements."""
     scores = score_units(model, graph.units, importance)
-    return [top_k(s, k) for s, k in zip(scores, keep)]
+    return [top_k(s, k) for s, k in zip(scores, keep, strict=True)]
 
 
 ParamKey = tuple[str, str]  # (module name, parameter name)
@@ -171,7 +171,9 @@ def apply_masks(model: nn.Module, masks: dict[tuple[str, str], torch.Tensor]) ->
         module = model.get_submodule(mod_name)
         if parametrize.is_parametrized(module, pname):
             parametrize.remove_parametrizations(module, pname, leave_parametrized=False)
-        parametrize.register_parametrization(module, pname, ElementMask(m.to(getattr(module, pname).device)))
+        parametrize.register_parametrization(
+            module, pname, ElementMask(m.to(getattr(module, pname).device))
+        )
 
 
 def remove_masks(model: nn.Module, *, bake: bool) -> None:
@@ -202,14 +204,18 @@ def slim(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor]) -> nn
     was_training = model.training
     model.eval()
     dg = build_dependency_graph(model, graph.input_size)
-    for unit, idx in zip(graph.units, kept):
+    for unit, idx in zip(graph.units, kept, strict=True):
         alive = torch.zeros(unit.size, dtype=torch.bool)
         alive[idx] = True
         dead = torch.nonzero(~alive).flatten().tolist()
         if not dead:
             continue
         root = model.get_submodule(unit.name)
-        fn = tp.prune_conv_out_channels if isinstance(root, CONV_TYPES) else tp.prune_linear_out_channels
+        fn = (
+            tp.prune_conv_out_channels
+            if isinstance(root, CONV_TYPES)
+            else tp.prune_linear_out_channels
+        )
         group = dg.get_pruning_group(root, fn, idxs=dead)
         group.prune()
     model.train(was_training)

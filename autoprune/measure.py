@@ -12,7 +12,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoprune.units import CONV_TYPES, LINEAR_TYPES
 
 
-def count_macs(model: nn.Module | Callable[[torch.Tensor], torch.Tensor], input_size: tuple[int, ...]) -> int:
+def count_macs(
+    model: nn.Module | Callable[[torch.Tensor], torch.Tensor], input_size: tuple[int, ...]
+) -> int:
     """Multiply-accumulates of one sample, as torch's FlopCounterMode counts them (FLOPs / 2).
 
     Works on modules and on exported programs (whose modules refuse `.eval()`; they are

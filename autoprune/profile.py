@@ -37,7 +37,12 @@ def profile(
         "num_classes": num_classes,
         "layers": cm.layer_table(),
         "units": [{"name": u.name, "size": u.size} for u in graph.units],
-        "totals": {"macs": costs.macs, "flops": 2 * costs.macs, "params": costs.params, "weights": costs.weights},
+        "totals": {
+            "macs": costs.macs,
+            "flops": 2 * costs.macs,
+            "params": costs.params,
+            "weights": costs.weights,
+        },
         "measured": {"macs": count_macs(net, size), "params": count_params(net)},
         "signature": graph.signature,
     }
@@ -46,10 +51,14 @@ def profile(
 def render_profile(report: dict[str, Any]) -> str:
     rows = report["layers"]
     w = max([len(r["layer"]) for r in rows] + [5])
-    lines = [f"{'layer':{w}}  {'type':6} {'in':>6} {'out':>6} {'k':>3} {'pos':>6} {'MACs':>10} {'weights':>10}"]
+    lines = [
+        f"{'layer':{w}}  {'type':6} {'in':>6} {'out':>6} {'k':>3} {'pos':>6} "
+        f"{'MACs':>10} {'weights':>10}"
+    ]
     for r in rows:
         lines.append(
-            f"{r['layer']:{w}}  {r['type']:6} {r['in']:>6} {r['out']:>6} {r['kernel']:>3} {r['positions']:>6} "
+            f"{r['layer']:{w}}  {r['type']:6} {r['in']:>6} {r['out']:>6} {r['kernel']:>3} "
+            f"{r['positions']:>6} "
             f"{format_value('macs', r['macs']):>10} {format_value('params', r['weights']):>10}"
         )
     t, m = report["totals"], report["measured"]

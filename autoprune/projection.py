@@ -18,7 +18,8 @@ from autoprune.errors import BudgetError
 
 @dataclass(frozen=True)
 class ProjectionConfig:
-    min_ratio: float = 0.05  # keep at least 5% of each unit: a layer pruned to nothing breaks the net
+    # keep at least 5% of each unit: a layer pruned to nothing breaks the net
+    min_ratio: float = 0.05
     min_keep: int = 1  # and at least one element, whatever the ratio
     bisection_steps: int = 60  # enough for the scale to be exact in double precision
     max_fill_steps: int = 100_000  # greedy additions after bisection (bounded by the slack anyway)
@@ -47,7 +48,9 @@ def project(
     lo_keep = min_keeps(sizes, cfg)
     if not _fits(model, lo_keep, limits):
         worst = {m: model.metric(m, lo_keep) for m in limits}
-        raise BudgetError(f"no allocation meets the budgets {dict(limits)}; the smallest model costs {worst}")
+        raise BudgetError(
+            f"no allocation meets the budgets {dict(limits)}; the smallest model costs {worst}"
+        )
     r = np.maximum(r, 1e-9)
 
     def at(scale: float) -> np.ndarray:
@@ -64,7 +67,11 @@ def project(
 
 
 def _fill(
-    keep: np.ndarray, target: np.ndarray, model: CostModel, limits: Mapping[str, float], cfg: ProjectionConfig
+    keep: np.ndarray,
+    target: np.ndarray,
+    model: CostModel,
+    limits: Mapping[str, float],
+    cfg: ProjectionConfig,
 ) -> np.ndarray:
     """Add one element at a time to the most under-served unit that still fits every limit."""
     sizes = model.sizes

@@ -64,9 +64,13 @@ def load_model_and_data(
     if checkpoint is not None:
         state, meta = load_checkpoint(checkpoint)
         if meta.get("kind", CHECKPOINT_KIND_DENSE) != CHECKPOINT_KIND_DENSE:
-            raise CheckpointError(f"checkpoint {checkpoint!r} is already pruned; search on the dense one")
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} is already pruned; search on the dense one"
+            )
         if model is not None and model != meta["model"]:
-            raise CheckpointError(f"checkpoint {checkpoint!r} holds {meta['model']!r}, not {model!r}")
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} holds {meta['model']!r}, not {model!r}"
+            )
         model = str(meta["model"])
         input_size = tuple(meta["input_size"])  # type: ignore[assignment]
     if model is None:
@@ -79,7 +83,9 @@ def load_model_and_data(
         try:
             net.load_state_dict(state)
         except RuntimeError as e:
-            raise CheckpointError(f"checkpoint {checkpoint!r} does not fit {model!r}: {str(e).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} does not fit {model!r}: {str(e).splitlines()[0]}"
+            ) from None
     return Loaded(net, model, size, num_classes, data, dataset, checkpoint)  # type: ignore[arg-type]
 
 
@@ -87,7 +93,8 @@ def _meta(loaded: Loaded, kind: str, seed: int, **extra: Any) -> dict[str, Any]:
     return {
         "kind": kind, "model": loaded.name, "num_classes": loaded.num_classes,
         "input_size": list(loaded.input_size), "dataset": loaded.dataset, "seed": seed,
-        "mean": list(loaded.data.mean), "std": list(loaded.data.std), "version": __version__, **extra,
+        "mean": list(loaded.data.mean), "std": list(loaded.data.std), "version": __version__,
+        **extra,
     }  # fmt: skip
 
 
@@ -116,18 +123,25 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
     _refuse_existing(cfg.out, cfg.overwrite)
     set_seed(cfg.train.seed)
     t0 = time.perf_counter()
-    train_loader = make_loader(loaded.data.train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed)
-    history = fit(loaded.model, train_loader, _loader(loaded.data.val), cfg.train, progress=cfg.progress)
+    train_loader = make_loader(
+        loaded.data.train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed
+    )
+    history = fit(
+        loaded.model, train_loader, _loader(loaded.data.val), cfg.train, progress=cfg.progress
+    )
     train_s = time.perf_counter() - t0
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite) as stage:
         save_checkpoint(stage / "checkpoint.pt", state_dict=loaded.model.state_dict(),
                         meta=_meta(loaded, CHECKPOINT_KIND_DENSE, cfg.train.seed))  # fmt: skip
-        export_program(loaded.model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2")
+        export_program(
+            loaded.model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"
+        )
         dense = model_metrics(loaded.model, loaded.input_size, _loader(loaded.data.test))
         metrics = {
             "schema": "autoprune.metrics/v1", "stage": "train", "model": loaded.name,
             "dataset": loaded.dataset, "seed": cfg.train.seed, "dense": dense, "final": dense,
-            "history": history, "train_config": cfg.train.__dict__, "wall_time_s": {"train": train_s},
+            "history": history, "train_config": cfg.train.__dict__,
+            "wall_time_s": {"train": train_s},
         }  # fmt: skip
         write_json_atomic(stage / "metrics.json", metrics)
     return metrics
@@ -136,7 +150,10 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
 def _refuse_existing(out: str, overwrite: bool) -> None:
     p = Path(out)
     if p.exists() and any(p.iterdir()) and not overwrite:
-        raise UsageError(f"output directory {out!r} exists and is not empty; choose another --out or pass --force")
+        raise UsageError(
+            f"output directory {out!r} exists and is not empty; "
+            "choose another --out or pass --force"
+        )
 
 
 # ------------------------------------------------------------------------------------- the shared
@@ -195,12 +212,17 @@ def finish_run(
     final_model = slim(model, graph, kept).eval()
     allocation.save(stage / "allocation.json")
     save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
-                    meta=_meta(loaded, CHECKPOINT_KIND_PRUNED, int(allocation.provenance.get("seed", 0)),
+                    meta=_meta(loaded, CHECKPOINT_KIND_PRUNED,
+                               int(allocation.provenance.get("seed", 0)),
                                allocation=allocation.to_dict()))  # fmt: skip
-    export_program(final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2")
+    export_program(
+        final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"
+    )
     final = model_metrics(final_model, loaded.input_size, _loader(loaded.data.test), latency=False)
     if dense_model is None:
-        dense_model = build_model(loaded.name, num_classes=loaded.num_classes, input_size=loaded.input_size)
+        dense_model = build_model(
+            loaded.name, num_classes=loaded.num_classes, input_size=loaded.input_size
+        )
     latency = measure_run_latency(dense_model, final_model, loaded.input_size, batch=latency_batch)
     dense_metrics = {**dense_metrics, "latency_s": latency["dense_s"]}
     final["latency_s"] = latency["final_s"]
@@ -213,7 +235,11 @@ def finish_run(
         if measured is None:
             continue
         limit = b.limit(allocation.dense[b.metric])
-        checks[b.metric] = {"limit": limit, "measured": measured, "met": measured <= limit * (1 + 1e-9)}
+        checks[b.metric] = {
+            "limit": limit,
+            "measured": measured,
+            "met": measured <= limit * (1 + 1e-9),
+        }
     if artifact is not None:
         checks |= artifact_checks(allocation.budgets, allocation.dense, artifact)
     _refuse_broken(checks)
@@ -267,5 +293,7 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {str(path)!r} does not fit its model: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit its model: {str(e).splitlines()[0]}"
+        ) from None
     return net.eval(), meta

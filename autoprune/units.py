@@ -160,7 +160,9 @@ def _record_layers(model: nn.Module, x: torch.Tensor) -> tuple[list[Layer], list
     return [layers[n] for n in dict.fromkeys(order)], order
 
 
-def build_dependency_graph(model: nn.Module, input_size: tuple[int, int, int]) -> tp.DependencyGraph:
+def build_dependency_graph(
+    model: nn.Module, input_size: tuple[int, int, int]
+) -> tp.DependencyGraph:
     return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(input_size))
 
 

@@ -52,9 +52,9 @@ class KernelBitsEnv(gym.Env[np.ndarray, np.ndarray]):
     `evaluate(keep, bits=BitAllocation)` scores an allocation (search.base.Evaluator); it is
     called once per episode, at the end. `importance` gives each layer's kernels an importance
     (default: all equal); `kernel_counts` prices allocations exactly (autoprune.kernel_counts;
-    default: `CostModel.with_bits`'s estimate); `weight_bits` and `act_bits` the widths to choose from (one
-    activation width fixes it; 32: float). `info` of every step holds the
-    layer, its widths and walls; the last step's adds the allocation, bits, costs and accuracy.
+    default: `CostModel.with_bits`'s estimate); `weight_bits` and `act_bits` the widths to choose
+    from (one activation width fixes it; 32: float). `info` of every step holds the layer, its
+    widths and walls; the last step's adds the allocation, bits, costs and accuracy.
     """
 
     metadata: dict[str, Any] = {"render_modes": []}  # noqa: RUF012  (gymnasium's own annotation)

@@ -16,11 +16,11 @@ from autoprune.projection import ProjectionConfig, project
 from autoprune.registry import Registry
 
 if TYPE_CHECKING:
+    from autoprune.search.bit_space import BitSpace
     from torch import nn
     from torch.utils.data import Dataset
 
     from autoprune.bits import BitAllocation
-    from autoprune.search.bit_space import BitSpace
     from autoprune.units import UnitGraph
 
 # Scores an allocation (integer keeps per unit) by validation accuracy; higher is better. Passed in
@@ -110,7 +110,8 @@ class SearchResult:
     score: float | None
     trials: list[Trial] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
-    bits: BitAllocation | None = None  # per-kernel weight and per-layer activation bits, if searched
+    # per-kernel weight and per-layer activation bits, if searched
+    bits: BitAllocation | None = None
 
 
 class SearchMethod(ABC):

@@ -145,7 +145,9 @@ class OptunaSearch(SearchMethod):
                 np.asarray(t.user_attrs["keep"], dtype=np.int64),
                 float(t.user_attrs["val_accuracy"]),
                 dict(t.user_attrs["costs"]),
-                BitAllocation.from_json(t.user_attrs["bits"], graph) if "bits" in t.user_attrs else None,
+                BitAllocation.from_json(t.user_attrs["bits"], graph)
+                if "bits" in t.user_attrs
+                else None,
             )
             for t in done
         ]

@@ -19,7 +19,6 @@ from autoprune.search.base import (
 )
 from autoprune.search.bit_space import random_bits, uniform_bits
 
-
 UNIFORM_RATIO = 0.5  # any equal ratio: the projection scales it until a budget binds
 
 

@@ -233,8 +233,8 @@ class MaskTrainer(Backend):
                                  seed=cfg.seed * 100_003 + offset + epoch)  # fmt: skip
             hooks = self.hooks() if phase == "prune" else {}
             stats = train_epoch(model, loader, opt, scheduler=scheduler, step_offset=first,
-                                distill=self.distill,
-                                progress=cfg.progress, desc=f"{self.name} {phase} {epoch + 1}/{epochs}",
+                                distill=self.distill, progress=cfg.progress,
+                                desc=f"{self.name} {phase} {epoch + 1}/{epochs}",
                                 **hooks)  # fmt: skip
             v = evaluate(model, val)
             row: dict[str, Any] = {

@@ -78,8 +78,15 @@ FULL = [
         "magnitude-65x-binary-long", "magnitude", "weight", ratios=X65, bits=BINARY_ALL, **LONG
     ),
     # the same as magnitude-71x-binary, distilling the dense model (alpha 0.7) in both phases
-    RunSpec("magnitude-71x-binary-distill", "magnitude", "weight", ratios=ADMM, bits=BINARY,
-            distill=0.7, **RECIPE),  # fmt: skip
+    RunSpec(
+        "magnitude-71x-binary-distill",
+        "magnitude",
+        "weight",
+        ratios=ADMM,
+        bits=BINARY,
+        distill=0.7,
+        **RECIPE,
+    ),
     # the default backend on magnitude-71x-binary's allocation, bits and recipe
     RunSpec("reweighted-71x-binary", "reweighted", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
 ]

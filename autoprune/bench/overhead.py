@@ -59,6 +59,6 @@ def step_overhead(
     dense_s, masked_s = statistics.median(times["dense"]), statistics.median(times["masked"])
     return {
         "backend": backend, "granularity": graph.granularity, "dense_step_s": dense_s,
-        "masked_step_s": masked_s, "ratio": masked_s / dense_s, "steps": len(batches), "rounds": rounds, "batch_size": batch_size,
-        "threads": torch.get_num_threads(),
+        "masked_step_s": masked_s, "ratio": masked_s / dense_s, "steps": len(batches),
+        "rounds": rounds, "batch_size": batch_size, "threads": torch.get_num_threads(),
     }  # fmt: skip
