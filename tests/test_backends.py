@@ -157,8 +157,8 @@ def test_unknown_backend_suggests_the_closest(
 ) -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'reweighted'"):
         get_backend("reweighed")
-    code = main(["prune", "--allocation", str(allocation_file), "--backend", "magnitud", "--limit", "32",
-                 "--quiet", "--out", str(tmp_path / "x")])  # fmt: skip
+    code = main(["prune", "--allocation", str(allocation_file), "--backend", "magnitud",
+                 "--limit", "32", "--quiet", "--out", str(tmp_path / "x")])  # fmt: skip
     assert code == 2
     assert "did you mean 'magnitude'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

@@ -44,7 +44,9 @@ def test_unknown_benchmark_and_run_names_are_usage_errors(tmp_path: Path) -> Non
     with pytest.raises(UnknownNameError, match="did you mean 'lenet5-mnist'"):
         run_bench("lenet5-mnits", BenchConfig(out=str(tmp_path)))
     with pytest.raises(UsageError, match="has no run 'reweighted-9000x'"):
-        run_bench("lenet5-mnist", BenchConfig(out=str(tmp_path), quick=True, only=["reweighted-9000x"]))
+        run_bench(
+            "lenet5-mnist", BenchConfig(out=str(tmp_path), quick=True, only=["reweighted-9000x"])
+        )
     assert not any(tmp_path.iterdir())
 
 
@@ -56,8 +58,12 @@ def test_checks_average_seed_replicates_and_flag_noise() -> None:
                 "test_accuracy": acc, "delta_points": 100 * (acc - 0.9932),
                 "compression_ratio": 71.2, "macs_fraction": 0.08}  # fmt: skip
 
-    runs = [row("reweighted-71x", "reweighted", 0.9924), row("reweighted-71x-seed1", "reweighted", 0.9919),
-            row("magnitude-71x", "magnitude", 0.9918), row("magnitude-71x-seed1", "magnitude", 0.9924)]  # fmt: skip
+    runs = [
+        row("reweighted-71x", "reweighted", 0.9924),
+        row("reweighted-71x-seed1", "reweighted", 0.9919),
+        row("magnitude-71x", "magnitude", 0.9918),
+        row("magnitude-71x-seed1", "magnitude", 0.9924),
+    ]
     lines = checks({"runs": runs, "max_drop_points": 0.1, "dense": {"macs": 1}})
     # the means (99.215 vs 99.21) decide, and the 0.005-point lead is within the seeds' spread
     beat = [line for line in lines if "magnitude-71x at the same allocation" in line]

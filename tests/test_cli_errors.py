@@ -33,24 +33,40 @@ SEARCH = ["search", "--dataset", "digits", "--limit", "32", "--quiet", "--no-pru
 
 def test_unknown_model_suggests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    rc, err = run([*SEARCH, "--model", "resnet19", "--budget-flops", "50%", "--out", str(out)], capsys)
+    rc, err = run(
+        [*SEARCH, "--model", "resnet19", "--budget-flops", "50%", "--out", str(out)], capsys
+    )
     assert_clean_failure(rc, err, out, "resnet19", "resnet18")
 
 
 def test_unknown_dataset_suggests(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    argv = ["search", "--model", "lenet5", "--dataset", "mnsit", "--budget-flops", "50%", "--out", str(out)]
+    argv = [
+        "search",
+        "--model",
+        "lenet5",
+        "--dataset",
+        "mnsit",
+        "--budget-flops",
+        "50%",
+        "--out",
+        str(out),
+    ]
     rc, err = run(argv, capsys)
     assert_clean_failure(rc, err, out, "mnsit", "mnist")
 
 
 def test_unparseable_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    rc, err = run([*SEARCH, "--model", "lenet5", "--budget-flops", "300X", "--out", str(out)], capsys)
+    rc, err = run(
+        [*SEARCH, "--model", "lenet5", "--budget-flops", "300X", "--out", str(out)], capsys
+    )
     assert_clean_failure(rc, err, out, "--budget-flops", "300X", "50%")
 
 
-def test_budget_below_smallest_model_names_it(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_budget_below_smallest_model_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
     rc, err = run([*SEARCH, "--model", "lenet5", "--budget-flops", "1K", "--out", str(out)], capsys)
     assert_clean_failure(rc, err, out, "smallest feasible", "ask for at least")
@@ -58,7 +74,9 @@ def test_budget_below_smallest_model_names_it(tmp_path: Path, capsys: pytest.Cap
 
 def test_budget_at_or_above_dense(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    rc, err = run([*SEARCH, "--model", "lenet5", "--budget-params", "100%", "--out", str(out)], capsys)
+    rc, err = run(
+        [*SEARCH, "--model", "lenet5", "--budget-params", "100%", "--out", str(out)], capsys
+    )
     assert_clean_failure(rc, err, out, "nothing needs pruning")
     rc, err = run([*SEARCH, "--model", "lenet5", "--budget-flops", "5G", "--out", str(out)], capsys)
     assert_clean_failure(rc, err, out, "nothing needs pruning")
@@ -66,7 +84,8 @@ def test_budget_at_or_above_dense(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 def test_missing_data_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "run"
-    argv = ["search", "--model", "lenet5", "--dataset", "mnist", "--data-dir", str(tmp_path / "nowhere"),
+    argv = ["search", "--model", "lenet5", "--dataset", "mnist",
+            "--data-dir", str(tmp_path / "nowhere"),
             "--budget-flops", "50%", "--out", str(out)]  # fmt: skip
     rc, err = run(argv, capsys)
     assert_clean_failure(rc, err, out, "nowhere", "--data-dir")
@@ -79,23 +98,30 @@ def lenet_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_allocation_from_another_model(lenet_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_allocation_from_another_model(
+    lenet_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     other = tmp_path / "other"
     assert main([*SEARCH, "--model", "lenet300", "--budget-flops", "50%", "--out", str(other)]) == 0
     capsys.readouterr()
     out = tmp_path / "pruned"
-    argv = ["prune", "--allocation", str(lenet_run / "allocation.json"), "--checkpoint",
-            str(other / "dense" / "checkpoint.pt"), "--backend", "magnitude", "--quiet", "--out", str(out)]  # fmt: skip
+    argv = ["prune", "--allocation", str(lenet_run / "allocation.json"),
+            "--checkpoint", str(other / "dense" / "checkpoint.pt"),
+            "--backend", "magnitude", "--quiet", "--out", str(out)]  # fmt: skip
     rc, err = run(argv, capsys)
     assert_clean_failure(rc, err, out, "lenet5", "search a new allocation")
 
 
-def test_truncated_checkpoint(lenet_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncated_checkpoint(
+    lenet_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     data = (lenet_run / "dense" / "checkpoint.pt").read_bytes()
     bad = tmp_path / "truncated.pt"
     bad.write_bytes(data[: len(data) // 2])
     out = tmp_path / "run"
-    rc, err = run([*SEARCH, "--checkpoint", str(bad), "--budget-flops", "50%", "--out", str(out)], capsys)
+    rc, err = run(
+        [*SEARCH, "--checkpoint", str(bad), "--budget-flops", "50%", "--out", str(out)], capsys
+    )
     assert_clean_failure(rc, err, out, "truncated.pt")
 
 
@@ -107,9 +133,13 @@ def test_corrupt_allocation_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_clean_failure(rc, err, out, "allocation.json", "regenerate")
 
 
-def test_existing_output_is_not_clobbered(lenet_run: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_existing_output_is_not_clobbered(
+    lenet_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = (lenet_run / "metrics.json").read_text()
-    rc, err = run([*SEARCH, "--model", "lenet5", "--budget-flops", "40%", "--out", str(lenet_run)], capsys)
+    rc, err = run(
+        [*SEARCH, "--model", "lenet5", "--budget-flops", "40%", "--out", str(lenet_run)], capsys
+    )
     assert rc == 2 and "--force" in err
     assert (lenet_run / "metrics.json").read_text() == before
     assert json.loads(before)["budgets"]["macs"]["met"]

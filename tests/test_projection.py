@@ -30,14 +30,17 @@ def cost_model(name: str, granularity: str = "channel") -> CostModel:
     seed=st.integers(0, 2**31 - 1),
     fractions=st.lists(st.floats(0.0, 1.0), min_size=1, max_size=3),
 )
-def test_projection_meets_every_budget(name: str, granularity: str, seed: int, fractions: list[float]) -> None:
+def test_projection_meets_every_budget(
+    name: str, granularity: str, seed: int, fractions: list[float]
+) -> None:
     cm = cost_model(name, granularity)
     cfg = ProjectionConfig()
     lo, hi = min_keeps(cm.sizes, cfg), cm.dense_keep
     metrics = ["macs", "params", "size"][: len(fractions)]
     # Budgets anywhere between the smallest feasible model and the dense one.
     limits = {
-        m: cm.metric(m, lo) + f * (cm.metric(m, hi) - cm.metric(m, lo)) for m, f in zip(metrics, fractions)
+        m: cm.metric(m, lo) + f * (cm.metric(m, hi) - cm.metric(m, lo))
+        for m, f in zip(metrics, fractions, strict=True)
     }
     ratios = np.random.default_rng(seed).uniform(0, 1, len(cm.sizes))
     keep = project(ratios, cm, limits, cfg)

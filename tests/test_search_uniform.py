@@ -1,4 +1,5 @@
-"""`autoprune search --method uniform --no-prune` end to end: the exported program meets its budgets."""
+"""`autoprune search --method uniform --no-prune` end to end: the exported program meets its
+budgets."""
 
 from __future__ import annotations
 
@@ -46,7 +47,9 @@ def _cases() -> list:  # type: ignore[type-arg]
 
 
 @pytest.mark.parametrize(("model", "size", "budget"), _cases())
-def test_uniform_meets_budgets_on_the_exported_model(model: str, size: str | None, budget: str, tmp_path: Path) -> None:
+def test_uniform_meets_budgets_on_the_exported_model(
+    model: str, size: str | None, budget: str, tmp_path: Path
+) -> None:
     out = tmp_path / "run"
     argv = ["search", "--model", model, "--dataset", "fake", "--limit", "16", "--method", "uniform",
             "--no-prune", "--quiet", "--out", str(out), *BUDGETS[budget]]  # fmt: skip
@@ -87,7 +90,9 @@ def test_uniform_meets_budgets_on_the_exported_model(model: str, size: str | Non
     [("lenet5", (1, 28, 28)), ("resnet18", (3, 64, 64)), ("mobilenet_v2", (3, 64, 64)),
      ("densenet121", (3, 32, 32))],
 )  # fmt: skip
-def test_uniform_projection_meets_budgets_after_slimming(model: str, size: tuple[int, int, int]) -> None:
+def test_uniform_projection_meets_budgets_after_slimming(
+    model: str, size: tuple[int, int, int]
+) -> None:
     """The same claim without the CLI and export, for every model and budget set (fast)."""
     net = build_model(model, num_classes=10, input_size=size).eval()
     graph = trace_units(net, size, "channel", model)
