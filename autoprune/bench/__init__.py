@@ -1,4 +1,5 @@
-"""Named benchmarks (`autoprune bench NAME`): each writes results/NAME/ and the commands behind it."""
+"""Named benchmarks (`autoprune bench NAME`): each writes results/NAME/ and the commands behind
+it."""
 
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 def run_bench(name: str, cfg: BenchConfig) -> dict[str, Any]:
     """Run the registered benchmark `name`; returns its summary (also written to its folder)."""
     from autoprune import bench_search  # noqa: F401  (registers search-lenet5-mnist)
-    from autoprune.bench import lenet5_mnist  # noqa: F401  (registers the built-in benchmarks)
-    from autoprune.bench import lenet5_mnist_quant  # noqa: F401
+    from autoprune.bench import (
+        lenet5_mnist,  # noqa: F401  (registers the built-in benchmarks)
+        lenet5_mnist_quant,  # noqa: F401
+    )
 
     return BENCHMARKS.get(name)(cfg)
 
