@@ -21,6 +21,7 @@ import numpy as np
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.backends.base import BackendConfig
 from autoprune.bench import BENCHMARKS
+from autoprune.bench.runner import COMMAND_FILE, RunSpec
 from autoprune.bench_search_report import checks as render_checks
 from autoprune.bench_search_report import (
     code_version,
@@ -101,7 +102,7 @@ def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
     recipe = QUICK if cfg.quick else Recipe()
     out = Path(cfg.out or Path("results") / NAME)
     data_dir = None if cfg.quick else cfg.data_dir
-    dense = _dense(out, recipe, data_dir, cfg)
+    dense = search_dense(out, recipe, data_dir, cfg)
     rows = []
     for budget in recipe.budgets:
         for method in recipe.methods:
@@ -136,7 +137,7 @@ def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
     return summary
 
 
-def _dense(out: Path, recipe: Recipe, data_dir: str | None, cfg: Any) -> str:
+def search_dense(out: Path, recipe: Recipe, data_dir: str | None, cfg: Any) -> str:
     """The dense checkpoint: this benchmark's own if trained already, else the backend
     benchmark's (results/lenet5-mnist/dense) if present, else one trained here now."""
     own = out / "dense" / "checkpoint.pt"
@@ -252,7 +253,9 @@ def _correlation(
     if extra and ranked:
         spread = np.unique(np.linspace(0, len(ranked) - 1, extra).round().astype(int)).tolist()
     for keep, proxy in (ranked[i] for i in spread):
-        points[keep] = (proxy, _train_allocation(out, recipe, keep, proxy, dense, data_dir, cfg))
+        final = train_keep(out / "correlation", recipe, keep, recipe.budgets[0], dense, data_dir,
+                           cfg, extra={"proxy_accuracy": proxy})  # fmt: skip
+        points[keep] = (proxy, final)
     listed = [
         {"keep": list(k), "proxy_accuracy": p, "test_accuracy": f} for k, (p, f) in points.items()
     ]
@@ -260,34 +263,42 @@ def _correlation(
     return {"budget": budget, "n": len(listed), "spearman": rho, "points": listed}
 
 
-def _train_allocation(
-    out: Path,
+def train_keep(
+    folder: Path,
     recipe: Recipe,
     keep: tuple[int, ...],
-    proxy: float,
+    budget: str,
     dense: str,
     data_dir: str | None,
     cfg: Any,
+    *,
+    seed: int | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> float:
-    """Final test accuracy of `keep` after the backend (a run directory named by the keeps)."""
-    name = "keep-" + "-".join(map(str, keep))
-    run = out / "correlation" / name
+    """Final test accuracy of `keep` after the backend, in FOLDER/keep-K1-K2-...[-seedN] (reused
+    when finished); `seed` None is the recipe's backend seed."""
+    name = "keep-" + "-".join(map(str, keep)) + ("" if seed is None else f"-seed{seed}")
+    run = folder / name
     if cfg.force or not (run / "metrics.json").is_file():
         loaded = load_model_and_data(
             model=None, dataset=recipe.dataset, data_dir=data_dir, checkpoint=dense
         )
         graph, cost_model = trace(loaded, "channel")
-        budgets = [parse_budget("macs", recipe.budgets[0])]
+        budgets = [parse_budget("macs", budget)]
         _, dense_costs = resolve_limits(budgets, cost_model, ProjectionConfig())
         k = np.array(keep)
-        path = out / "correlation" / f"{name}.json"
+        path = folder / f"{name}.json"
         predicted = {m: cost_model.metric(m, k) for m in dense_costs}
         Allocation.from_keep(graph, k, num_classes=loaded.num_classes, budgets=budgets,
                              predicted=predicted, dense=dense_costs, method="bench",
                              seed=recipe.seed, dataset=recipe.dataset, checkpoint=dense,
-                             extra={"proxy_accuracy": proxy}).save(path)  # fmt: skip
-        run_prune(PruneRun(str(path), str(run), recipe.backend, recipe.backend_cfg(cfg.progress),
-                           data_dir=data_dir, progress=cfg.progress, overwrite=True))  # fmt: skip
+                             extra=extra or {}).save(path)  # fmt: skip
+        bcfg = recipe.backend_cfg(cfg.progress, seed)
+        run_prune(PruneRun(str(path), str(run), recipe.backend, bcfg, data_dir=data_dir,
+                           progress=cfg.progress, overwrite=True))  # fmt: skip
+        spec = RunSpec(name, recipe.backend, "channel", epochs=bcfg.epochs, lr=bcfg.lr,
+                       finetune_epochs=bcfg.finetune_epochs, seed=bcfg.seed)  # fmt: skip
+        (run / COMMAND_FILE).write_text(spec.prune_command(str(path), data_dir, str(run)) + "\n")
     return float(json.loads((run / "metrics.json").read_text())["final"]["accuracy"])
 
 

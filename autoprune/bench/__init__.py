@@ -30,7 +30,10 @@ BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
 
 def run_bench(name: str, cfg: BenchConfig) -> dict[str, Any]:
     """Run the registered benchmark `name`; returns its summary (also written to its folder)."""
-    from autoprune import bench_search  # noqa: F401  (registers search-lenet5-mnist)
+    from autoprune import (
+        bench_landscape,  # noqa: F401  (registers search-lenet5-mnist-landscape)
+        bench_search,  # noqa: F401  (registers search-lenet5-mnist)
+    )
     from autoprune.bench import (
         lenet5_mnist,  # noqa: F401  (registers the built-in benchmarks)
         lenet5_mnist_quant,  # noqa: F401
