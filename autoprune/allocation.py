@@ -76,7 +76,7 @@ class Allocation:
         extra: dict[str, Any] | None = None,
         bits: BitAllocation | None = None,
     ) -> Allocation:
-        units = [UnitKeep(u.name, int(k), u.size) for u, k in zip(graph.units, keep)]
+        units = [UnitKeep(u.name, int(k), u.size) for u, k in zip(graph.units, keep, strict=True)]
         provenance = {
             "method": method,
             "seed": seed,
@@ -85,10 +85,19 @@ class Allocation:
             **(extra or {}),
         }
         alloc = cls(
-            graph.model_name, graph.signature, graph.granularity, tuple(graph.input_size), num_classes,
-            units, list(budgets or []), dict(predicted or {}), dict(dense or {}), provenance,
-            dataset, checkpoint,
-        )  # fmt: skip
+            graph.model_name,
+            graph.signature,
+            graph.granularity,
+            tuple(graph.input_size),
+            num_classes,
+            units,
+            list(budgets or []),
+            dict(predicted or {}),
+            dict(dense or {}),
+            provenance,
+            dataset,
+            checkpoint,
+        )
         if bits is not None:
             alloc.set_bits(BitAllocation.from_json(bits.to_json(), graph))
         return alloc
@@ -117,7 +126,8 @@ class Allocation:
             )
         if graph.signature != self.signature:
             raise AllocationError(
-                f"allocation was made for model {self.model!r} (signature {self.signature}), not for "
+                f"allocation was made for model {self.model!r} (signature {self.signature}), "
+                "not for "
                 f"{graph.model_name!r} at input {'x'.join(map(str, graph.input_size))} "
                 f"(signature {graph.signature}); search a new allocation for this model"
             )
@@ -126,19 +136,26 @@ class Allocation:
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
-            "model": {"name": self.model, "signature": self.signature,
-                      "input_size": list(self.input_size), "num_classes": self.num_classes},
+            "model": {
+                "name": self.model,
+                "signature": self.signature,
+                "input_size": list(self.input_size),
+                "num_classes": self.num_classes,
+            },
             "dataset": self.dataset,
             "checkpoint": self.checkpoint,
             "granularity": self.granularity,
             "budgets": [b.to_dict() for b in self.budgets],
-            "units": [{"name": u.name, "keep": u.keep, "total": u.total, "bits": u.bits} for u in self.units],
+            "units": [
+                {"name": u.name, "keep": u.keep, "total": u.total, "bits": u.bits}
+                for u in self.units
+            ],
             "act_bits": self.act_bits,
             "weight_bits": self.weight_bits,
             "predicted": self.predicted,
             "dense": self.dense,
             "provenance": self.provenance,
-        }  # fmt: skip
+        }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "allocation") -> Allocation:
@@ -173,7 +190,9 @@ class Allocation:
                 weight_bits=d.get("weight_bits"),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
-            raise AllocationError(f"{source} is malformed ({type(e).__name__}: {e}); regenerate it") from None
+            raise AllocationError(
+                f"{source} is malformed ({type(e).__name__}: {e}); regenerate it"
+            ) from None
 
     def save(self, path: str | Path) -> None:
         write_json_atomic(path, self.to_dict())
@@ -182,11 +201,15 @@ class Allocation:
     def load(cls, path: str | Path) -> Allocation:
         p = Path(path)
         if not p.is_file():
-            raise AllocationError(f"allocation file {str(p)!r} does not exist; run `autoprune search` first")
+            raise AllocationError(
+                f"allocation file {str(p)!r} does not exist; run `autoprune search` first"
+            )
         try:
             data = json.loads(p.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise AllocationError(f"allocation file {str(p)!r} is not valid JSON ({e}); regenerate it") from None
+            raise AllocationError(
+                f"allocation file {str(p)!r} is not valid JSON ({e}); regenerate it"
+            ) from None
         return cls.from_dict(data, source=f"allocation file {str(p)!r}")
 
 

@@ -23,13 +23,20 @@ def _alloc(model: str = "lenet5") -> tuple[Allocation, CostModel]:
     graph = trace_units(net, (1, 28, 28), "channel", model)
     cm = CostModel(graph)
     keep = np.maximum(1, cm.sizes // 2)
-    alloc = Allocation.from_keep(graph, keep, num_classes=10, budgets=[parse_budget("macs", "50%")],
-                                 predicted=cm.costs(keep).as_dict(), method="uniform", seed=3)  # fmt: skip
+    alloc = Allocation.from_keep(
+        graph,
+        keep,
+        num_classes=10,
+        budgets=[parse_budget("macs", "50%")],
+        predicted=cm.costs(keep).as_dict(),
+        method="uniform",
+        seed=3,
+    )
     return alloc, cm
 
 
 def test_round_trip_and_replay(tmp_path: Path) -> None:
-    alloc, cm = _alloc()
+    alloc, _ = _alloc()
     path = tmp_path / "allocation.json"
     alloc.save(path)
     data = json.loads(path.read_text())
@@ -48,7 +55,7 @@ def test_round_trip_and_replay(tmp_path: Path) -> None:
 def test_other_model_is_refused() -> None:
     alloc, _ = _alloc("lenet5")
     other = trace_units(build_model("lenet300"), (1, 28, 28), "channel", "lenet300")
-    with pytest.raises(AllocationError, match="lenet5.*search a new allocation"):
+    with pytest.raises(AllocationError, match=r"lenet5.*search a new allocation"):
         alloc.check_fits(other)
     weight = trace_units(build_model("lenet5"), (1, 28, 28), "weight", "lenet5")
     with pytest.raises(AllocationError, match="granularity"):

@@ -31,8 +31,13 @@ def test_readme_states_whether_optuna_beats_uniform(tmp_path: Path) -> None:
         {**row, "method": "uniform", "budget": "10%", "test_accuracy": 0.95},
         {**row, "method": "optuna", "budget": "10%", "test_accuracy": 0.97},
         {**row, "method": "uniform", "budget": "5%", "test_accuracy": 0.93, **seeds},
-        {**row, "method": "optuna", "budget": "5%", "test_accuracy": 0.9295,
-         "test_accuracies": [0.9495, 0.9515, 0.9475]},  # paired: -0.05, +0.05, -0.15 points
+        {
+            **row,
+            "method": "optuna",
+            "budget": "5%",
+            "test_accuracy": 0.9295,
+            "test_accuracies": [0.9495, 0.9515, 0.9475],
+        },  # paired: -0.05, +0.05, -0.15 points
     ]
     points = [{"keep": [i], "proxy_accuracy": i / 10, "test_accuracy": i / 10} for i in range(3)]
     summary = {

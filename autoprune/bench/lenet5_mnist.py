@@ -43,41 +43,58 @@ def _runs(table: list[tuple[str, str, str, Any]], **recipe: Any) -> list[RunSpec
     """Specs from (name, backend, granularity, ratios per unit | fraction of dense MACs) rows;
     a name ending in -seedN is that run again with backend seed N."""
     return [
-        RunSpec(name, backend, gran, ratios=None if isinstance(a, float) else a,  # type: ignore[arg-type]
-                macs=a if isinstance(a, float) else None, seed=split_seed(name)[1], **recipe)
+        RunSpec(
+            name,
+            backend,
+            gran,
+            ratios=None if isinstance(a, float) else a,  # type: ignore[arg-type]
+            macs=a if isinstance(a, float) else None,
+            seed=split_seed(name)[1],
+            **recipe,
+        )
         for name, backend, gran, a in table
-    ]  # fmt: skip
+    ]
 
 
 DENSE = TrainConfig(epochs=20, lr=0.05, seed=0)
-FULL = _runs([
-    ("magnitude-71x", "magnitude", "weight", ADMM),
-    ("reweighted-71x", "reweighted", "weight", ADMM),
-    ("magnitude-71x-seed1", "magnitude", "weight", ADMM),
-    ("reweighted-71x-seed1", "reweighted", "weight", ADMM),
-    ("magnitude-71x-seed2", "magnitude", "weight", ADMM),
-    ("reweighted-71x-seed2", "reweighted", "weight", ADMM),
-    ("admm-71x", "admm", "weight", ADMM),
-    ("reweighted-147x", "reweighted", "weight", X150),
-    ("magnitude-147x", "magnitude", "weight", X150),
-    ("reweighted-319x", "reweighted", "weight", X310),
-    ("magnitude-319x", "magnitude", "weight", X310),
-    ("admm-319x", "admm", "weight", X310),
-    ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
-    ("magnitude-channel-20pct-macs", "magnitude", "channel", 0.20),
-], epochs=12, finetune_epochs=12, finetune_lr=0.05, distill=0.7)  # fmt: skip
+FULL = _runs(
+    [
+        ("magnitude-71x", "magnitude", "weight", ADMM),
+        ("reweighted-71x", "reweighted", "weight", ADMM),
+        ("magnitude-71x-seed1", "magnitude", "weight", ADMM),
+        ("reweighted-71x-seed1", "reweighted", "weight", ADMM),
+        ("magnitude-71x-seed2", "magnitude", "weight", ADMM),
+        ("reweighted-71x-seed2", "reweighted", "weight", ADMM),
+        ("admm-71x", "admm", "weight", ADMM),
+        ("reweighted-147x", "reweighted", "weight", X150),
+        ("magnitude-147x", "magnitude", "weight", X150),
+        ("reweighted-319x", "reweighted", "weight", X310),
+        ("magnitude-319x", "magnitude", "weight", X310),
+        ("admm-319x", "admm", "weight", X310),
+        ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
+        ("magnitude-channel-20pct-macs", "magnitude", "channel", 0.20),
+    ],
+    epochs=12,
+    finetune_epochs=12,
+    finetune_lr=0.05,
+    distill=0.7,
+)
 QUICK_DENSE = TrainConfig(epochs=2, lr=0.05, seed=0)
-QUICK = _runs([
-    ("magnitude-71x", "magnitude", "weight", ADMM),
-    ("reweighted-71x", "reweighted", "weight", ADMM),
-    ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
-], epochs=1, finetune_epochs=1)  # fmt: skip
+QUICK = _runs(
+    [
+        ("magnitude-71x", "magnitude", "weight", ADMM),
+        ("reweighted-71x", "reweighted", "weight", ADMM),
+        ("reweighted-channel-20pct-macs", "reweighted", "channel", 0.20),
+    ],
+    epochs=1,
+    finetune_epochs=1,
+)
 OVERHEAD = "overhead"  # the name `--only` takes for the step-overhead measurement
 
 
 @BENCHMARKS.register(NAME)
 def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
-    """Train dense LeNet-5 once, prune it with each backend, write OUT/README.md and summary.json."""
+    """Train dense LeNet-5 once, prune it with each backend; write OUT/README.md, summary.json."""
     out = Path(cfg.out or Path("results") / NAME)
     dataset, data_dir = ("digits", None) if cfg.quick else ("mnist", cfg.data_dir)
     specs = QUICK if cfg.quick else FULL
@@ -92,11 +109,28 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
     dense_dir = out / "dense"
     dense_train = QUICK_DENSE if cfg.quick else DENSE
     if not (dense_dir / "metrics.json").is_file() or (cfg.force and not cfg.only):
-        run_train(TrainRun("lenet5", dataset, str(dense_dir), data_dir, train=dense_train,
-                           progress=cfg.progress, overwrite=True))  # fmt: skip
+        run_train(
+            TrainRun(
+                "lenet5",
+                dataset,
+                str(dense_dir),
+                data_dir,
+                train=dense_train,
+                progress=cfg.progress,
+                overwrite=True,
+            )
+        )
     dense_ckpt = str(dense_dir / "checkpoint.pt")
-    run_specs(specs, wanted, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
-              force=cfg.force, progress=cfg.progress)  # fmt: skip
+    run_specs(
+        specs,
+        wanted,
+        out=out,
+        dense_ckpt=dense_ckpt,
+        dataset=dataset,
+        data_dir=data_dir,
+        force=cfg.force,
+        progress=cfg.progress,
+    )
 
     loaded = load_model_and_data(
         model=None, dataset=dataset, data_dir=data_dir, checkpoint=dense_ckpt
@@ -112,24 +146,39 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
     dense_metrics = json.loads((dense_dir / "metrics.json").read_text())
     dense_acc = float(dense_metrics["final"]["accuracy"])
     graph, _ = trace(loaded, "weight")
-    rows = [measure_run(out / "runs" / s.name, graph, dense_acc)
-            for s in specs if (out / "runs" / s.name / "metrics.json").is_file()]  # fmt: skip
+    rows = [
+        measure_run(out / "runs" / s.name, graph, dense_acc)
+        for s in specs
+        if (out / "runs" / s.name / "metrics.json").is_file()
+    ]
     for row in rows:
         spec = next(s for s in specs if s.name == row["run"])
         alloc = f"{out}/allocations/{spec.name}.json"
         row["command"] = recorded_command(spec, alloc, data_dir, out / "runs" / spec.name)
     best = best_runs(rows, MAX_DROP_POINTS)
     summary = {
-        "benchmark": NAME, "quick": cfg.quick, "dataset": dataset,
-        "bench_command": _bench_command(cfg), "dense_command": _train_command(dataset, data_dir, dense_train, out),
-        "dense": {"test_accuracy": dense_acc, "weights": dense_metrics["final"]["weights"],
-                  "macs": dense_metrics["final"]["macs"], "epochs": len(dense_metrics.get("history", [])),
-                  "wall_time_s": sum(dense_metrics.get("wall_time_s", {}).values())},
-        "runs": rows, "best": best, "max_drop_points": MAX_DROP_POINTS,
+        "benchmark": NAME,
+        "quick": cfg.quick,
+        "dataset": dataset,
+        "bench_command": _bench_command(cfg),
+        "dense_command": _train_command(dataset, data_dir, dense_train, out),
+        "dense": {
+            "test_accuracy": dense_acc,
+            "weights": dense_metrics["final"]["weights"],
+            "macs": dense_metrics["final"]["macs"],
+            "epochs": len(dense_metrics.get("history", [])),
+            "wall_time_s": sum(dense_metrics.get("wall_time_s", {}).values()),
+        },
+        "runs": rows,
+        "best": best,
+        "max_drop_points": MAX_DROP_POINTS,
         "overhead": json.loads(overhead_path.read_text()) if overhead_path.is_file() else None,
-        "machine": {"cpu_threads": torch.get_num_threads(), "torch": torch.__version__,
-                    "python": platform.python_version()},
-    }  # fmt: skip
+        "machine": {
+            "cpu_threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+        },
+    }
     write_json_atomic(out / "summary.json", summary)
     (out / "README.md").write_text(render_readme(summary))
     write_gitignore(out, best)
@@ -151,6 +200,14 @@ def _train_command(dataset: str, data_dir: str | None, train: TrainConfig, out: 
     parts = ["autoprune", "train", "--model", "lenet5", "--dataset", dataset]
     if data_dir:
         parts += ["--data-dir", data_dir]
-    parts += ["--epochs", str(train.epochs), "--lr", f"{train.lr:g}", "--seed", str(train.seed),
-              "--out", str(out / "dense")]  # fmt: skip
+    parts += [
+        "--epochs",
+        str(train.epochs),
+        "--lr",
+        f"{train.lr:g}",
+        "--seed",
+        str(train.seed),
+        "--out",
+        str(out / "dense"),
+    ]
     return shlex.join(parts)

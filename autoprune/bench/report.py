@@ -72,12 +72,19 @@ def checks(summary: dict[str, Any]) -> list[str]:
     groups = replicate_groups(summary["runs"])
     drop = summary["max_drop_points"]
     lines = []
-    within = [(n, g) for n, g in groups.items() if g[0]["backend"] == "reweighted"
-              and g[0]["granularity"] == "weight" and _mean(g, "delta_points") >= -drop]  # fmt: skip
+    within = [
+        (n, g)
+        for n, g in groups.items()
+        if g[0]["backend"] == "reweighted"
+        and g[0]["granularity"] == "weight"
+        and _mean(g, "delta_points") >= -drop
+    ]
     top = max(within, key=lambda ng: ng[1][0]["compression_ratio"], default=None)
     if top is None:
-        lines.append(f"- reweighted within {drop} points of dense: no run (seeds averaged); "
-                     "71.2x target not met")  # fmt: skip
+        lines.append(
+            f"- reweighted within {drop} points of dense: no run (seeds averaged); "
+            "71.2x target not met"
+        )
     else:
         name, g = top
         ratio, macs = g[0]["compression_ratio"], g[0]["macs_fraction"]
@@ -128,13 +135,17 @@ def render_readme(summary: dict[str, Any]) -> str:
         "",
         "## Runs",
         "",
-        "Weights kept per layer are conv1 / conv2 / fc1 / fc2. Compression = all conv+linear weights",
-        "over nonzero ones (biases excluded). MACs kept = nonzero weights x output positions, summed",
-        "(for channel runs the slimmed model executes exactly these). Epochs = pruning + fine-tuning.",
-        "Wall time on this machine's shared CPU. **Bold**: the best run of its backend (committed).",
+        "Weights kept per layer are conv1 / conv2 / fc1 / fc2. Compression = all conv+linear "
+        "weights",
+        "over nonzero ones (biases excluded). MACs kept = nonzero weights x output positions, "
+        "summed",
+        "(for channel runs the slimmed model executes exactly these). Epochs = pruning + "
+        "fine-tuning.",
+        "Wall time on this machine's shared CPU. **Bold**: the best run of its backend "
+        "(committed).",
         "",
-        "| run | backend | granularity | weights kept per layer | compression | test acc | vs dense (pts) "
-        "| MACs kept | epochs | wall time |",
+        "| run | backend | granularity | weights kept per layer | compression | test acc "
+        "| vs dense (pts) | MACs kept | epochs | wall time |",
         "|---|---|---|---|---|---|---|---|---|---|",
         *[_row(r, best) for r in summary["runs"]],
         "",
@@ -145,7 +156,8 @@ def render_readme(summary: dict[str, Any]) -> str:
     ov = summary.get("overhead")
     if ov:
         out += [
-            f"- training-step overhead of the {ov['backend']} masks ({ov['granularity']} granularity): "
+            f"- training-step overhead of the {ov['backend']} masks "
+            f"({ov['granularity']} granularity): "
             f"{ov['ratio']:.2f}x a dense step ({1e3 * ov['masked_step_s']:.1f} ms vs "
             f"{1e3 * ov['dense_step_s']:.1f} ms, median of {ov['rounds']} alternating blocks of "
             f"{ov['steps']} steps, batch {ov['batch_size']}, {ov['threads']} threads, one process)",
@@ -168,6 +180,12 @@ def write_gitignore(out: Path, best: list[str]) -> None:
     The exported model.pt2 is the artifact; a pruned checkpoint.pt stores its zeros densely and
     is as big as the dense one.
     """
-    lines = ["# written by autoprune bench", "runs/*", *[f"!runs/{b}/" for b in best],
-             "runs/*/checkpoint.pt", "runs/*/trials.json", "runs/*/epochs/"]  # fmt: skip
+    lines = [
+        "# written by autoprune bench",
+        "runs/*",
+        *[f"!runs/{b}/" for b in best],
+        "runs/*/checkpoint.pt",
+        "runs/*/trials.json",
+        "runs/*/epochs/",
+    ]
     (out / ".gitignore").write_text("\n".join(lines) + "\n")

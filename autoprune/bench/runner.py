@@ -53,14 +53,26 @@ class RunSpec:
         return self.name.removeprefix(f"{self.backend}-")
 
     def backend_config(self, progress: bool) -> BackendConfig:
-        return BackendConfig(epochs=self.epochs, finetune_epochs=self.finetune_epochs, lr=self.lr,
-                             finetune_lr=self.finetune_lr, distill=self.distill,
-                             seed=self.seed, options=dict(self.options),
-                             progress=progress)  # fmt: skip
+        return BackendConfig(
+            epochs=self.epochs,
+            finetune_epochs=self.finetune_epochs,
+            lr=self.lr,
+            finetune_lr=self.finetune_lr,
+            distill=self.distill,
+            seed=self.seed,
+            options=dict(self.options),
+            progress=progress,
+        )
 
     def prune_command(self, allocation: str, data_dir: str | None, out: str) -> str:
-        parts = ["autoprune prune", f"--allocation {allocation}", f"--backend {self.backend}",
-                 f"--epochs {self.epochs}", f"--finetune-epochs {self.finetune_epochs}", f"--lr {self.lr:g}"]  # fmt: skip
+        parts = [
+            "autoprune prune",
+            f"--allocation {allocation}",
+            f"--backend {self.backend}",
+            f"--epochs {self.epochs}",
+            f"--finetune-epochs {self.finetune_epochs}",
+            f"--lr {self.lr:g}",
+        ]
         if self.finetune_lr is not None:
             parts.append(f"--finetune-lr {self.finetune_lr:g}")
         if self.distill:
@@ -107,18 +119,34 @@ def make_allocation(spec: RunSpec, loaded: Loaded, checkpoint: str, path: Path) 
     bits = None if spec.bits is None else spec.bits.allocate(loaded.model, graph)
     costs = (cost_model if bits is None else cost_model.with_bits(bits)).costs(keep).as_dict()
     dense = cost_model.costs(cost_model.dense_keep).as_dict()
-    alloc = Allocation.from_keep(graph, keep, num_classes=loaded.num_classes, budgets=budgets,
-                                 predicted=costs, dense=dense, method="bench", dataset=loaded.dataset,
-                                 checkpoint=checkpoint, extra={"run": spec.name, "allocation": spec.allocation},
-                                 bits=bits)  # fmt: skip
+    alloc = Allocation.from_keep(
+        graph,
+        keep,
+        num_classes=loaded.num_classes,
+        budgets=budgets,
+        predicted=costs,
+        dense=dense,
+        method="bench",
+        dataset=loaded.dataset,
+        checkpoint=checkpoint,
+        extra={"run": spec.name, "allocation": spec.allocation},
+        bits=bits,
+    )
     alloc.save(path)
     return alloc
 
 
 def run_spec(
-    spec: RunSpec, *, out: Path, dense_ckpt: str, dataset: str, data_dir: str | None,
-    limit: int | None, force: bool, progress: bool,
-) -> bool:  # fmt: skip
+    spec: RunSpec,
+    *,
+    out: Path,
+    dense_ckpt: str,
+    dataset: str,
+    data_dir: str | None,
+    limit: int | None,
+    force: bool,
+    progress: bool,
+) -> bool:
     """Prune one run into out/runs/NAME unless it is there already; True if it ran now."""
     run_dir = out / "runs" / spec.name
     if (run_dir / "metrics.json").is_file() and not force:
@@ -129,23 +157,51 @@ def run_spec(
     alloc_path = out / "allocations" / f"{spec.name}.json"
     make_allocation(spec, loaded, dense_ckpt, alloc_path)
     resume = (partial_dir(run_dir) / "epochs" / "last.pt").is_file() and not force
-    run_prune(PruneRun(str(alloc_path), str(run_dir), spec.backend, spec.backend_config(progress),
-                       data_dir=data_dir, limit=limit, progress=progress, overwrite=force, resume=resume))  # fmt: skip
+    run_prune(
+        PruneRun(
+            str(alloc_path),
+            str(run_dir),
+            spec.backend,
+            spec.backend_config(progress),
+            data_dir=data_dir,
+            limit=limit,
+            progress=progress,
+            overwrite=force,
+            resume=resume,
+        )
+    )
     # The per-epoch resume state is as big as several models and useless once the run is done.
     shutil.rmtree(run_dir / "epochs", ignore_errors=True)
-    (run_dir / COMMAND_FILE).write_text(spec.prune_command(str(alloc_path), data_dir, str(run_dir)) + "\n")
+    (run_dir / COMMAND_FILE).write_text(
+        spec.prune_command(str(alloc_path), data_dir, str(run_dir)) + "\n"
+    )
     return True
 
 
 def run_specs(
-    specs: list[RunSpec], wanted: set[str] | list[str], *, out: Path, dense_ckpt: str,
-    dataset: str, data_dir: str | None, force: bool, progress: bool,
-) -> None:  # fmt: skip
+    specs: list[RunSpec],
+    wanted: set[str] | list[str],
+    *,
+    out: Path,
+    dense_ckpt: str,
+    dataset: str,
+    data_dir: str | None,
+    force: bool,
+    progress: bool,
+) -> None:
     """Run (or reuse) every spec whose name is in `wanted`, in the specs' order."""
     for spec in specs:
         if spec.name in wanted:
-            run_spec(spec, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
-                     limit=None, force=force, progress=progress)  # fmt: skip
+            run_spec(
+                spec,
+                out=out,
+                dense_ckpt=dense_ckpt,
+                dataset=dataset,
+                data_dir=data_dir,
+                limit=None,
+                force=force,
+                progress=progress,
+            )
 
 
 def recorded_command(spec: RunSpec, allocation: str, data_dir: str | None, run_dir: Path) -> str:
@@ -184,20 +240,28 @@ def measure_run(run_dir: Path, graph: UnitGraph, dense_acc: float) -> dict[str, 
     history = metrics.get("history", [])
     acc = float(metrics["final"]["accuracy"])
     return {
-        "run": run_dir.name, "backend": metrics.get("backend"), "granularity": metrics["granularity"],
+        "run": run_dir.name,
+        "backend": metrics.get("backend"),
+        "granularity": metrics["granularity"],
         "allocation": alloc.provenance.get("allocation", run_dir.name),
-        "weights_per_layer": counts, "dense_weights_per_layer": [lay.weights for lay in graph.layers],
-        "compression_ratio": float(metrics["compression_ratio"]), "test_accuracy": acc,
-        "delta_points": 100 * (acc - dense_acc), "nonzero_macs": nonzero_macs,
-        "macs": int(metrics["final"]["macs"]), "macs_fraction": nonzero_macs / dense_macs,
-        "predicted_macs": alloc.predicted.get("macs"), "epochs": len(history),
+        "weights_per_layer": counts,
+        "dense_weights_per_layer": [lay.weights for lay in graph.layers],
+        "compression_ratio": float(metrics["compression_ratio"]),
+        "test_accuracy": acc,
+        "delta_points": 100 * (acc - dense_acc),
+        "nonzero_macs": nonzero_macs,
+        "macs": int(metrics["final"]["macs"]),
+        "macs_fraction": nonzero_macs / dense_macs,
+        "predicted_macs": alloc.predicted.get("macs"),
+        "epochs": len(history),
         "wall_time_s": float(sum(metrics.get("wall_time_s", {}).values())),
         "budgets_met": all(c["met"] for c in metrics.get("budgets", {}).values()),
-    }  # fmt: skip
+    }
 
 
 def best_runs(rows: list[dict[str, Any]], max_drop_points: float) -> list[str]:
-    """Per backend and granularity: the most compressed run within the drop, else the most accurate."""
+    """Per backend and granularity: the most compressed run within the drop, else the most
+    accurate."""
     best: dict[tuple[str, str], dict[str, Any]] = {}
     for r in rows:
         key = (r["backend"], r["granularity"])
