@@ -57,7 +57,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         dest="warm_start",
         action="store_false",
         default=None,
-        help="optuna: do not make the uniform allocation a fresh study's first trial",
+        help="optuna: do not make the uniform allocation a fresh study's first trial; rl: do not "
+        "score it as a candidate beside the episodes",
     )
     g.add_argument("--steps", type=int, help="dsa: gradient steps on the keep ratios (default 200)")
     g.add_argument(

@@ -22,6 +22,16 @@ from autoprune.search.bit_space import random_bits, uniform_bits
 UNIFORM_RATIO = 0.5  # any equal ratio: the projection scales it until a budget binds
 
 
+def uniform_trial(problem: SearchProblem, number: int = 0) -> Trial:
+    """The uniform allocation as a trial, scored when the problem has an evaluator: a searching
+    method can keep it as its baseline, so it never returns less than uniform by its own proxy."""
+    ratios = np.full(len(problem.sizes), UNIFORM_RATIO)
+    bits = None if problem.bits is None else uniform_bits(problem, problem.bits, ratios)
+    keep = problem.project(ratios, bits)
+    score = problem.score(keep, bits) if problem.evaluate is not None else None
+    return Trial(number, keep, score, problem.costs(keep, bits), bits)
+
+
 @SEARCH_METHODS.register("uniform")
 @dataclass
 class Uniform(SearchMethod):
@@ -32,13 +42,8 @@ class Uniform(SearchMethod):
     supports_bits = True
 
     def search(self, problem: SearchProblem) -> SearchResult:
-        ratios = np.full(len(problem.sizes), UNIFORM_RATIO)
-        bits = None if problem.bits is None else uniform_bits(problem, problem.bits, ratios)
-        keep = problem.project(ratios, bits)
-        score = problem.score(keep, bits) if problem.evaluate is not None else None
-        return SearchResult(
-            keep, score, [Trial(0, keep, score, problem.costs(keep, bits), bits)], bits=bits
-        )
+        t = uniform_trial(problem)
+        return SearchResult(t.keep, t.score, [t], bits=t.bits)
 
 
 @SEARCH_METHODS.register("random")

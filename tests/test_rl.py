@@ -15,6 +15,7 @@ import pytest
 from autoprune.envs import ENV_IDS, LAYER_BUDGET, LayerBudgetEnv
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.rl_agents import DecayingTruncatedNormal, EpisodeCreditBuffer, RewardBaseline
+from autoprune.search.uniform import uniform_trial
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -182,7 +183,8 @@ def test_rl_search_keeps_the_best_episode_and_checkpoints_the_agent(
     agent: str, tmp_path: Path
 ) -> None:
     p = problem(tmp_path)
-    result = SEARCH_METHODS.get("rl")(episodes=12, agent=agent, checkpoint_every=5).search(p)
+    rl = SEARCH_METHODS.get("rl")(episodes=12, agent=agent, checkpoint_every=5, warm_start=False)
+    result = rl.search(p)
     assert len(result.trials) == 13  # every episode, then the trained policy's greedy one
     assert result.score == max(t.score for t in result.trials)
     assert result.info["best_episode"] == next(
@@ -192,6 +194,24 @@ def test_rl_search_keeps_the_best_episode_and_checkpoints_the_agent(
         assert all(p.cost_model.metric(m, t.keep) <= lim for m, lim in p.limits.items())
         assert t.score == p.evaluate(t.keep)
     assert (tmp_path / result.info["checkpoint"]).is_file()
+
+
+def test_rl_search_keeps_uniform_when_no_episode_beats_it() -> None:
+    p = problem()
+    uniform = uniform_trial(p)
+
+    def near_uniform(keep: np.ndarray, bits: object = None) -> float:
+        return -float(np.abs(np.asarray(keep) - uniform.keep).sum())
+
+    p.evaluate = near_uniform
+    result = SEARCH_METHODS.get("rl")(episodes=6).search(p)
+    assert len(result.trials) == 8  # episodes, the greedy one, then uniform
+    assert result.keep.tolist() == uniform.keep.tolist() and result.score == 0.0
+    episodes_best = max(t.score for t in result.trials[:-1])
+    if episodes_best < 0:  # no episode found it by itself
+        assert result.info["best_episode"] is None
+    off = SEARCH_METHODS.get("rl")(episodes=6, warm_start=False).search(p)
+    assert len(off.trials) == 7 and off.score == episodes_best
 
 
 def test_rl_search_is_reproducible_with_a_seed() -> None:
@@ -252,7 +272,7 @@ def test_cli_search_rl_end_to_end(tmp_path: Path) -> None:
     assert main(argv) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["search"]["agent"] == "td3" and metrics["search"]["episodes"] == 6
-    assert len(json.loads((out / "trials.json").read_text())) == 7
+    assert len(json.loads((out / "trials.json").read_text())) == 8  # + greedy, + uniform
     assert json.loads((out / "allocation.json").read_text())["provenance"]["method"] == "rl"
     agent = TD3.load(out / "agent" / "td3.zip", device="cpu")
     assert agent.action_space.shape == (1,)
