@@ -58,6 +58,12 @@ def checks(summary: dict[str, Any]) -> list[str]:
         for method in [m for m in ("optuna", "rl", "dsa") if m in by and "uniform" in by]:
             o, u = by[method]["test_accuracy"], by["uniform"]["test_accuracy"]
             verdict = "beats" if o > u else "does NOT beat"
+            if by[method]["keep"] == by["uniform"]["keep"]:
+                lines.append(
+                    f"- {budget} MACs: {method} does NOT beat uniform: it chose the uniform "
+                    f"allocation ({_pct(o)} vs {_pct(u)} on its own backend runs)"
+                )
+                continue
             paired = paired_noise(by[method], by["uniform"])
             bound = noise if paired is None else paired[2]
             within = f"; within seed noise (+-{100 * bound:.2f})" if abs(o - u) <= bound else ""

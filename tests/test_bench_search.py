@@ -29,10 +29,12 @@ def test_readme_states_whether_optuna_beats_uniform(tmp_path: Path) -> None:
     seeds = {"test_accuracies": [0.95, 0.951, 0.949]}
     rows = [
         {**row, "method": "uniform", "budget": "10%", "test_accuracy": 0.95},
-        {**row, "method": "optuna", "budget": "10%", "test_accuracy": 0.97},
+        {**row, "method": "optuna", "budget": "10%", "test_accuracy": 0.97, "keep": [4, 2, 1]},
         {**row, "method": "uniform", "budget": "5%", "test_accuracy": 0.93, **seeds},
+        {**row, "method": "rl", "budget": "5%", "test_accuracy": 0.931, **seeds},
         {
             **row,
+            "keep": [2, 2, 1],
             "method": "optuna",
             "budget": "5%",
             "test_accuracy": 0.9295,
@@ -61,6 +63,10 @@ def test_readme_states_whether_optuna_beats_uniform(tmp_path: Path) -> None:
     lines = checks(summary)
     assert lines[0].startswith("- 10% MACs: optuna beats uniform") and "+2.00 points" in lines[0]
     assert lines[1].startswith("- 5% MACs: optuna does NOT beat uniform")
+    # the same allocation as uniform (its own seed-0 run a little luckier) is no win
+    assert lines[2].startswith(
+        "- 5% MACs: rl does NOT beat uniform: it chose the uniform allocation"
+    )
     assert "ahead on 1 of 3 seeds; within seed noise (+-0.12)" in lines[1]
     assert "noise" not in lines[0] and "seeds" not in lines[0]
     text = render_readme(summary, tmp_path)

@@ -285,7 +285,7 @@ def test_search_benchmark_reports_rl_against_uniform(tmp_path: Path) -> None:
     row = {"proxy_accuracy": 0.9, "search_s": 2.0, "macs": 1e5, "dense_macs": 2.29e6, "keep": [3]}
     rows = [
         {**row, "method": "uniform", "budget": "10%", "test_accuracy": 0.95, "trials": 1},
-        {**row, "method": "rl", "budget": "10%", "test_accuracy": 0.96, "trials": 151},
+        {**row, "method": "rl", "budget": "10%", "test_accuracy": 0.96, "trials": 151, "keep": [4]},
     ]
     rows[1]["best_episode"] = 42
     recipe = {"budgets": ["10%"], "backend": "reweighted", "epochs": 1, "finetune_epochs": 1,
