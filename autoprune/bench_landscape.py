@@ -38,6 +38,8 @@ def _grid(conv1: int, conv2s: range | tuple[int, ...]) -> tuple[Point, ...]:
 
 @dataclass(frozen=True)
 class Landscape:
+    """The grid per budget, and how many of its best points are rechecked on more seeds."""
+
     search: Recipe = field(default_factory=Recipe)
     # (conv1, conv2) widths; every one leaves fc1 at least 20 channels. Without a grid for a
     # budget: the uniform allocation's neighbours.

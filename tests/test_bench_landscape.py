@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
-from autoprune.bench_landscape import fill, render
+from autoprune.bench_landscape import fill, render, search_landscape
 from autoprune.costs import CostModel
 from autoprune.models import build_model
 from autoprune.units import trace_units
@@ -63,3 +65,21 @@ def test_report_compares_the_seed0_pick_with_uniform_on_the_other_seeds_only(
     )
     assert "ahead on 0 of 2 seeds" in text
     assert text.index("| 100 / 11 / 3 |") < text.index("| 137 / 10 / 3 (uniform) |")
+
+
+@pytest.mark.slow
+def test_quick_landscape_trains_boundary_allocations_under_the_budget(tmp_path: Path) -> None:
+    cfg = SimpleNamespace(data_dir=None, out=str(tmp_path), quick=True, force=False, progress=False)
+    summary = search_landscape(cfg)
+    for b in summary["budgets"]:
+        assert sum(r["uniform"] for r in b["rows"]) == 1 and len(b["rows"]) >= 3
+        for r in b["rows"]:
+            assert r["macs"] <= b["limit"]
+            run = (
+                tmp_path
+                / "runs"
+                / f"{b['budget'].rstrip('%')}pct"
+                / f"keep-{'-'.join(map(str, r['keep']))}-seed0"
+            )
+            assert (run / "command.txt").read_text().startswith("autoprune prune --allocation")
+    assert "ranked" in (tmp_path / "README.md").read_text()

@@ -232,7 +232,7 @@ def test_rl_search_with_bits_meets_every_budget(fractions: dict[str, float]) -> 
     problem = synthetic_problem(fractions)
     result = SEARCH_METHODS.get("rl")(episodes=6, warmup=3).search(problem)
     assert result.bits is not None and result.info["env"] == KERNEL_BITS
-    assert len(result.trials) == 7  # six episodes and the greedy one
+    assert len(result.trials) == 8  # six episodes, the greedy one, then the uniform allocation
     for trial in result.trials:
         assert trial.bits is not None
         assert_meets(problem.cost_model, dict(problem.limits), trial.keep, trial.bits)
