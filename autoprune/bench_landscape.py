@@ -19,12 +19,13 @@ import numpy as np
 from autoprune.allocation import write_json_atomic
 from autoprune.bench import BENCHMARKS
 from autoprune.bench_search import QUICK as SEARCH_QUICK
-from autoprune.bench_search import Recipe, search_dense, train_keep
+from autoprune.bench_search import Recipe, bench_command, search_dense, train_keep
 from autoprune.bench_search_report import code_version, dense_row, paired_noise
 from autoprune.costs import CostModel
-from autoprune.projection import ProjectionConfig, project
+from autoprune.envs.layer_budget import largest_fitting
 from autoprune.runs import load_model_and_data, trace
-from autoprune.search.uniform import UNIFORM_RATIO
+from autoprune.search import SearchProblem
+from autoprune.search.uniform import uniform_trial
 from autoprune.units import UnitGraph
 
 NAME = "search-lenet5-mnist-landscape"
@@ -63,13 +64,15 @@ def fill(graph: UnitGraph, cost_model: CostModel, point: Point, limit: float) ->
     names = [u.name for u in graph.units]
     filler = int(np.argmax(graph.sizes))
     keep = np.array([point.get(n, 0) for n in names], dtype=np.int64)
-    best = None
-    for k in range(1, graph.sizes[filler] + 1):  # MACs grow with k: stop at the first misfit
+
+    def fits(k: int) -> bool:  # MACs grow with the filler's width
         keep[filler] = k
-        if cost_model.metric("macs", keep) > limit:
-            break
-        best = keep.copy()
-    return best
+        return cost_model.metric("macs", keep) <= limit
+
+    if not fits(1):
+        return None
+    keep[filler] = largest_fitting(1, int(graph.sizes[filler]), fits)
+    return keep
 
 
 def _around(uniform: np.ndarray, names: list[str], filler: int) -> list[Point]:
@@ -103,16 +106,12 @@ def search_landscape(cfg: Any) -> dict[str, Any]:
     )
     graph, cost_model = trace(loaded, "channel")
     dense_macs = cost_model.metric("macs", cost_model.dense_keep)
+    names, filler = [u.name for u in graph.units], int(np.argmax(graph.sizes))
     budgets = []
     for budget in recipe.budgets:
         limit = float(budget.rstrip("%")) / 100 * dense_macs
-        uniform = project(
-            np.full(len(graph.sizes), UNIFORM_RATIO),
-            cost_model,
-            {"macs": limit},
-            ProjectionConfig(),
-        )
-        names, filler = [u.name for u in graph.units], int(np.argmax(graph.sizes))
+        # what the `uniform` search method returns for this budget
+        uniform = uniform_trial(SearchProblem(cost_model, {"macs": limit})).keep
         points = land.grid.get(budget) or _around(uniform, names, filler)
         keeps = {tuple(int(v) for v in uniform)}
         for p in points:
@@ -143,15 +142,10 @@ def search_landscape(cfg: Any) -> dict[str, Any]:
         "benchmark": NAME,
         "quick": bool(cfg.quick),
         "dataset": recipe.dataset,
-        "command": " ".join(
-            ["autoprune", "bench", NAME]
-            + (["--quick"] if cfg.quick else [])
-            + (["--data-dir", cfg.data_dir] if cfg.data_dir and not cfg.quick else [])
-            + (["--out", cfg.out] if cfg.out else [])
-        ),
+        "command": bench_command(cfg, NAME),
         "code": code_version(),
         "dense": dense_row(dense),
-        "units": [u.name for u in graph.units],
+        "units": names,
         "recipe": {
             "backend": recipe.backend,
             "epochs": recipe.epochs,

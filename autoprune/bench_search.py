@@ -120,7 +120,7 @@ def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
         "benchmark": NAME,
         "quick": bool(cfg.quick),
         "dataset": recipe.dataset,
-        "command": _command(cfg),
+        "command": bench_command(cfg),
         "code": code_version(),
         "dense": dense_row(dense),
         "recipe": recipe_dict(recipe),
@@ -302,8 +302,9 @@ def train_keep(
     return float(json.loads((run / "metrics.json").read_text())["final"]["accuracy"])
 
 
-def _command(cfg: Any) -> str:
-    parts = ["autoprune", "bench", NAME]
+def bench_command(cfg: Any, name: str = NAME) -> str:
+    """The `autoprune bench NAME ...` command line that `cfg` stands for."""
+    parts = ["autoprune", "bench", name]
     if cfg.quick:
         parts.append("--quick")
     elif cfg.data_dir:
