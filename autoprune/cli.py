@@ -458,7 +458,9 @@ class Bench(Command):
     name, help = "bench", "run a named benchmark and write results/NAME/ (README table, runs)"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("benchmark", help="lenet5-mnist")
+        from autoprune.bench import NAMES
+
+        p.add_argument("benchmark", help=" | ".join(NAMES))
         p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
         p.add_argument("--out", help="default: results/NAME")
         p.add_argument(

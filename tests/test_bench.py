@@ -50,6 +50,16 @@ def test_unknown_benchmark_and_run_names_are_usage_errors(tmp_path: Path) -> Non
     assert not any(tmp_path.iterdir())
 
 
+def test_bench_help_names_every_registered_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
+    from autoprune.bench import NAMES, load_benchmarks
+
+    assert sorted(NAMES) == load_benchmarks().names()
+    with pytest.raises(SystemExit):
+        main(["bench", "--help"])
+    listed = "".join(capsys.readouterr().out.split())  # argparse wraps the line anywhere
+    assert all(name in listed for name in NAMES)
+
+
 def test_checks_average_seed_replicates_and_flag_noise() -> None:
     from autoprune.bench.report import checks
 
