@@ -113,6 +113,7 @@ class Train(Command):
         p.add_argument("--lr", type=float, default=0.05)
         p.add_argument("--batch-size", type=int, default=128)
         p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
+        _weight_decay_arg(p)
         p.add_argument("--out", required=True)
 
     def run(self, args: argparse.Namespace) -> int:
@@ -120,7 +121,8 @@ class Train(Command):
         from autoprune.training import TrainConfig
 
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                          optimizer=args.optimizer, seed=args.seed)  # fmt: skip
+                          optimizer=args.optimizer, weight_decay=args.weight_decay,
+                          seed=args.seed)  # fmt: skip
         metrics = run_train(TrainRun(args.model, args.dataset, args.out, args.data_dir,
                                      args.input_size, cfg, args.limit, not args.quiet,
                                      args.force))  # fmt: skip
@@ -178,12 +180,18 @@ def _backend_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--batch-size", type=int, default=128)
+    _weight_decay_arg(p)
     p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
                    help="distil the dense model's outputs into the pruned one with weight ALPHA "
                         "in [0, 1] (0: off)")  # fmt: skip
     p.add_argument("--importance", default="l1", help="l1 | l2 | taylor")
     p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
                    help="a backend-specific option, e.g. aux_lr=0.02 (repeatable)")  # fmt: skip
+
+
+def _weight_decay_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--weight-decay", type=float, default=5e-4, metavar="WD",
+                   help="L2 weight decay of the SGD / AdamW steps (default 5e-4)")  # fmt: skip
 
 
 def _backend_options(pairs: list[str]) -> dict[str, str]:
@@ -201,7 +209,8 @@ def _backend_cfg(args: argparse.Namespace) -> Any:
 
     return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
                          finetune_lr=args.finetune_lr, distill=args.distill,
-                         batch_size=args.batch_size, importance=args.importance, seed=args.seed,
+                         batch_size=args.batch_size, weight_decay=args.weight_decay,
+                         importance=args.importance, seed=args.seed,
                          progress=not args.quiet,
                          options=_backend_options(args.backend_option))  # fmt: skip
 

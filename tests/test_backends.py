@@ -152,6 +152,31 @@ def test_prune_resumes_after_ctrl_c(
     assert metrics["final"]["nonzero_weights"] == sum(keep)
 
 
+def test_prune_cli_trains_and_records_the_given_recipe(
+    allocation_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from autoprune.backends import loop
+
+    seen: list[float] = []
+    make = loop._optimizer
+
+    def spy(model: Any, cfg: BackendConfig, lr: float) -> torch.optim.Optimizer:
+        opt = make(model, cfg, lr)
+        seen.append(opt.param_groups[0]["weight_decay"])
+        return opt
+
+    monkeypatch.setattr(loop, "_optimizer", spy)
+    out = tmp_path / "run"
+    argv = ["prune", "--allocation", str(allocation_file), "--backend", "magnitude",
+            "--epochs", "1", "--finetune-epochs", "1", "--finetune-lr", "0.02",
+            "--weight-decay", "0.001", "--limit", "32", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert seen == [0.001, 0.001]  # both phases' optimisers
+    recipe = json.loads((out / "metrics.json").read_text())["info"]["recipe"]
+    assert recipe["weight_decay"] == 0.001 and recipe["finetune_lr"] == 0.02
+    assert (recipe["epochs"], recipe["finetune_epochs"], recipe["lr"]) == (1, 1, 0.01)
+
+
 def test_unknown_backend_suggests_the_closest(
     allocation_file: Path, tmp_path: Path, capsys: Any
 ) -> None:

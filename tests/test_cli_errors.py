@@ -133,6 +133,16 @@ def test_corrupt_allocation_file(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert_clean_failure(rc, err, out, "allocation.json", "regenerate")
 
 
+def test_negative_weight_decay(
+    lenet_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    argv = ["prune", "--allocation", str(lenet_run / "allocation.json"), "--weight-decay", "-1",
+            "--limit", "32", "--quiet", "--out", str(out)]  # fmt: skip
+    rc, err = run(argv, capsys)
+    assert_clean_failure(rc, err, out, "--weight-decay must be >= 0")
+
+
 def test_existing_output_is_not_clobbered(
     lenet_run: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

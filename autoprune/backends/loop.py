@@ -163,7 +163,8 @@ class MaskTrainer(Backend):
         self._phase(model, data, cfg, opt, "finetune", start, history, on_epoch_end)
         remove_masks(model, bake=True)  # bakes the fake-quantised values too
         _check_exact(model, umap, kept, self.name)
-        info: dict[str, Any] = {"backend": self.name, "options": dataclasses.asdict(opts)}
+        info: dict[str, Any] = {"backend": self.name, "options": dataclasses.asdict(opts),
+                                "recipe": _recipe(cfg)}  # fmt: skip
         if self.distill is not None:
             info["distill"] = {"alpha": self.distill.alpha, "temperature": self.distill.temperature}
         if bits is not None:
@@ -294,7 +295,16 @@ def param_dtype(model: nn.Module) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
+def _recipe(cfg: BackendConfig) -> dict[str, Any]:
+    """The training settings a run was made with, for its metrics.json."""
+    names = ("epochs", "finetune_epochs", "batch_size", "lr", "finetune_lr", "weight_decay",
+             "optimizer", "seed")  # fmt: skip
+    return {name: getattr(cfg, name) for name in names}
+
+
 def _optimizer(model: nn.Module, cfg: BackendConfig, lr: float) -> torch.optim.Optimizer:
+    if cfg.weight_decay < 0:
+        raise UsageError(f"--weight-decay must be >= 0, got {cfg.weight_decay!r}")
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "adam":
         return torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
