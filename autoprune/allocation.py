@@ -88,7 +88,7 @@ class Allocation:
             graph.model_name,
             graph.signature,
             graph.granularity,
-            tuple(graph.input_size),
+            graph.input_size,
             num_classes,
             units,
             list(budgets or []),

@@ -119,7 +119,7 @@ def search_landscape(cfg: Any) -> dict[str, Any]:
             if k is not None:
                 keeps.add(tuple(int(v) for v in k))
         folder = out / "runs" / f"{budget.rstrip('%')}pct"
-        rows = []
+        rows: list[dict[str, Any]] = []
         for keep in sorted(keeps):
             acc = train_keep(folder, recipe, keep, budget, dense, data_dir, cfg, seed=0)
             macs = cost_model.metric("macs", np.array(keep))

@@ -20,7 +20,7 @@ import numpy as np
 
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.backends.base import BackendConfig
-from autoprune.bench import BENCHMARKS
+from autoprune.bench import BENCHMARKS, BenchConfig
 from autoprune.bench.runner import COMMAND_FILE, RunSpec
 from autoprune.bench_search_report import checks as render_checks
 from autoprune.bench_search_report import (
@@ -94,11 +94,8 @@ QUICK = Recipe(
 
 
 @BENCHMARKS.register(NAME)
-def search_lenet5_mnist(cfg: Any) -> dict[str, Any]:
-    """Run (or reuse) every search and training run; write OUT/README.md and OUT/summary.json.
-
-    `cfg` has the fields of the bench registry's BenchConfig: data_dir, out, quick, force, progress.
-    """
+def search_lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
+    """Run (or reuse) every search and training run; write OUT/README.md and OUT/summary.json."""
     recipe = QUICK if cfg.quick else Recipe()
     out = Path(cfg.out or Path("results") / NAME)
     data_dir = None if cfg.quick else cfg.data_dir
@@ -317,7 +314,6 @@ def bench_command(cfg: Any, name: str = NAME) -> str:
 def main(argv: list[str] | None = None) -> None:
     """`python -m autoprune.bench_search`: the benchmark without the bench registry."""
     import argparse
-    from types import SimpleNamespace
 
     p = argparse.ArgumentParser(prog="python -m autoprune.bench_search", description=__doc__)
     p.add_argument("--data-dir")
@@ -326,7 +322,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--force", action="store_true")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    cfg = SimpleNamespace(
+    cfg = BenchConfig(
         data_dir=a.data_dir, out=a.out, quick=a.quick, force=a.force, progress=not a.quiet
     )
     summary = search_lenet5_mnist(cfg)

@@ -22,7 +22,7 @@ def parse_size(text: str) -> tuple[int, int, int]:
         parts = ()
     if len(parts) != 3 or min(parts) <= 0:
         raise argparse.ArgumentTypeError(f"expected CxHxW like 3x224x224, got {text!r}")
-    return parts  # type: ignore[return-value]
+    return parts
 
 
 def _print(args: argparse.Namespace, text: str) -> None:
@@ -528,7 +528,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args._command.run(args)  # type: ignore[no-any-return]
+        return args._command.run(args)
     except AutoPruneError as e:
         msg = " ".join(str(e).split())
         print(f"autoprune {args.command}: error: {msg}", file=sys.stderr)

@@ -257,7 +257,7 @@ def _run_backend(
         tmp.replace(last)
 
     resume = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None
-    return backend.run(  # type: ignore[no-any-return]
+    return backend.run(
         loaded.model, graph, keep, loaded.data, cfg, on_epoch_end=on_epoch_end, resume=resume
     )
 

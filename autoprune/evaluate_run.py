@@ -40,7 +40,7 @@ def evaluate_run(
     model, meta = load_pruned(ckpt)
     name = dataset or str(meta["dataset"])
     size = tuple(meta["input_size"])
-    data = load_dataset(name, input_size=size, data_dir=data_dir, limit=limit)  # type: ignore[arg-type]
+    data = load_dataset(name, input_size=size, data_dir=data_dir, limit=limit)
     loader = make_loader(data.test, batch_size=256, shuffle=False)
     result = evaluate(model, loader)
     report: dict[str, Any] = {

@@ -28,6 +28,9 @@ from autoprune.training import evaluate
 class Normalized(nn.Module):
     """[0, 1] images in, logits out: (x - mean) / std, then the network."""
 
+    mean: torch.Tensor  # buffers, (1, C, 1, 1)
+    std: torch.Tensor
+
     def __init__(self, net: nn.Module, mean: Sequence[float], std: Sequence[float]) -> None:
         super().__init__()
         self.net = net

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import cast
 
+import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -22,6 +24,8 @@ from autoprune.units import CONV_TYPES, UnitGraph, build_dependency_graph
 class ElementMask(nn.Module):
     """Parametrization w -> w * mask; the mask is a buffer broadcast against the parameter."""
 
+    mask: torch.Tensor
+
     def __init__(self, mask: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("mask", mask)
@@ -31,7 +35,7 @@ class ElementMask(nn.Module):
 
 
 def select_kept(
-    model: nn.Module, graph: UnitGraph, keep: Sequence[int], importance: str = "l1"
+    model: nn.Module, graph: UnitGraph, keep: Sequence[int] | np.ndarray, importance: str = "l1"
 ) -> list[torch.Tensor]:
     """Indices each unit keeps: its `keep` most important elements."""
     scores = score_units(model, graph.units, importance)
@@ -180,7 +184,7 @@ def remove_masks(model: nn.Module, *, bake: bool) -> None:
     """Drop every parametrization; with `bake` the masked (zeroed) values stay in the weights."""
     for module in model.modules():
         if parametrize.is_parametrized(module):
-            for pname in list(module.parametrizations.keys()):  # type: ignore[union-attr]
+            for pname in list(cast(nn.ModuleDict, module.parametrizations).keys()):
                 parametrize.remove_parametrizations(module, pname, leave_parametrized=bake)
 
 

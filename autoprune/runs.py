@@ -72,7 +72,7 @@ def load_model_and_data(
                 f"checkpoint {checkpoint!r} holds {meta['model']!r}, not {model!r}"
             )
         model = str(meta["model"])
-        input_size = tuple(meta["input_size"])  # type: ignore[assignment]
+        input_size = tuple(meta["input_size"])
     if model is None:
         raise UsageError("no model given; pass --model NAME (see `autoprune profile --help`)")
     size = tuple(input_size) if input_size else default_input_size(model)
@@ -284,7 +284,7 @@ def load_pruned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a pruned model from its checkpoint (dense build, slim to the saved shapes, load)."""
     state, meta = load_checkpoint(path)
     net = build_model(str(meta["model"]), num_classes=int(meta["num_classes"]),
-                      input_size=tuple(meta["input_size"]))  # type: ignore[arg-type]  # fmt: skip
+                      input_size=tuple(meta["input_size"]))  # fmt: skip
     if meta.get("kind") == CHECKPOINT_KIND_PRUNED:
         alloc = Allocation.from_dict(meta["allocation"], source=f"checkpoint {str(path)!r}")
         graph = trace_units(net, alloc.input_size, alloc.granularity, alloc.model)  # type: ignore[arg-type]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
 import torch
 import torch_pruning as tp
@@ -185,7 +185,7 @@ def _members(group: tp.dependency.Group, dg: tp.DependencyGraph, names: dict) ->
         if mod not in names:  # torch-pruning's pseudo-modules for adds, concats, flattens
             continue
         fn = item.dep.handler
-        dim = "out" if dg.is_out_channel_pruning_fn(fn) else "in"
+        dim: Literal["out", "in"] = "out" if dg.is_out_channel_pruning_fn(fn) else "in"
         key = (names[mod], dim)
         if key not in seen:
             seen[key] = Member(names[mod], dim, tuple(item.idxs), tuple(item.root_idxs))
@@ -246,9 +246,8 @@ def trace_units(
                         "use --granularity weight for this model"
                     )
             units.append(Unit(root, "channel", len(group[0].idxs), tuple(members)))
-    return UnitGraph(
-        model_name, tuple(input_size), granularity, units, layers, norms, other, classifier, order
-    )
+    size = cast(tuple[int, int, int], tuple(input_size))  # callers may pass a list
+    return UnitGraph(model_name, size, granularity, units, layers, norms, other, classifier, order)
 
 
 def _norm_channels(mod: nn.Module) -> int:
@@ -258,4 +257,4 @@ def _norm_channels(mod: nn.Module) -> int:
         return int(torch.tensor(mod.normalized_shape).prod())
     if isinstance(mod, nn.PReLU):
         return mod.num_parameters
-    return mod.num_features  # type: ignore[no-any-return]
+    return int(cast(int, mod.num_features))

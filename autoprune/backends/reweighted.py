@@ -122,8 +122,8 @@ class _Gates:
 
     def vector(self, u: int) -> Tensor:
         if self.held is not None:
-            return _HeldStep.apply(self.aux[u], self.held[u])  # type: ignore[no-any-return]
-        return _StraightThroughStep.apply(self.aux[u])  # type: ignore[no-any-return]
+            return _HeldStep.apply(self.aux[u], self.held[u])
+        return _StraightThroughStep.apply(self.aux[u])
 
     def on(self) -> list[Tensor]:
         if self.held is not None:

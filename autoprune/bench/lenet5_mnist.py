@@ -31,6 +31,7 @@ from autoprune.bench.runner import (
 from autoprune.errors import UsageError
 from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
 from autoprune.training import TrainConfig
+from autoprune.units import Granularity
 
 NAME = "lenet5-mnist"
 ADMM = (0.20, 0.08, 0.009, 0.07)  # Zhang et al. 2018, conv1 / conv2 / fc1 / fc2: 71.2x
@@ -39,7 +40,7 @@ X310 = (0.30, 0.02, 0.0015, 0.02)  # about 319x, 5.2% of the dense MACs (AutoPru
 MAX_DROP_POINTS = 0.1  # the accuracy a "no loss" run may give up against the dense model
 
 
-def _runs(table: list[tuple[str, str, str, Any]], **recipe: Any) -> list[RunSpec]:
+def _runs(table: list[tuple[str, str, Granularity, Any]], **recipe: Any) -> list[RunSpec]:
     """Specs from (name, backend, granularity, ratios per unit | fraction of dense MACs) rows;
     a name ending in -seedN is that run again with backend seed N."""
     return [
@@ -47,7 +48,7 @@ def _runs(table: list[tuple[str, str, str, Any]], **recipe: Any) -> list[RunSpec
             name,
             backend,
             gran,
-            ratios=None if isinstance(a, float) else a,  # type: ignore[arg-type]
+            ratios=None if isinstance(a, float) else a,
             macs=a if isinstance(a, float) else None,
             seed=split_seed(name)[1],
             **recipe,

@@ -70,7 +70,7 @@ RECIPE: dict[str, Any] = {"epochs": 12, "finetune_epochs": 12, "finetune_lr": 0.
 BITS_4 = QuantileBits((((1.0, 6),), ((1.0, 4),), ((1.0, 4),), ((1.0, 5),)))
 BINARY = QuantileBits((((1.0, 4),), ((1.0, 1),), ((1.0, 1),), ((1.0, 2),)))
 BINARY_ALL = QuantileBits((((1.0, 2),), ((1.0, 1),), ((1.0, 1),), ((1.0, 1),)))
-LONG = {"epochs": 16, "finetune_epochs": 24, "finetune_lr": 0.05}
+LONG: dict[str, Any] = {"epochs": 16, "finetune_epochs": 24, "finetune_lr": 0.05}
 FULL = [
     RunSpec("magnitude-21x-4bit", "magnitude", "weight", ratios=X21, bits=BITS_4, **RECIPE),
     RunSpec("magnitude-71x-binary", "magnitude", "weight", ratios=ADMM, bits=BINARY, **RECIPE),
