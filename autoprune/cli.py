@@ -1,4 +1,5 @@
-"""The `autoprune` command line: one small class per subcommand over the Python API."""
+"""The `autoprune` command line: the parser, `main`, and the train / profile / search / prune
+subcommands (one small class each over the Python API; the tooling ones are in cli_tools)."""
 
 from __future__ import annotations
 
@@ -6,109 +7,27 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from autoprune import __version__
-from autoprune.budgets import FLAG_METRIC, Budget, format_value, parse_budget
+from autoprune.budgets import FLAG_METRIC, Budget, parse_budget
+from autoprune.cli_base import (
+    Command,
+    common_args,
+    echo,
+    finish,
+    parse_size,
+)
 from autoprune.cli_search import DEFAULT_METHOD, add_search_arguments
+from autoprune.cli_tools import Bench, Dashboard, Eval, Export, LatencyTableCmd
 from autoprune.errors import AutoPruneError, UsageError
-
-
-def parse_size(text: str) -> tuple[int, int, int]:
-    """`3x224x224` -> (3, 224, 224)."""
-    try:
-        parts = tuple(int(p) for p in text.lower().split("x"))
-    except ValueError:
-        parts = ()
-    if len(parts) != 3 or min(parts) <= 0:
-        raise argparse.ArgumentTypeError(f"expected CxHxW like 3x224x224, got {text!r}")
-    return parts
-
-
-def _print(args: argparse.Namespace, text: str) -> None:
-    if not getattr(args, "quiet", False):
-        print(text)
-
-
-class Command:
-    """A subcommand: declares its arguments and runs from the parsed namespace."""
-
-    name: ClassVar[str]
-    help: ClassVar[str]
-
-    def add_arguments(self, p: argparse.ArgumentParser) -> None: ...
-
-    def run(self, args: argparse.Namespace) -> int:
-        raise NotImplementedError
-
-
-def _common(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
-    p.add_argument(
-        "--model", required=model_required, help="zoo or torchvision name, or pkg.module:factory"
-    )
-    p.add_argument(
-        "--dataset",
-        default="digits",
-        help="digits (default) | mnist | fashion-mnist | cifar10 | imagefolder | fake",
-    )
-    p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
-    p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
-    p.add_argument("--limit", type=int, help="use at most N samples per split (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
-    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
-    p.add_argument("--force", action="store_true", help="replace an existing --out directory")
-
-
-def _finish(args: argparse.Namespace, metrics: dict[str, Any], out: str) -> None:
-    if args.json:
-        print(json.dumps(metrics, indent=2, default=float))
-    else:
-        _print(args, before_after_table(metrics))
-        _print(args, f"wrote {out}")
-
-
-def before_after_table(metrics: dict[str, Any]) -> str:
-    d, f = metrics["dense"], metrics["final"]
-
-    def acc(v: float | None) -> str:
-        return "-" if v is None else f"{100 * v:.2f}%"
-
-    rows = [
-        ("test accuracy", acc(d.get("accuracy")), acc(f.get("accuracy"))),
-        ("MACs", format_value("macs", d["macs"]), format_value("macs", f["macs"])),
-        ("FLOPs (2 x MACs)", format_value("macs", d["flops"]), format_value("macs", f["flops"])),
-        ("params", format_value("params", d["params"]), format_value("params", f["params"])),
-        (
-            "nonzero params",
-            format_value("params", d["nonzero_params"]),
-            format_value("params", f["nonzero_params"]),
-        ),
-    ]
-    if d.get("latency_s") and f.get("latency_s"):
-        rows.append(
-            (
-                "latency (batch 1)",
-                format_value("latency", d["latency_s"]),
-                format_value("latency", f["latency_s"]),
-            )
-        )
-    w = max(len(r[0]) for r in rows)
-    lines = [f"{'':{w}}  {'dense':>12}  {'final':>12}"]
-    lines += [f"{a:{w}}  {b:>12}  {c:>12}" for a, b, c in rows]
-    if "compression_ratio" in metrics:
-        lines.append(
-            f"compression {metrics['compression_ratio']:.2f}x (weights), "
-            f"MACs {metrics['macs_ratio']:.2f}x"
-        )
-    return "\n".join(lines)
 
 
 class Train(Command):
     name, help = "train", "train a dense model and write RUN/checkpoint.pt"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        _common(p, model_required=True)
+        common_args(p, model_required=True)
         p.add_argument("--epochs", type=int, default=10)
         p.add_argument("--lr", type=float, default=0.05)
         p.add_argument("--batch-size", type=int, default=128)
@@ -130,7 +49,7 @@ class Train(Command):
             print(json.dumps(metrics, indent=2, default=float))
         else:
             acc = metrics["final"]["accuracy"]
-            _print(
+            echo(
                 args,
                 f"dense {args.model} on {args.dataset}: test accuracy {100 * acc:.2f}%; "
                 f"wrote {args.out}",
@@ -219,7 +138,7 @@ class Search(Command):
     name, help = "search", "search an allocation under budgets, train it, export it"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        _common(p)
+        common_args(p)
         p.add_argument("--checkpoint", help="dense checkpoint (from `autoprune train`)")
         for flag in FLAG_METRIC:
             p.add_argument(f"--budget-{flag}", metavar="B")
@@ -288,7 +207,7 @@ class Search(Command):
             latency_table=args.latency_table, bits=bit_space(args),
         )  # fmt: skip
         metrics = run_search(cfg)
-        _finish(args, metrics, args.out)
+        finish(args, metrics, args.out)
         from autoprune.latency import latency_warning
 
         warning = latency_warning(metrics)
@@ -324,179 +243,7 @@ class Prune(Command):
         cfg = PruneRun(args.allocation, args.out, args.backend, _backend_cfg(args), args.data_dir,
                        args.dataset, args.checkpoint, args.limit, not args.quiet, args.force,
                        args.resume)  # fmt: skip
-        _finish(args, run_prune(cfg), args.out)
-        return 0
-
-
-class Eval(Command):
-    name, help = "eval", "evaluate a run directory's model on a dataset's test split"
-
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("run")
-        p.add_argument("--dataset", help="default: the run's")
-        p.add_argument("--data-dir")
-        p.add_argument("--limit", type=int)
-        p.add_argument("--json", action="store_true")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from autoprune.evaluate_run import evaluate_run
-
-        report = evaluate_run(
-            args.run, dataset=args.dataset, data_dir=args.data_dir, limit=args.limit
-        )
-        if args.json:
-            print(json.dumps(report, indent=2, default=float))
-        else:
-            print(" ".join(f"{k}={v}" for k, v in report.items()))
-        return 0
-
-
-class LatencyTableCmd(Command):
-    name, help = (
-        "latency-table",
-        "time every prunable layer over kept widths on this machine (JSON table)",
-    )
-
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True)
-        p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
-        p.add_argument(
-            "--num-classes",
-            type=int,
-            help="classifier outputs; must match the searched model (default: the model's own)",
-        )
-        p.add_argument("--batch", type=int, default=1, help="images per timed forward pass")
-        p.add_argument(
-            "--threads", type=int, help="torch threads while timing (default: torch's setting)"
-        )
-        p.add_argument(
-            "--rounds", type=int, default=9, help="interleaved timing rounds; medians are kept"
-        )
-        p.add_argument("--out", help="JSON file to write (default: latency-MODEL-CxHxW.json)")
-        p.add_argument("--quiet", action="store_true")
-        p.add_argument("--json", action="store_true")
-
-    def run(self, args: argparse.Namespace) -> int:
-        import torch
-
-        from autoprune.latency import LatencyConfig, table_for
-        from autoprune.timing import TimingConfig
-
-        for flag in ("batch", "rounds", "threads", "num_classes"):
-            value = getattr(args, flag)
-            if value is not None and value < 1:
-                raise UsageError(f"--{flag.replace('_', '-')} {value} must be a positive integer")
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        cfg = LatencyConfig(
-            batch=args.batch, timing=TimingConfig(rounds=args.rounds, threads=args.threads)
-        )
-        table = table_for(args.model, input_size=args.input_size, num_classes=args.num_classes,
-                          cfg=cfg, progress=not (args.quiet or args.json))  # fmt: skip
-        size = "x".join(map(str, table.input_size))
-        out = (
-            args.out
-            or f"latency-{''.join(c if c.isalnum() else '_' for c in args.model)}-{size}.json"
-        )
-        table.save(out)
-        if args.json:
-            print(json.dumps(table.to_dict(), indent=2))
-        else:
-            _print(args, f"{args.model} @ {size}: {len(table.layers)} layers, dense "
-                         f"{format_value('latency', table.info['dense_model_s'])} "
-                         f"at batch {table.batch}, {table.threads} threads, "
-                         f"other jobs busy {table.info['others_cores']} cores; "
-                         f"wrote {out}")  # fmt: skip
-        return 0
-
-
-class Export(Command):
-    name, help = "export", "convert a run's model.pt2 to ONNX, checked against it with onnxruntime"
-
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("run", help="a run directory holding model.pt2")
-        p.add_argument("--onnx", action="store_true", help="write RUN/model.onnx (dynamic batch)")
-        p.add_argument("--out", help="ONNX file to write (default: RUN/model.onnx)")
-        p.add_argument("--json", action="store_true")
-
-    def run(self, args: argparse.Namespace) -> int:
-        if not args.onnx:
-            raise UsageError("choose a format to export to: pass --onnx")
-        from autoprune.onnx_export import export_onnx
-
-        report = export_onnx(args.run, args.out)
-        if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            diff = max(report["max_abs_diff"].values())
-            print(
-                f"wrote {report['onnx']} ({report['bytes']:,} bytes); "
-                f"outputs match model.pt2 within {diff:.2g}"
-            )
-        return 0
-
-
-class Dashboard(Command):
-    name, help = "dashboard", "browse a run's Optuna study in optuna-dashboard (bound to 127.0.0.1)"
-
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("run", nargs="?", help="run directory of `autoprune search --method optuna`")
-        p.add_argument(
-            "--storage", metavar="URL", help="an Optuna storage URL instead of (or besides) RUN"
-        )
-        p.add_argument("--port", type=int, default=8080)
-        p.add_argument(
-            "--screenshot",
-            metavar="FILE.png",
-            help="render the study in headless Chromium, save the PNG and exit",
-        )
-        p.add_argument("--browser", help="with --screenshot: the Chromium executable")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from autoprune.dashboard import screenshot, serve
-
-        if args.screenshot:
-            path = screenshot(args.run, args.screenshot, storage=args.storage, browser=args.browser)
-            print(f"wrote {path}")
-            return 0
-        serve(args.run, storage=args.storage, port=args.port)
-        return 0
-
-
-class Bench(Command):
-    name, help = "bench", "run a named benchmark and write results/NAME/ (README table, runs)"
-
-    def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        from autoprune.bench import NAMES
-
-        p.add_argument("benchmark", help=" | ".join(NAMES))
-        p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
-        p.add_argument("--out", help="default: results/NAME")
-        p.add_argument(
-            "--quick", action="store_true", help="embedded digits data and an epoch or two"
-        )
-        p.add_argument(
-            "--only", help="comma-separated run names (default: all); finished runs are reused"
-        )
-        p.add_argument("--force", action="store_true", help="redo finished runs")
-        p.add_argument("--quiet", action="store_true")
-        p.add_argument("--json", action="store_true")
-
-    def run(self, args: argparse.Namespace) -> int:
-        from autoprune.bench import BenchConfig, run_bench
-
-        only = [s.strip() for s in args.only.split(",") if s.strip()] if args.only else None
-        cfg = BenchConfig(data_dir=args.data_dir, out=args.out, quick=args.quick, only=only,
-                          force=args.force, progress=not args.quiet)  # fmt: skip
-        summary = run_bench(args.benchmark, cfg)
-        if args.json:
-            print(json.dumps(summary, indent=2, default=float))
-        else:
-            _print(
-                args,
-                f"wrote {args.out or 'results/' + args.benchmark}/README.md "
-                f"({len(summary['runs'])} runs)",
-            )
+        finish(args, run_prune(cfg), args.out)
         return 0
 
 

@@ -10,7 +10,7 @@ import time
 
 from autoprune.backends.base import BackendConfig
 from autoprune.budgets import parse_budget
-from autoprune.cli import before_after_table
+from autoprune.cli_base import before_after_table
 from autoprune.compress import SearchRun, run_search
 from autoprune.runs import TrainRun, run_train
 from autoprune.training import TrainConfig
