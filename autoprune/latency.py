@@ -24,7 +24,7 @@ from autoprune.budgets import Budget, format_value
 from autoprune.costs import CostModel
 from autoprune.errors import UsageError
 from autoprune.export import partial_dir
-from autoprune.latency_table import LatencyPredictor, LatencyTable, LayerTiming
+from autoprune.latency_table import LatencyPredictor, LatencyTable, LayerTiming, fit_rest
 from autoprune.masking import slim
 from autoprune.projection import ProjectionConfig, min_keeps
 from autoprune.timing import (
@@ -160,15 +160,14 @@ def _fit_rest(
     measured = compare_latency(
         {"dense": model, "small": small}, graph.input_size, batch=cfg.batch, cfg=cfg.timing
     )
-    predictor = LatencyPredictor(table, cost_model)  # rest terms still zero: layers only
+    predictor = LatencyPredictor(table, cost_model)  # rest still zero, scale 1: layers only
     positions = np.array([lay.positions for lay in graph.layers], dtype=np.float64)
-    rest, act = [], []
-    for keep, name in ((cost_model.dense_keep, "dense"), (small_keep, "small")):
-        rest.append(measured[name] - float(predictor.layer_seconds(keep).sum()))
-        act.append(float(cost_model.layer_widths(keep)[0] @ positions))
-    # A negative slope is timing noise; zero keeps the prediction monotone in every keep.
-    slope = max(0.0, (rest[0] - rest[1]) / (act[0] - act[1])) if act[0] > act[1] else 0.0
-    table.rest_per_activation, table.rest_const = slope, rest[0] - slope * act[0]
+    keeps = (cost_model.dense_keep, small_keep)
+    layers = [float(predictor.layer_seconds(k).sum()) for k in keeps]
+    acts = [float(cost_model.layer_widths(k)[0] @ positions) for k in keeps]
+    table.layer_scale, table.rest_const, table.rest_per_activation = fit_rest(
+        (measured["dense"], measured["small"]), (layers[0], layers[1]), (acts[0], acts[1])
+    )
     table.info.update(
         dense_model_s=measured["dense"],
         small_model_s=measured["small"],
@@ -194,6 +193,13 @@ def register_latency(
             stacklevel=2,
         )
     predictor = LatencyPredictor(table, cost_model)
+    floor = predictor(np.ones(len(cost_model.sizes), dtype=np.int64))  # monotone: the minimum
+    if not floor > 0.0:
+        raise UsageError(
+            f"{source} predicts {floor * 1e3:.3g} ms for a model that keeps one element per "
+            "unit: its layers add up to more than the measured model (timed while other jobs "
+            "ran?); rebuild it with `autoprune latency-table`"
+        )
     cost_model.register_metric("latency", predictor)
     return predictor
 

@@ -45,7 +45,9 @@ class LatencyTable:
     """Per-layer timings of one model on one machine; `rest_*` model everything between layers.
 
     rest(k) = rest_const + rest_per_activation * (conv/linear output elements at keep k), fitted to
-    the measured dense and smallest models, so the table predicts both of them exactly.
+    the measured dense and smallest models, so the table predicts both of them exactly. Where the
+    layers timed alone add up to more than the whole model, they are scaled by `layer_scale`
+    instead (see `fit_rest`), so no allocation is predicted to cost nothing.
     """
 
     model: str
@@ -57,6 +59,7 @@ class LatencyTable:
     rest_const: float
     rest_per_activation: float
     info: dict[str, Any] = field(default_factory=dict)
+    layer_scale: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -82,6 +85,7 @@ class LatencyTable:
                 float(d["rest_const"]),
                 float(d["rest_per_activation"]),
                 dict(d.get("info", {})),
+                float(d.get("layer_scale", 1.0)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(
@@ -169,7 +173,7 @@ class LatencyPredictor:
 
     def layer_seconds(self, keep: Sequence[int] | np.ndarray) -> np.ndarray:
         out, inp = self.cost_model.layer_widths(np.asarray(keep))
-        return np.array(
+        return self.table.layer_scale * np.array(
             [
                 _interp(xs, ys, t, float(o), float(i))
                 for (xs, ys, t), o, i in zip(self._grids, out, inp, strict=True)
@@ -182,3 +186,30 @@ class LatencyPredictor:
 
     def __call__(self, keep: np.ndarray) -> float:
         return float(self.layer_seconds(keep).sum()) + self.rest_seconds(keep)
+
+
+def fit_rest(
+    measured: tuple[float, float], layers: tuple[float, float], activations: tuple[float, float]
+) -> tuple[float, float, float]:
+    """(layer_scale, rest_const, rest_per_activation) from the dense and the smallest model.
+
+    Each pair is (dense, smallest): the measured seconds of the whole model, the sum of its
+    layers' table times, and its conv/linear output elements. The prediction
+    layer_scale * layers + rest_const + rest_per_activation * activations reproduces both
+    measurements where it can, and stays positive and monotone in every keep.
+    """
+    (dense, small), (l_dense, l_small), (a_dense, a_small) = measured, layers, activations
+    r_dense, r_small = dense - l_dense, small - l_small
+    # A negative slope is timing noise; zero keeps the prediction monotone in every keep.
+    slope = max(0.0, (r_dense - r_small) / (a_dense - a_small)) if a_dense > a_small else 0.0
+    const = r_dense - slope * a_dense
+    if const >= 0.0:
+        return 1.0, float(const), float(slope)
+    # The layers alone add up to more than the whole model (per-call overhead, or other jobs
+    # while they were timed): a negative rest would price small models at nothing or less, so
+    # scale the layers to the two measurements instead.
+    scale = (dense - small) / (l_dense - l_small) if l_dense > l_small and dense > small else 0.0
+    const = dense - scale * l_dense
+    if scale <= 0.0 or const < 0.0:
+        scale, const = dense / l_dense, 0.0
+    return float(scale), float(const), 0.0

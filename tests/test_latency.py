@@ -26,7 +26,7 @@ from autoprune.latency import (
     measure_table,
     register_latency,
 )
-from autoprune.latency_table import LatencyTable, LayerTiming, monotone
+from autoprune.latency_table import LatencyTable, LayerTiming, fit_rest, monotone
 from autoprune.models import build_model
 from autoprune.onnx_export import export_onnx
 from autoprune.projection import ProjectionConfig, project
@@ -151,6 +151,38 @@ def test_measured_table_reproduces_the_timed_dense_and_smallest_models(lenet: tu
         assert predict(small) == pytest.approx(table.info["small_model_s"], rel=1e-9)
     assert predict(cm.dense_keep) == pytest.approx(table.info["dense_model_s"], rel=1e-9)
     assert table.threads == torch.get_num_threads() and table.batch == 1
+
+
+def test_rest_fit_reproduces_both_models_and_never_prices_a_model_at_nothing() -> None:
+    # (dense, smallest): measured seconds, sum of the layers' table times, output elements.
+    scale, const, slope = fit_rest((10e-3, 2e-3), (8e-3, 1e-3), (1e6, 1e4))
+    assert scale == 1.0 and const >= 0.0 and slope >= 0.0  # the layers explain part of each
+    for m, lay, a in ((10e-3, 8e-3, 1e6), (2e-3, 1e-3, 1e4)):
+        assert scale * lay + const + slope * a == pytest.approx(m)
+    # Layers timed under load add up to more than the whole model (seen: 46.7 ms of layers for a
+    # ResNet-18 measured at 27.1 ms); a rest of -19.6 ms priced small models below zero.
+    scale, const, slope = fit_rest((27.06e-3, 2.06e-3), (46.7e-3, 2.5e-3), (2.3e6, 1e5))
+    assert 0.0 < scale < 1.0 and const >= 0.0 and slope == 0.0
+    for m, lay in ((27.06e-3, 46.7e-3), (2.06e-3, 2.5e-3)):
+        assert scale * lay + const == pytest.approx(m)
+    # Noise that makes the smallest model the slower one: no exact fit, still positive.
+    scale, const, _ = fit_rest((5e-3, 6e-3), (9e-3, 1e-3), (1e6, 1e4))
+    assert const == 0.0 and scale * 9e-3 == pytest.approx(5e-3)
+
+
+def test_a_table_that_prices_a_model_at_nothing_is_refused(tmp_path: Path) -> None:
+    _, cm = _traced("lenet5", (1, 28, 28))
+    table = _synthetic_table(cm, seed=0, noise=0.0)
+    table.layer_scale = 0.5
+    table.save(tmp_path / "t.json")
+    again = LatencyTable.load(tmp_path / "t.json")
+    assert again.layer_scale == 0.5
+    half = register_latency(CostModel(cm.graph), again).layer_seconds(cm.dense_keep)
+    full = register_latency(CostModel(cm.graph), _synthetic_table(cm, seed=0, noise=0.0))
+    assert half == pytest.approx(0.5 * full.layer_seconds(cm.dense_keep))
+    again.rest_const = -1.0  # as tables fitted before layer_scale could come out
+    with pytest.raises(UsageError, match="rebuild it"):
+        register_latency(CostModel(cm.graph), again)
 
 
 def test_table_round_trips_through_json_and_refuses_another_model(
