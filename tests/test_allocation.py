@@ -63,25 +63,25 @@ def test_other_model_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    "mutate",
+    ("mutate", "match"),
     [
-        lambda d: d.update(schema="something/v9"),
-        lambda d: d["units"][0].update(keep=0),
-        lambda d: d["units"][0].update(keep=10**9),
-        lambda d: d["units"][0].update(keep=2.5),
-        lambda d: d.pop("model"),
-        lambda d: d.update(predicted=[1, 2]),
-        lambda d: d.update(units=[7]),
-        lambda d: d["model"].update(input_size=None),
+        (lambda d: d.update(schema="something/v9"), "not an autoprune.allocation/v1 file"),
+        (lambda d: d["units"][0].update(keep=0), "keeps 0 of 500"),
+        (lambda d: d["units"][0].update(keep=10**9), "keeps 1000000000 of 500"),
+        (lambda d: d["units"][0].update(keep=2.5), "keeps 2.5 of 500"),
+        (lambda d: d.pop("model"), "malformed .*'model'.*regenerate it"),
+        (lambda d: d.update(predicted=[1, 2]), "malformed .*regenerate it"),
+        (lambda d: d.update(units=[7]), "malformed .*regenerate it"),
+        (lambda d: d["model"].update(input_size=None), "malformed .*regenerate it"),
     ],
 )
-def test_malformed_files_are_refused(tmp_path: Path, mutate) -> None:  # type: ignore[no-untyped-def]
+def test_malformed_files_are_refused(tmp_path: Path, mutate, match: str) -> None:  # type: ignore[no-untyped-def]
     alloc, _ = _alloc()
     data = alloc.to_dict()
     mutate(data)
     path = tmp_path / "allocation.json"
     path.write_text(json.dumps(data))
-    with pytest.raises(AllocationError) as e:
+    with pytest.raises(AllocationError, match=match) as e:
         Allocation.load(path)
     assert "\n" not in str(e.value)
 

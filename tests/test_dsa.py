@@ -26,6 +26,8 @@ from autoprune.cli import main
 from autoprune.costs import BASE_METRICS, CostModel
 from autoprune.costs_torch import TorchCostModel
 from autoprune.errors import UsageError
+from autoprune.export import load_program
+from autoprune.measure import count_macs
 from autoprune.models import build_model
 from autoprune.units import trace_units
 
@@ -220,3 +222,5 @@ def test_search_dsa_from_the_command_line_writes_a_run_within_budget(tmp_path: P
     assert metrics["search"]["options"]["train_weights"] is True
     alloc = json.loads((out / "allocation.json").read_text())
     assert alloc["provenance"]["method"] == "dsa"
+    program = load_program(out / "model.pt2")  # the budget, measured on the exported model
+    assert count_macs(program, tuple(alloc["model"]["input_size"])) <= 0.2 * alloc["dense"]["macs"]

@@ -114,6 +114,7 @@ def test_kernel_bits_passes_both_checkers(granularity: str) -> None:
         act_bits=(4, 8),
     )
     with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the checkers only warn about some defects: fail
         warnings.filterwarnings("ignore", message=".*symmetric and normalized.*")
         gym_check_env(env.unwrapped, skip_render_check=True)
         sb3_check_env(env.unwrapped, warn=True)
@@ -167,6 +168,7 @@ def test_every_finished_episode_meets_every_budget(
     keep, bits = np.asarray(info["allocation"]), info["bits"]
     model = cm.with_bits(bits) if counts is None else priced(cm, bits, counts)
     assert_meets(cm, limits, keep, bits, counts)
+    assert set(limits) <= set(info["costs"])
     assert info["costs"] == {m: model.metric(m, keep) for m in info["costs"]}
     proposed = np.asarray(info["proposed"])
     assert_meets(cm, limits, proposed, bits, counts)  # the env's own walls, before projection

@@ -149,6 +149,7 @@ def test_measured_table_reproduces_the_timed_dense_and_smallest_models(lenet: tu
     small = np.array(table.info["small_keep"])
     if table.rest_per_activation > 0:  # the rest term is fitted through both measured models
         assert predict(small) == pytest.approx(table.info["small_model_s"], rel=1e-9)
+    assert 0.0 < predict(small) < predict(cm.dense_keep)  # whichever way fit_rest went
     assert predict(cm.dense_keep) == pytest.approx(table.info["dense_model_s"], rel=1e-9)
     assert table.threads == torch.get_num_threads() and table.batch == 1
 

@@ -96,9 +96,15 @@ def test_unknown_model_suggests_a_close_name() -> None:
         build_model("resnet19")
 
 
-@pytest.mark.parametrize("bad", [{"num_classes": 0}, {"input_size": (3, 32)}])
-def test_bad_sizes_are_usage_errors(bad: dict[str, object]) -> None:
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize(
+    ("bad", "match"),
+    [
+        ({"num_classes": 0}, "num_classes must be a positive"),
+        ({"input_size": (3, 32)}, "got \\(3, 32\\)"),
+    ],
+)
+def test_bad_sizes_are_usage_errors(bad: dict[str, object], match: str) -> None:
+    with pytest.raises(UsageError, match=match):
         build_model("resnet20", **bad)  # type: ignore[arg-type]
 
 

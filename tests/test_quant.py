@@ -84,8 +84,6 @@ def test_backend_with_bits_ends_on_levels(dense: Any, name: str, granularity: st
     for lay in layers:
         w = res.model.get_submodule(lay.name).weight.detach()
         assert on_levels(w, weight[lay.name])
-        codes, _ = quantize(w, torch.tensor(weight[lay.name]))
-        assert codes.abs().max() <= 2 ** (max(weight[lay.name]) - 1)
     alive = UnitMap(res.model, graph).alive(res.model)
     for a, idx in zip(alive, res.kept, strict=True):
         outside = torch.ones_like(a)
