@@ -49,15 +49,16 @@ def test_lenet5_learns_digits_in_two_epochs() -> None:
 
 def test_fit_is_reproducible() -> None:
     splits = load_dataset("digits", input_size=(1, 16, 16), limit=96)
-    cfg = TrainConfig(epochs=1, batch_size=32, seed=5)
     weights = []
-    for _ in range(2):
+    for seed in (5, 5, 6):
+        cfg = TrainConfig(epochs=1, batch_size=32, seed=seed)
         set_seed(cfg.seed)
         model = build_model("lenet5", input_size=(1, 16, 16))
         loader = make_loader(splits.train, batch_size=32, shuffle=True, seed=cfg.seed)
         fit(model, loader, None, cfg, progress=False)
         weights.append(model.state_dict())
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    assert not all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
 
 
 def test_hooks_run_between_backward_and_step_with_global_steps() -> None:
