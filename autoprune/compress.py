@@ -198,7 +198,7 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
             "history": history, "wall_time_s": timings,
         }  # fmt: skip
         metrics = finish_run(stage, loaded, graph, allocation, model, kept,
-                             dense_metrics=dense_metrics, extra=extra,
+                             dense_metrics=dense_metrics, extra=extra, seed=cfg.seed,
                              latency_batch=latency.batch if latency else 1)  # fmt: skip
         _write_trials(stage, result)
         write_search_report(stage, graph=graph, result=result, keep=keep, limits=limits,
@@ -309,6 +309,7 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
         _refuse_existing(cfg.out, cfg.overwrite)
     set_seed(cfg.backend_cfg.seed)
     alloc.provenance["backend"] = cfg.backend
+    alloc.provenance["backend_seed"] = cfg.backend_cfg.seed  # "seed": the search's, if any
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite, resume=cfg.resume) as stage:
         dense_metrics = model_metrics(
             loaded.model, loaded.input_size, _loader(loaded.data.test), latency=False
@@ -321,4 +322,5 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
         extra = {"backend": cfg.backend, "history": res.history, "info": res.info,
                  "wall_time_s": {"prune": time.perf_counter() - t}}  # fmt: skip
         return finish_run(stage, loaded, graph, alloc, res.model, res.kept,
-                          dense_metrics=dense_metrics, extra=extra)  # fmt: skip
+                          dense_metrics=dense_metrics, extra=extra,
+                          seed=cfg.backend_cfg.seed)  # fmt: skip

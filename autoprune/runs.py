@@ -193,10 +193,13 @@ def finish_run(
     *,
     dense_metrics: dict[str, Any],
     extra: dict[str, Any],
+    seed: int,
     dense_model: nn.Module | None = None,
     latency_batch: int = 1,
 ) -> dict[str, Any]:
     """Slim, export and measure the final model; write allocation, checkpoint, program, metrics.
+
+    `seed` is the one this run trained with (metrics.json and the checkpoint record it).
 
     Latency is measured here for both models at once (interleaved runs, medians), so their ratio
     is not skewed by load that comes and goes; without `dense_model` a freshly built dense network
@@ -213,7 +216,7 @@ def finish_run(
     allocation.save(stage / "allocation.json")
     save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
                     meta=_meta(loaded, CHECKPOINT_KIND_PRUNED,
-                               int(allocation.provenance.get("seed", 0)),
+                               seed,
                                allocation=allocation.to_dict()))  # fmt: skip
     export_program(
         final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"
@@ -245,7 +248,7 @@ def finish_run(
     _refuse_broken(checks)
     metrics = {
         "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
-        "granularity": graph.granularity, "seed": allocation.provenance.get("seed"),
+        "granularity": graph.granularity, "seed": seed,
         "dense": dense_metrics, "final": final, "predicted": allocation.predicted,
         "budgets": checks, **compression(dense_metrics, final), "latency": latency, **extra,
     }  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 import autoprune.backends  # noqa: F401  (registers the built-in backends)
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.reweighted import Reweighted
-from autoprune.checkpoint import save_checkpoint
+from autoprune.checkpoint import load_checkpoint, save_checkpoint
 from autoprune.cli import main
 from autoprune.compress import PruneRun, get_backend, run_prune
 from autoprune.errors import UnknownNameError, UsageError
@@ -169,10 +169,15 @@ def test_prune_cli_trains_and_records_the_given_recipe(
     out = tmp_path / "run"
     argv = ["prune", "--allocation", str(allocation_file), "--backend", "magnitude",
             "--epochs", "1", "--finetune-epochs", "1", "--finetune-lr", "0.02",
-            "--weight-decay", "0.001", "--limit", "32", "--quiet", "--out", str(out)]  # fmt: skip
+            "--weight-decay", "0.001", "--seed", "3", "--limit", "32", "--quiet",
+            "--out", str(out)]  # fmt: skip
     assert main(argv) == 0
     assert seen == [0.001, 0.001]  # both phases' optimisers
-    recipe = json.loads((out / "metrics.json").read_text())["info"]["recipe"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 3 and metrics["info"]["recipe"]["seed"] == 3  # the run's own seed
+    assert json.loads((out / "allocation.json").read_text())["provenance"]["backend_seed"] == 3
+    assert load_checkpoint(out / "checkpoint.pt")[1]["seed"] == 3
+    recipe = metrics["info"]["recipe"]
     assert recipe["weight_decay"] == 0.001 and recipe["finetune_lr"] == 0.02
     assert (recipe["epochs"], recipe["finetune_epochs"], recipe["lr"]) == (1, 1, 0.01)
 
