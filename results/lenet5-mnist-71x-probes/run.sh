@@ -24,7 +24,7 @@ probe() {  # NAME ALLOCATION BACKEND SEED [extra prune arguments]
   OMP_NUM_THREADS=1 "${cmd[@]}"
   echo "OMP_NUM_THREADS=1 ${cmd[*]}" > "$HERE/runs/$name/command.txt"
 }
-for seed in 0 1 2; do
+for seed in 0 1 2 3 4 5; do
   probe "admm-reweighted-seed$seed" admm reweighted "$seed" --distill 0.7
   probe "admm-magnitude-seed$seed" admm magnitude "$seed" --distill 0.7
 done
