@@ -11,7 +11,7 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, TensorDataset
 
-from autoprune import data
+from autoprune import data, image_tensors
 from autoprune.data import ImageTensorDataset, load_dataset, make_loader
 from autoprune.errors import DataError, UnknownNameError, UsageError
 
@@ -69,7 +69,7 @@ def test_large_datasets_convert_per_batch_identically(monkeypatch: pytest.Monkey
     images = torch.randint(0, 256, (5, 1, 8, 8), dtype=torch.uint8)
     args = (images, torch.arange(5), (3, 12, 12), (0.5,) * 3, (0.2,) * 3)
     cached = ImageTensorDataset(*args)
-    monkeypatch.setattr(data, "_CACHE_BYTES", 0)
+    monkeypatch.setattr(image_tensors, "_CACHE_BYTES", 0)
     lazy = ImageTensorDataset(*args)
     index = torch.tensor([4, 0, 2])
     assert all(
