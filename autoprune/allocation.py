@@ -127,8 +127,7 @@ class Allocation:
         if graph.signature != self.signature:
             raise AllocationError(
                 f"allocation was made for model {self.model!r} (signature {self.signature}), "
-                "not for "
-                f"{graph.model_name!r} at input {'x'.join(map(str, graph.input_size))} "
+                f"not for {graph.model_name!r} at input {'x'.join(map(str, graph.input_size))} "
                 f"(signature {graph.signature}); search a new allocation for this model"
             )
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from autoprune.allocation import write_json_atomic
-from autoprune.bench import BENCHMARKS
+from autoprune.bench import BENCHMARKS, BenchConfig
 from autoprune.bench_search import QUICK as SEARCH_QUICK
 from autoprune.bench_search import Recipe, bench_command, search_dense, train_keep
 from autoprune.bench_search_report import code_version, dense_row, paired_noise
@@ -88,7 +88,7 @@ def _around(uniform: np.ndarray, names: list[str], filler: int) -> list[Point]:
 
 
 @BENCHMARKS.register(NAME)
-def search_landscape(cfg: Any) -> dict[str, Any]:
+def search_landscape(cfg: BenchConfig) -> dict[str, Any]:
     """Train every grid point (seed 0), recheck the best and uniform on the other seeds; write
     OUT/README.md and OUT/summary.json."""
     land = QUICK if cfg.quick else Landscape()

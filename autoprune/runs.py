@@ -215,8 +215,7 @@ def finish_run(
     final_model = slim(model, graph, kept).eval()
     allocation.save(stage / "allocation.json")
     save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
-                    meta=_meta(loaded, CHECKPOINT_KIND_PRUNED,
-                               seed,
+                    meta=_meta(loaded, CHECKPOINT_KIND_PRUNED, seed,
                                allocation=allocation.to_dict()))  # fmt: skip
     export_program(
         final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"

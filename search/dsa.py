@@ -40,6 +40,7 @@ from autoprune.search.dsa_masks import (
     normalised_ranks,
     straight_through,
 )
+from autoprune.search.uniform import UNIFORM_RATIO
 from torch import Tensor, nn
 from tqdm import tqdm
 
@@ -96,7 +97,8 @@ class DSA(SearchMethod):
         remove_masks(model, bake=True)
         bits = None
         if problem.bits is not None:
-            bits = uniform_bits(problem, problem.bits, np.full(len(problem.sizes), 0.5))
+            even = np.full(len(problem.sizes), UNIFORM_RATIO)  # `uniform --bits`'s widths
+            bits = uniform_bits(problem, problem.bits, even)
         ratios, history, multipliers = self._optimise(problem, ctx, model, bits)
         keep = problem.project(ratios, bits)
         score = problem.score(keep, bits) if problem.evaluate is not None else None
