@@ -1,5 +1,5 @@
 """`python -m autoprune` is the `autoprune` command."""
 
-from autoprune.cli import run_cli
+from autoprune.cli.main import run_cli
 
 run_cli()

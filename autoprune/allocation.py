@@ -3,8 +3,8 @@
 An allocation is data: it names the model, its signature (a hash of unit names and shapes), the
 budgets it was made for, integer keeps per unit and, optionally, bits: `weight_bits` (layer ->
 bits of each kernel, i.e. output filter or row) and `act_bits` (layer -> bits of its input
-activations), the two halves of an `autoprune.bits.BitAllocation`; 32 means float. It replays on
-a freshly built model of the same signature and refuses any other.
+activations), the two halves of an `autoprune.quant.bits.BitAllocation`; 32 means float. It
+replays on a freshly built model of the same signature and refuses any other.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import Any
 import numpy as np
 
 from autoprune import __version__
-from autoprune.bits import BitAllocation
-from autoprune.budgets import Budget
+from autoprune.cost.budgets import Budget
 from autoprune.errors import AllocationError
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
+from autoprune.quant.bits import BitAllocation
 
 SCHEMA = "autoprune.allocation/v1"
 

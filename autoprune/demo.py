@@ -9,11 +9,11 @@ import argparse
 import time
 
 from autoprune.backends.base import BackendConfig
-from autoprune.budgets import parse_budget
-from autoprune.cli_base import before_after_table
-from autoprune.compress import SearchRun, run_search
-from autoprune.runs import TrainRun, run_train
-from autoprune.training import TrainConfig
+from autoprune.cli.base import before_after_table
+from autoprune.cost.budgets import parse_budget
+from autoprune.pipeline.compress import SearchRun, run_search
+from autoprune.pipeline.runs import TrainRun, run_train
+from autoprune.train.loop import TrainConfig
 
 
 def main(argv: list[str] | None = None) -> int:

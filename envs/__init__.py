@@ -5,6 +5,7 @@ env = gymnasium.make(KERNEL_BITS, cost_model=cm, limits={"size": 8e3}, evaluate=
 """
 
 import gymnasium
+
 from autoprune.envs.kernel_bits import KernelBitsEnv
 from autoprune.envs.layer_budget import LayerBudgetEnv
 

@@ -21,10 +21,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from autoprune.costs import CostModel
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps, project
 from autoprune.errors import BudgetError, UsageError
-from autoprune.projection import ProjectionConfig, min_keeps, project
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
 
 Reward = Literal["accuracy", "amc"]
 REWARDS: tuple[str, ...] = ("accuracy", "amc")

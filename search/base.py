@@ -10,18 +10,18 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from autoprune.costs import CostModel
-from autoprune.kernel_counts import KernelCounts, priced
-from autoprune.projection import ProjectionConfig, project
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.quant.kernel_counts import KernelCounts, priced
 from autoprune.registry import Registry
 
 if TYPE_CHECKING:
-    from autoprune.search.bit_space import BitSpace
     from torch import nn
     from torch.utils.data import Dataset
 
-    from autoprune.bits import BitAllocation
-    from autoprune.units import UnitGraph
+    from autoprune.graph.units import UnitGraph
+    from autoprune.quant.bits import BitAllocation
+    from autoprune.search.bit_space import BitSpace
 
 # Scores an allocation (integer keeps per unit) by validation accuracy; higher is better. Passed in
 # as a callable so tests can use a cheap one and searches never touch data themselves. A search with
@@ -59,7 +59,7 @@ class SearchProblem:
     context: SearchContext | None = None  # model and data; None where only costs are searched
     bits: BitSpace | None = None  # None: keeps only; else every method chooses bits from these
     # Nonzeros per kernel as the evaluator keeps elements: with it, allocations with bits are
-    # priced exactly (autoprune.kernel_counts); without, by CostModel.with_bits's estimate.
+    # priced exactly (autoprune.quant.kernel_counts); without, by CostModel.with_bits's estimate.
     kernel_counts: KernelCounts | None = None
 
     @property

@@ -14,14 +14,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from autoprune.search.base import SearchProblem
-from torch import nn
 
-from autoprune.bits import BIT_CHOICES, FLOAT_BITS, STORABLE_BITS, BitAllocation
+from autoprune.cost.projection import min_keeps
 from autoprune.errors import UsageError
-from autoprune.projection import min_keeps
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
+from autoprune.quant.bits import BIT_CHOICES, FLOAT_BITS, STORABLE_BITS, BitAllocation
+from autoprune.search.base import SearchProblem
 
 # `uniform --bits` takes more bits only while it still keeps this share of the weights the
 # smallest widths would keep (see `uniform_bits`). A half let 8 bits win nearly every size budget
@@ -169,13 +167,3 @@ def random_bits(problem: SearchProblem, space: BitSpace, rng: np.random.Generato
     n = len(problem.cost_model.graph.layers)
     weight = [int(b) for b in rng.choice(space.weight, n)]
     return fit_bits(problem, space, weight, [int(b) for b in rng.choice(space.act, n)])
-
-
-def kernel_importance(model: nn.Module, graph: UnitGraph) -> dict[str, np.ndarray]:
-    """L1 norm of every kernel (output filter / output row) of every conv/linear layer."""
-    out = {}
-    with torch.no_grad():
-        for lay in graph.layers:
-            w: torch.Tensor = model.get_submodule(lay.name).weight  # type: ignore[assignment]
-            out[lay.name] = w.detach().abs().reshape(w.shape[0], -1).sum(dim=1).cpu().numpy()
-    return out

@@ -25,6 +25,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from autoprune.cost.projection import min_keeps
+from autoprune.cost.torch_model import TorchCostModel
+from autoprune.errors import UsageError
+from autoprune.graph.importance import IMPORTANCE, score_units
+from autoprune.graph.masking import remove_masks
+from autoprune.quant.bits import BitAllocation
 from autoprune.search.base import (
     SEARCH_METHODS,
     SearchContext,
@@ -40,18 +49,9 @@ from autoprune.search.dsa_masks import (
     normalised_ranks,
     straight_through,
 )
+from autoprune.search.evaluator import accumulate_gradients
 from autoprune.search.uniform import UNIFORM_RATIO
-from torch import Tensor, nn
-from tqdm import tqdm
-
-from autoprune.bits import BitAllocation
-from autoprune.costs_torch import TorchCostModel
-from autoprune.data import make_loader
-from autoprune.errors import UsageError
-from autoprune.evaluator import accumulate_gradients
-from autoprune.importance import IMPORTANCE, score_units
-from autoprune.masking import remove_masks
-from autoprune.projection import min_keeps
+from autoprune.train.data import make_loader
 
 HISTORY_POINTS = 20  # rows of the trajectory kept in the result (metrics.json stays small)
 

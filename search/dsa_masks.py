@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 from torch.utils.hooks import RemovableHandle
 
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
 
 BISECTION_STEPS = 50  # the threshold to ~1e-15 of the search interval: mean(p) exact in float64
 _EPS = 1e-12

@@ -20,6 +20,12 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
+from optuna.storages import RDBStorage
+from optuna.trial import TrialState
+
+from autoprune.errors import AutoPruneError, UsageError
+from autoprune.quant.bits import BitAllocation
+from autoprune.rundir import ARTIFACTS, STUDY_DB
 from autoprune.search.base import (
     SEARCH_METHODS,
     SearchMethod,
@@ -32,14 +38,7 @@ from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
 from autoprune.search.study import SAMPLERS, StudySpec, check_study, open_storage, safe_url
 from autoprune.search.trials import quiet_optuna, run_workers
 from autoprune.search.uniform import UNIFORM_RATIO
-from optuna.storages import RDBStorage
-from optuna.trial import TrialState
 
-from autoprune.bits import BitAllocation
-from autoprune.errors import AutoPruneError, UsageError
-
-STUDY_DB = "study.db"  # the default storage's file inside SearchProblem.workdir
-ARTIFACTS = "artifacts"  # the artifact store's folder inside SearchProblem.workdir
 COST_METRICS = ("macs", "params", "size", "bops", "weights")
 
 

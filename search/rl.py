@@ -21,8 +21,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
+from stable_baselines3.common.base_class import BaseAlgorithm
+from stable_baselines3.common.callbacks import BaseCallback
+from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
+from tqdm.auto import tqdm
+
 from autoprune.envs import KERNEL_BITS, LAYER_BUDGET
 from autoprune.envs.layer_budget import REWARDS
+from autoprune.errors import UsageError
+from autoprune.graph.importance import kernel_importance
 from autoprune.search.base import (
     SEARCH_METHODS,
     SearchMethod,
@@ -31,15 +38,8 @@ from autoprune.search.base import (
     Trial,
     best_of,
 )
-from autoprune.search.bit_space import kernel_importance
 from autoprune.search.rl_agents import AGENTS, AgentConfig, RewardBaseline
 from autoprune.search.uniform import uniform_trial
-from stable_baselines3.common.base_class import BaseAlgorithm
-from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
-from tqdm.auto import tqdm
-
-from autoprune.errors import UsageError
 
 AGENT_DIR = "agent"  # inside SearchProblem.workdir
 

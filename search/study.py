@@ -8,13 +8,13 @@ from typing import Any
 
 import numpy as np
 import optuna
-from autoprune.search.base import SearchProblem
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 
-from autoprune.bits import BitAllocation
-from autoprune.budgets import format_value
+from autoprune.cost.budgets import format_value
 from autoprune.errors import UsageError
+from autoprune.quant.bits import BitAllocation
 from autoprune.registry import Registry
+from autoprune.search.base import SearchProblem
 
 SamplerFactory = Callable[[int, int, bool], optuna.samplers.BaseSampler]  # (seed, trials, multi)
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")

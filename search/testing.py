@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from autoprune.bits import BitAllocation
+from autoprune.quant.bits import BitAllocation
 
 
 class SyntheticEvaluator:

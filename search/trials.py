@@ -22,16 +22,16 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from autoprune.search.base import SearchProblem
-from autoprune.search.bit_space import fit_bits
-from autoprune.search.study import SAMPLERS, StudySpec, open_storage, trial_note
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import TrialState
 from tqdm.auto import tqdm
 
-from autoprune.bits import BitAllocation
+from autoprune.cost.projection import min_keeps
 from autoprune.errors import AutoPruneError, UsageError
-from autoprune.projection import min_keeps
+from autoprune.quant.bits import BitAllocation
+from autoprune.search.base import SearchProblem
+from autoprune.search.bit_space import fit_bits
+from autoprune.search.study import SAMPLERS, StudySpec, open_storage, trial_note
 
 
 def run_workers(spec: StudySpec, problem: SearchProblem, study: optuna.Study, n_jobs: int) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+
 from autoprune.search.base import (
     SEARCH_METHODS,
     SearchMethod,

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 
 from autoprune.allocation import SCHEMA, Allocation
-from autoprune.budgets import parse_budget
-from autoprune.costs import CostModel
+from autoprune.cost.budgets import parse_budget
+from autoprune.cost.measure import count_params
+from autoprune.cost.model import CostModel
 from autoprune.errors import AllocationError
-from autoprune.masking import mask_model, slim
-from autoprune.measure import count_params
+from autoprune.graph.masking import mask_model, slim
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.units import trace_units
 
 
 def _alloc(model: str = "lenet5") -> tuple[Allocation, CostModel]:

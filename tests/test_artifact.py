@@ -9,14 +9,14 @@ import pytest
 import torch
 from torch import nn
 
-from autoprune.artifact import load_artifact, write_artifact
-from autoprune.bits import BitAllocation, artifact_bytes
-from autoprune.costs import CostModel
+from autoprune.cost.model import CostModel
 from autoprune.errors import CheckpointError
-from autoprune.masking import mask_model, remove_masks
+from autoprune.graph.masking import mask_model, remove_masks
+from autoprune.graph.units import UnitGraph, trace_units
 from autoprune.models import build_model
-from autoprune.quant import add_act_quant, add_weight_quant, quantize
-from autoprune.units import UnitGraph, trace_units
+from autoprune.quant.artifact import load_artifact, write_artifact
+from autoprune.quant.bits import BitAllocation, artifact_bytes
+from autoprune.quant.fake import add_act_quant, add_weight_quant, quantize
 
 SIZE = (1, 28, 28)
 

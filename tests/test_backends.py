@@ -14,14 +14,14 @@ import torch
 import autoprune.backends  # noqa: F401  (registers the built-in backends)
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.reweighted import Reweighted
-from autoprune.checkpoint import load_checkpoint, save_checkpoint
-from autoprune.cli import main
-from autoprune.compress import PruneRun, get_backend, run_prune
+from autoprune.cli.main import main
+from autoprune.cost.measure import count_macs, count_params, count_weights
 from autoprune.errors import UnknownNameError, UsageError
-from autoprune.export import partial_dir
-from autoprune.masking import UnitMap, slim
-from autoprune.measure import count_macs, count_params, count_weights
-from autoprune.runs import load_model_and_data, trace
+from autoprune.graph.masking import UnitMap, slim
+from autoprune.pipeline.compress import PruneRun, get_backend, run_prune
+from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.rundir import partial_dir
+from autoprune.train.checkpoint import load_checkpoint, save_checkpoint
 
 SIZE = (1, 16, 16)
 BACKEND_NAMES = ("reweighted", "admm", "magnitude", "greg", "hspg")
@@ -109,7 +109,7 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(dense: Any, tmp_path: 
 @pytest.fixture(scope="module")
 def allocation_file(tmp_path_factory: pytest.TempPathFactory, dense: Any) -> Path:
     from autoprune.allocation import Allocation
-    from autoprune.runs import CHECKPOINT_KIND_DENSE, _meta
+    from autoprune.pipeline.runs import CHECKPOINT_KIND_DENSE, _meta
 
     root = tmp_path_factory.mktemp("prune")
     ckpt = root / "dense.pt"
@@ -246,8 +246,8 @@ def test_synced_gates_hold_the_keep_after_the_ramp(dense: Any, sync: bool) -> No
 
 def _pruned_weight_norm(dense: Any, shrink: float) -> float:
     """Mean |raw weight| of the elements the pruning phase cuts, at its end."""
-    from autoprune.data import make_loader
-    from autoprune.training import train_epoch
+    from autoprune.train.data import make_loader
+    from autoprune.train.loop import train_epoch
 
     model = copy.deepcopy(dense.model)
     graph, _ = trace(dense, "weight")

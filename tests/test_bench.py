@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoprune.allocation import Allocation
-from autoprune.cli import main
+from autoprune.cli.main import main
 from autoprune.errors import UnknownNameError, UsageError
 
 

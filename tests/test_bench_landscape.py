@@ -8,10 +8,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from autoprune.bench_landscape import fill, render, search_landscape
-from autoprune.costs import CostModel
+from autoprune.bench.landscape import fill, render, search_landscape
+from autoprune.cost.model import CostModel
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.units import trace_units
 
 
 def test_fill_makes_the_widest_unit_as_wide_as_the_budget_allows() -> None:

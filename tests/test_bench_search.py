@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.bench_search_report import checks, paired_noise, render_readme, spearman
+from autoprune.bench.search_report import checks, paired_noise, render_readme, spearman
 
 
 def test_spearman_ranks_with_ties_and_refuses_degenerate_input() -> None:

@@ -16,24 +16,23 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from autoprune.search.bit_space import kernel_importance
 from torch import Tensor, nn
 
-from autoprune import compress, runs
 from autoprune.allocation import Allocation
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.loop import MaskTrainer, param_dtype
-from autoprune.bit_match import PricedKernels, kept_counts, match_rows
-from autoprune.bits import BitAllocation, artifact_bytes
-from autoprune.budgets import Budget
-from autoprune.checkpoint import save_checkpoint
-from autoprune.cli import main
-from autoprune.compress import PruneRun, run_prune
+from autoprune.cli.main import main
+from autoprune.cost.budgets import Budget
 from autoprune.errors import BudgetBrokenError
-from autoprune.importance import score_units
-from autoprune.kernel_counts import KernelCounts, priced
-from autoprune.masking import UnitMap, apply_masks, keep_vectors
-from autoprune.runs import CHECKPOINT_KIND_DENSE, Loaded, _meta, load_model_and_data, trace
+from autoprune.graph.importance import kernel_importance, score_units
+from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors
+from autoprune.pipeline import compress, runs
+from autoprune.pipeline.compress import PruneRun, run_prune
+from autoprune.pipeline.runs import CHECKPOINT_KIND_DENSE, Loaded, _meta, load_model_and_data, trace
+from autoprune.quant.bit_match import PricedKernels, kept_counts, match_rows
+from autoprune.quant.bits import BitAllocation, artifact_bytes
+from autoprune.quant.kernel_counts import KernelCounts, priced
+from autoprune.train.checkpoint import save_checkpoint
 
 LIMIT = 96
 

@@ -8,17 +8,17 @@ import numpy as np
 import pytest
 
 from autoprune.allocation import Allocation
-from autoprune.bits import (
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.errors import AllocationError
+from autoprune.graph.units import UnitGraph, trace_units
+from autoprune.models import build_model
+from autoprune.quant.bits import (
     BitAllocation,
     artifact_bytes,
     estimate_counts,
     index_bits,
 )
-from autoprune.costs import CostModel
-from autoprune.errors import AllocationError
-from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig, project
-from autoprune.units import UnitGraph, trace_units
 
 
 def _graph(granularity: str = "weight", model: str = "lenet5") -> UnitGraph:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from autoprune.budgets import Budget, check_budgets, format_value, parse_budget
+from autoprune.cost.budgets import Budget, check_budgets, format_value, parse_budget
 from autoprune.errors import BudgetError
 
 

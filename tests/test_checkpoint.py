@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 from autoprune.errors import CheckpointError
 from autoprune.models import build_model
+from autoprune.train.checkpoint import build_from_checkpoint, load_checkpoint, save_checkpoint
 
 META = {
     "model": "lenet5",

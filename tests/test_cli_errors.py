@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from autoprune.cli import main
+from autoprune.cli.main import main
 
 
 def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.costs import CostModel
-from autoprune.masking import mask_model, slim
-from autoprune.measure import count_macs, count_params, count_weights
+from autoprune.cost.measure import count_macs, count_params, count_weights
+from autoprune.cost.model import CostModel
+from autoprune.graph.masking import mask_model, slim
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.units import trace_units
 
 MODELS = [
     ("lenet5", (1, 28, 28)),

@@ -11,9 +11,9 @@ import torch
 from sklearn.datasets import load_digits
 from torch.utils.data import Dataset, TensorDataset
 
-from autoprune import data, image_tensors
-from autoprune.data import ImageTensorDataset, load_dataset, make_loader
 from autoprune.errors import DataError, UnknownNameError, UsageError
+from autoprune.train import data, image_tensors
+from autoprune.train.data import ImageTensorDataset, load_dataset, make_loader
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

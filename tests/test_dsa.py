@@ -10,6 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from autoprune.cli.main import main
+from autoprune.cost.measure import count_macs
+from autoprune.cost.model import BASE_METRICS, CostModel
+from autoprune.cost.torch_model import TorchCostModel
+from autoprune.errors import UsageError
+from autoprune.export.program import load_program
+from autoprune.graph.units import trace_units
+from autoprune.models import build_model
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.base import SearchContext
 from autoprune.search.dsa import DSA
@@ -19,17 +30,6 @@ from autoprune.search.dsa_masks import (
     normalised_ranks,
     straight_through,
 )
-from torch import nn
-from torch.utils.data import TensorDataset
-
-from autoprune.cli import main
-from autoprune.costs import BASE_METRICS, CostModel
-from autoprune.costs_torch import TorchCostModel
-from autoprune.errors import UsageError
-from autoprune.export import load_program
-from autoprune.measure import count_macs
-from autoprune.models import build_model
-from autoprune.units import trace_units
 
 
 @pytest.mark.parametrize(

@@ -10,9 +10,9 @@ import torch
 from torch.utils.data import Dataset
 
 from autoprune.errors import UsageError
-from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
-from autoprune.runs import Loaded, load_model_and_data, trace
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
+from autoprune.pipeline.runs import Loaded, load_model_and_data, trace
+from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
 
 
 class _Forbidden(Dataset[tuple[torch.Tensor, torch.Tensor]]):

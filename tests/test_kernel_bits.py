@@ -9,24 +9,24 @@ from functools import cache
 import gymnasium
 import numpy as np
 import pytest
-from autoprune.envs import KERNEL_BITS, KernelBitsEnv
-from autoprune.envs.kernel_bits import spread_bits
-from autoprune.search import SEARCH_METHODS, SearchProblem
-from autoprune.search.bit_space import BitSpace, smallest_bits
-from autoprune.search.testing import SyntheticEvaluator
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from autoprune.bits import BIT_CHOICES, BitAllocation
-from autoprune.costs import CostModel
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps, project
+from autoprune.envs import KERNEL_BITS, KernelBitsEnv
+from autoprune.envs.kernel_bits import spread_bits
 from autoprune.errors import BudgetError, UsageError
-from autoprune.importance import score_units
-from autoprune.kernel_counts import KernelCounts, priced
+from autoprune.graph.importance import score_units
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig, min_keeps, project
-from autoprune.units import trace_units
+from autoprune.quant.bits import BIT_CHOICES, BitAllocation
+from autoprune.quant.kernel_counts import KernelCounts, priced
+from autoprune.search import SEARCH_METHODS, SearchProblem
+from autoprune.search.bit_space import BitSpace, smallest_bits
+from autoprune.search.testing import SyntheticEvaluator
 
 SIZES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 SPACE = BitSpace(act=(4, 8))

@@ -9,29 +9,29 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from autoprune.search import SEARCH_METHODS, SearchProblem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from autoprune.budgets import parse_budget
-from autoprune.cli import main
-from autoprune.costs import CostModel
-from autoprune.errors import UsageError
-from autoprune.export import export_program
-from autoprune.latency import (
+from autoprune.cli.main import main
+from autoprune.cost.budgets import parse_budget
+from autoprune.cost.latency import (
     LatencyConfig,
     latency_check,
     latency_warning,
     measure_table,
     register_latency,
 )
-from autoprune.latency_table import LatencyTable, LayerTiming, fit_rest, monotone
+from autoprune.cost.latency_table import LatencyTable, LayerTiming, fit_rest, monotone
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.cost.timing import TimingConfig
+from autoprune.errors import UsageError
+from autoprune.export.onnx import export_onnx
+from autoprune.export.program import export_program
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.onnx_export import export_onnx
-from autoprune.projection import ProjectionConfig, project
-from autoprune.timing import TimingConfig
-from autoprune.units import trace_units
+from autoprune.search import SEARCH_METHODS, SearchProblem
 
 # Few widths, one short round: these tests check mechanics, not the machine's speed.
 FAST = LatencyConfig(
@@ -235,8 +235,8 @@ def test_every_search_method_meets_a_latency_budget(method: str) -> None:
 def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import autoprune.latency as latency
-    from autoprune.compress import SearchRun, run_search
+    import autoprune.cost.latency as latency
+    from autoprune.pipeline.compress import SearchRun, run_search
 
     calls = []
 
@@ -310,7 +310,7 @@ def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
 
 
 def test_a_given_table_file_is_registered(tmp_path: Path) -> None:
-    from autoprune.latency import attach_latency
+    from autoprune.cost.latency import attach_latency
 
     model, cm = _traced("lenet5", (1, 28, 28))
     _synthetic_table(cm, seed=5, noise=0.0).save(tmp_path / "t.json")

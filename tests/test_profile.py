@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from autoprune.cli import main
+from autoprune.cli.main import main
 
 
 @pytest.mark.parametrize(

@@ -9,11 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from autoprune.costs import CostModel
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps, project
 from autoprune.errors import BudgetError
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig, min_keeps, project
-from autoprune.units import trace_units
 
 SIZES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32), "mobilenet_v2": (3, 32, 32)}
 

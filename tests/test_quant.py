@@ -11,10 +11,10 @@ import torch
 
 import autoprune.backends  # noqa: F401  (registers the built-in backends)
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.bits import BitAllocation
-from autoprune.masking import UnitMap
-from autoprune.quant import ActQuant, dequantize, fake_quant, on_levels, quantize
-from autoprune.runs import load_model_and_data, trace
+from autoprune.graph.masking import UnitMap
+from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.quant.bits import BitAllocation
+from autoprune.quant.fake import ActQuant, dequantize, fake_quant, on_levels, quantize
 
 SIZE = (1, 16, 16)
 

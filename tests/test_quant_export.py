@@ -10,13 +10,13 @@ import pytest
 
 from autoprune.allocation import Allocation
 from autoprune.backends.base import BackendConfig
-from autoprune.bits import BitAllocation
-from autoprune.budgets import parse_budget
-from autoprune.checkpoint import save_checkpoint
-from autoprune.cli import main
-from autoprune.compress import PruneRun, run_prune
-from autoprune.projection import ProjectionConfig, project
-from autoprune.runs import load_model_and_data, trace
+from autoprune.cli.main import main
+from autoprune.cost.budgets import parse_budget
+from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.pipeline.compress import PruneRun, run_prune
+from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.quant.bits import BitAllocation
+from autoprune.train.checkpoint import save_checkpoint
 
 SIZE = (1, 16, 16)
 

@@ -12,22 +12,22 @@ from pathlib import Path
 import gymnasium
 import numpy as np
 import pytest
-from autoprune.envs import ENV_IDS, LAYER_BUDGET, LayerBudgetEnv
-from autoprune.search import SEARCH_METHODS, SearchProblem
-from autoprune.search.rl_agents import DecayingTruncatedNormal, EpisodeCreditBuffer, RewardBaseline
-from autoprune.search.uniform import uniform_trial
 from gymnasium.utils.env_checker import check_env as gym_check_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from stable_baselines3 import TD3
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
-from autoprune.cli import main
-from autoprune.costs import CostModel
+from autoprune.cli.main import main
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps, project
+from autoprune.envs import ENV_IDS, LAYER_BUDGET, LayerBudgetEnv
 from autoprune.errors import BudgetError, UnknownNameError, UsageError
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig, min_keeps, project
-from autoprune.units import trace_units
+from autoprune.search import SEARCH_METHODS, SearchProblem
+from autoprune.search.rl_agents import DecayingTruncatedNormal, EpisodeCreditBuffer, RewardBaseline
+from autoprune.search.uniform import uniform_trial
 
 SIZES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 
@@ -285,7 +285,7 @@ def test_cli_search_rl_end_to_end(tmp_path: Path) -> None:
 
 
 def test_search_benchmark_reports_rl_against_uniform(tmp_path: Path) -> None:
-    from autoprune.bench_search_report import checks, render_readme
+    from autoprune.bench.search_report import checks, render_readme
 
     row = {"proxy_accuracy": 0.9, "search_s": 2.0, "macs": 1e5, "dense_macs": 2.29e6, "keep": [3]}
     rows = [

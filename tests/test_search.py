@@ -6,19 +6,19 @@ from functools import cache
 
 import numpy as np
 import pytest
+
+from autoprune.cost.budgets import parse_budget
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig
+from autoprune.errors import UsageError
+from autoprune.graph.units import trace_units
+from autoprune.models import build_model
+from autoprune.pipeline.compress import make_method
+from autoprune.pipeline.runs import resolve_limits
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.optuna_search import OptunaSearch
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
 from autoprune.search.testing import SyntheticEvaluator
-
-from autoprune.budgets import parse_budget
-from autoprune.compress import make_method
-from autoprune.costs import CostModel
-from autoprune.errors import UsageError
-from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig
-from autoprune.runs import resolve_limits
-from autoprune.units import trace_units
 
 MODELS = {"lenet5": (1, 28, 28), "resnet18": (3, 32, 32), "mobilenet_v2": (3, 32, 32)}
 BUDGETS = [("macs", "30%"), ("params", "40%")]
@@ -140,8 +140,8 @@ def test_bad_options_are_rejected_by_name() -> None:
 
 
 def test_bare_search_command_has_documented_defaults() -> None:
-    from autoprune.cli import build_parser
-    from autoprune.cli_search import method_options, resolve_defaults
+    from autoprune.cli.main import build_parser
+    from autoprune.cli.search import method_options, resolve_defaults
 
     args = build_parser().parse_args(["search", "--budget-flops", "300M"])
     resolve_defaults(args)

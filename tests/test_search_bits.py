@@ -10,30 +10,30 @@ import numpy as np
 import optuna
 import pytest
 import torch
+
+from autoprune.cli.main import main
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps
+from autoprune.errors import UsageError
+from autoprune.graph.importance import kernel_importance
+from autoprune.graph.units import trace_units
+from autoprune.models import build_model
+from autoprune.quant.bits import BIT_CHOICES, BitAllocation
+from autoprune.quant.fake import on_levels
+from autoprune.quant.kernel_counts import KernelCounts
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.base import SearchContext, SearchMethod, SearchResult
 from autoprune.search.bit_space import (
     BitSpace,
     fit_bits,
     fits_at_min_keep,
-    kernel_importance,
     layer_bits,
     smallest_bits,
     uniform_bits,
 )
+from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
 from autoprune.search.testing import SyntheticEvaluator
-
-from autoprune.bits import BIT_CHOICES, BitAllocation
-from autoprune.cli import main
-from autoprune.costs import CostModel
-from autoprune.data import load_dataset
-from autoprune.errors import UsageError
-from autoprune.evaluator import EvaluatorConfig, MaskEvaluator
-from autoprune.kernel_counts import KernelCounts
-from autoprune.models import build_model
-from autoprune.projection import ProjectionConfig, min_keeps
-from autoprune.quant import on_levels
-from autoprune.units import trace_units
+from autoprune.train.data import load_dataset
 
 LENET = (1, 28, 28)
 METHODS = {"uniform": {}, "random": {"trials": 4}, "optuna": {"trials": 6, "artifacts": False}}

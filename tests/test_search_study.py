@@ -15,16 +15,17 @@ from typing import Any
 import numpy as np
 import optuna
 import pytest
-from autoprune.search.optuna_search import OptunaSearch
-from autoprune.search.testing import SyntheticEvaluator
 from optuna.trial import TrialState
 from test_search import lenet5_problem, problem_for
 
-from autoprune.cli import main
-from autoprune.dashboard import BROWSERS
+from autoprune.cli.main import main
+from autoprune.cost.measure import count_macs
 from autoprune.errors import UsageError
-from autoprune.export import load_program, partial_dir
-from autoprune.measure import count_macs
+from autoprune.export.program import load_program
+from autoprune.pipeline.dashboard import BROWSERS
+from autoprune.rundir import partial_dir
+from autoprune.search.optuna_search import OptunaSearch
+from autoprune.search.testing import SyntheticEvaluator
 
 WORKER = Path(__file__).with_name("search_study_worker.py")
 
@@ -146,7 +147,7 @@ def test_search_cli_writes_study_report_and_a_program_within_budget(tmp_path: Pa
 def test_an_interrupted_search_is_kept_refused_without_study_and_resumed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from autoprune import evaluator
+    from autoprune.search import evaluator
 
     out = tmp_path / "run"
     argv = [
@@ -207,7 +208,7 @@ def test_dashboard_serves_the_run_study_on_localhost_only(
     )
     run = tmp_path / "run"
     with pytest.raises(UsageError, match=r"holds no study\.db"):
-        from autoprune.dashboard import locate
+        from autoprune.pipeline.dashboard import locate
 
         locate(str(run), None)
     problem = problem_for("lenet5", [("macs", "30%")])

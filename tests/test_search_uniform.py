@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.cli import main
-from autoprune.costs import CostModel
-from autoprune.export import load_program
-from autoprune.masking import mask_model, slim
-from autoprune.measure import count_macs, count_params
+from autoprune.cli.main import main
+from autoprune.cost.measure import count_macs, count_params
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import project
+from autoprune.export.program import load_program
+from autoprune.graph.masking import mask_model, slim
+from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.projection import project
-from autoprune.units import trace_units
 
 CASES = [
     ("lenet5", None),

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from autoprune.data import load_dataset, make_loader
 from autoprune.errors import AutoPruneError, UnknownNameError, UsageError
 from autoprune.models import build_model
-from autoprune.training import (
+from autoprune.train.data import load_dataset, make_loader
+from autoprune.train.loop import (
     Distill,
     TrainConfig,
     evaluate,

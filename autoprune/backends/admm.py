@@ -19,9 +19,9 @@ from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.loop import MaskTrainer, top_keep
-from autoprune.bits import BitAllocation
-from autoprune.masking import ParamKey, UnitMap, keep_vectors
-from autoprune.quant import dequantize, quantize
+from autoprune.graph.masking import ParamKey, UnitMap, keep_vectors
+from autoprune.quant.bits import BitAllocation
+from autoprune.quant.fake import dequantize, quantize
 
 Values = dict[ParamKey, Tensor]
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.bits import BitAllocation
-from autoprune.data import DataSplits
+from autoprune.graph.units import UnitGraph
+from autoprune.quant.bits import BitAllocation
 from autoprune.registry import Registry
-from autoprune.units import UnitGraph
+from autoprune.train.data import DataSplits
 
 MatchPriced = Callable[
     [list[torch.Tensor], nn.Module, BitAllocation], tuple[list[torch.Tensor], BitAllocation]
@@ -45,7 +45,7 @@ class BackendConfig:
     bits: BitAllocation | None = None  # the allocation's bits: train quantisation-aware to them
     # With bits, once the pruning phase fixes the mask: (kept, model, bits) -> the kept elements
     # and bits to fine-tune with, so the artifact costs what the search priced
-    # (autoprune.bit_match.PricedKernels); None keeps both as they are.
+    # (autoprune.quant.bit_match.PricedKernels); None keeps both as they are.
     match_priced: MatchPriced | None = None
 
 

@@ -16,8 +16,8 @@ from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.loop import MaskTrainer, param_dtype, top_keep
-from autoprune.importance import score_units
-from autoprune.masking import UnitMap, keep_vectors
+from autoprune.graph.importance import score_units
+from autoprune.graph.masking import UnitMap, keep_vectors
 
 
 @dataclass

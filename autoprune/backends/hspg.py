@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.loop import MaskTrainer, cubic_keep, param_dtype, top_keep
 from autoprune.errors import UsageError
-from autoprune.masking import UnitMap
+from autoprune.graph.masking import UnitMap
 
 
 @dataclass

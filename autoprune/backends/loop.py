@@ -20,12 +20,12 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.backends.base import Backend, BackendConfig, BackendResult, EpochCallback
-from autoprune.data import DataSplits, make_loader
 from autoprune.errors import UsageError
-from autoprune.masking import UnitMap, apply_masks, keep_vectors, remove_masks
-from autoprune.quant import add_act_quant, add_weight_quant, on_levels
-from autoprune.training import Distill, evaluate, set_seed, train_epoch
-from autoprune.units import UnitGraph
+from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors, remove_masks
+from autoprune.graph.units import UnitGraph
+from autoprune.quant.fake import add_act_quant, add_weight_quant, on_levels
+from autoprune.train.data import DataSplits, make_loader
+from autoprune.train.loop import Distill, evaluate, set_seed, train_epoch
 
 MOMENTUM = 0.9  # SGD momentum of both phases: the value every pruning paper here trains with
 PHASES = ("prune", "finetune")

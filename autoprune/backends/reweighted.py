@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.loop import MOMENTUM, MaskTrainer, cubic_keep, top_keep
-from autoprune.masking import ParamKey, UnitMap
+from autoprune.graph.masking import ParamKey, UnitMap
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from autoprune.allocation import write_json_atomic
-from autoprune.bench import BENCHMARKS, BenchConfig
+from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.overhead import step_overhead
 from autoprune.bench.report import render_readme, write_gitignore
 from autoprune.bench.runner import (
@@ -29,9 +29,9 @@ from autoprune.bench.runner import (
     split_seed,
 )
 from autoprune.errors import UsageError
-from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
-from autoprune.training import TrainConfig
-from autoprune.units import Granularity
+from autoprune.graph.units import Granularity
+from autoprune.pipeline.runs import TrainRun, load_model_and_data, run_train, trace
+from autoprune.train.loop import TrainConfig
 
 NAME = "lenet5-mnist"
 ADMM = (0.20, 0.08, 0.009, 0.07)  # Zhang et al. 2018, conv1 / conv2 / fc1 / fc2: 71.2x

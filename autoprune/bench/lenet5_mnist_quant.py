@@ -19,17 +19,17 @@ import torch
 from torch import nn
 
 from autoprune.allocation import write_json_atomic
-from autoprune.bench import BENCHMARKS, BenchConfig
+from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS
 from autoprune.bench.lenet5_mnist import NAME as DENSE_BENCH
 from autoprune.bench.quant_report import render_quant_readme
 from autoprune.bench.runner import RunSpec, measure_run, recorded_command, run_specs
-from autoprune.bits import FLOAT_BITS, BitAllocation
 from autoprune.errors import UsageError
-from autoprune.evaluate_run import evaluate_run
-from autoprune.runs import TrainRun, load_model_and_data, run_train, trace
-from autoprune.training import TrainConfig
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
+from autoprune.pipeline.evaluate_run import evaluate_run
+from autoprune.pipeline.runs import TrainRun, load_model_and_data, run_train, trace
+from autoprune.quant.bits import FLOAT_BITS, BitAllocation
+from autoprune.train.loop import TrainConfig
 
 NAME = "lenet5-mnist-quant"
 DEEP_COMPRESSION_STORAGE = 39.0  # Han et al. 2016, LeNet-5, indices included

@@ -10,11 +10,11 @@ import numpy as np
 import torch
 
 from autoprune.backends.base import BackendConfig
-from autoprune.compress import get_backend
-from autoprune.data import make_loader
-from autoprune.runs import Loaded
-from autoprune.training import train_epoch
-from autoprune.units import UnitGraph
+from autoprune.graph.units import UnitGraph
+from autoprune.pipeline.compress import get_backend
+from autoprune.pipeline.runs import Loaded
+from autoprune.train.data import make_loader
+from autoprune.train.loop import train_epoch
 
 
 def step_overhead(

@@ -18,13 +18,13 @@ import torch
 
 from autoprune.allocation import Allocation
 from autoprune.backends.base import BackendConfig
-from autoprune.budgets import parse_budget
-from autoprune.compress import PruneRun, run_prune
-from autoprune.costs import CostModel
-from autoprune.export import partial_dir
-from autoprune.projection import ProjectionConfig, project
-from autoprune.runs import Loaded, load_model_and_data, load_pruned, trace
-from autoprune.units import CONV_TYPES, LINEAR_TYPES, Granularity, UnitGraph
+from autoprune.cost.budgets import parse_budget
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.graph.units import CONV_TYPES, LINEAR_TYPES, Granularity, UnitGraph
+from autoprune.pipeline.compress import PruneRun, run_prune
+from autoprune.pipeline.runs import Loaded, load_model_and_data, load_pruned, trace
+from autoprune.rundir import partial_dir
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,156 @@
+"""The search flags of `autoprune search` (methods, study storage, evaluator) and their defaults.
+
+Bare `autoprune search --budget-flops 300M` means: ResNet-18 (torchvision, 1.82G MACs at its own
+3x224x224 input, so 300M is a 6x cut) on the embedded digits set, trained densely for one epoch
+because no --checkpoint is given, an Optuna (TPE) search of 20 trials scored by the shared
+evaluator, the reweighted backend, and a run directory runs/search-resnet18-digits-TIMESTAMP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Any
+
+DEFAULT_MODEL = (
+    "resnet18"  # a model whose dense cost (1.82G MACs) makes budgets like 300M meaningful
+)
+DEFAULT_METHOD = "optuna"
+DENSE_EPOCHS_WITHOUT_CHECKPOINT = 1  # a short dense training so the search ranks a trained model
+
+
+def add_search_arguments(p: argparse.ArgumentParser) -> None:
+    """Flags of the search methods, their Optuna study and the shared evaluator."""
+    g = p.add_argument_group("search")
+    g.add_argument("--trials", type=int, help="proposals to score (random, optuna; default 20)")
+    g.add_argument(
+        "--sampler",
+        help="optuna sampler: tpe (default) | random | qmc | nsga2 (default, --multi-objective)",
+    )
+    g.add_argument(
+        "--multi-objective",
+        nargs="?",
+        const="macs",
+        metavar="COST",
+        help="optuna: trade validation accuracy against COST (macs, the default | params | size) "
+        "with NSGA-II and keep the Pareto front",
+    )
+    g.add_argument(
+        "--pick",
+        help="from the Pareto front: best (default) | knee | cheapest | 1%% (cheapest within 1 pt)",
+    )
+    g.add_argument(
+        "--storage",
+        metavar="URL",
+        help="optuna study storage, any SQLAlchemy URL (default sqlite:///RUN/study.db)",
+    )
+    g.add_argument(
+        "--study",
+        metavar="NAME",
+        help="optuna study name; an existing (interrupted) study of that name is resumed",
+    )
+    g.add_argument(
+        "--n-jobs", type=int, help="optuna: worker processes sharing the study (default 1)"
+    )
+    g.add_argument(
+        "--no-warm-start",
+        dest="warm_start",
+        action="store_false",
+        default=None,
+        help="optuna: do not make the uniform allocation a fresh study's first trial; rl: do not "
+        "score it as a candidate beside the episodes",
+    )
+    g.add_argument("--steps", type=int, help="dsa: gradient steps on the keep ratios (default 200)")
+    g.add_argument(
+        "--train-weights",
+        action="store_true",
+        default=None,
+        help="dsa: also train (a copy of) the weights under the soft masks while searching",
+    )
+    b = p.add_argument_group("bits (joint pruning and kernel-wise quantisation)")
+    b.add_argument(
+        "--bits",
+        action="store_true",
+        help="choose weight bits per kernel and activation bits per layer as well as keeps "
+        "(every method; dsa takes uniform's widths); --budget-size then counts the packed "
+        "artifact's bytes",
+    )
+    b.add_argument(
+        "--weight-bits",
+        metavar="LIST",
+        help="with --bits: weight widths to choose from, each 1..15 (default 2,3,4,5,6,8; one "
+        "value fixes it)",
+    )
+    b.add_argument(
+        "--act-bits",
+        metavar="LIST",
+        help="with --bits: activation widths; one value fixes it (default 32: float, not "
+        "quantised), several (e.g. 4,6,8) are searched per layer",
+    )
+    e = p.add_argument_group("evaluator (scores allocations on the validation split)")
+    e.add_argument(
+        "--eval-importance", default="l1", help="which elements a unit keeps: l1 | l2 | taylor"
+    )
+    e.add_argument(
+        "--bn-batches", type=int, default=4, help="training batches for BatchNorm recalibration"
+    )
+    e.add_argument(
+        "--finetune-steps", type=int, default=0, help="SGD steps before scoring (0: none)"
+    )
+    e.add_argument(
+        "--val-limit", type=int, help="score on the first N validation images (default all)"
+    )
+
+
+def method_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Only the options the user gave: a method that takes no such option rejects it by name."""
+    flags = {
+        "trials": args.trials,
+        "sampler": args.sampler,
+        "multi_objective": args.multi_objective,
+        "pick": args.pick,
+        "storage": args.storage,
+        "study": args.study,
+        "n_jobs": args.n_jobs,
+        "warm_start": args.warm_start,
+        "steps": args.steps,
+        "train_weights": args.train_weights,
+    }
+    return {k: v for k, v in flags.items() if v is not None}
+
+
+def bit_space(args: argparse.Namespace) -> Any:
+    """The widths `--bits` chooses from, or None without --bits."""
+    from autoprune.errors import UsageError
+    from autoprune.search.bit_space import BitSpace
+
+    if not args.bits:
+        for flag in ("weight_bits", "act_bits"):
+            if getattr(args, flag) is not None:
+                name = "--" + flag.replace("_", "-")
+                raise UsageError(f"{name} sets the widths that --bits chooses from; add --bits")
+        return None
+    return BitSpace.parse(args.weight_bits, args.act_bits)
+
+
+def evaluator_config(args: argparse.Namespace) -> Any:
+    from autoprune.search.evaluator import EvaluatorConfig
+
+    return EvaluatorConfig(
+        importance=args.eval_importance,
+        bn_batches=args.bn_batches,
+        finetune_steps=args.finetune_steps,
+        val_limit=args.val_limit,
+        seed=args.seed,
+    )
+
+
+def resolve_defaults(args: argparse.Namespace) -> None:
+    """Fill the defaults that depend on other flags (model, out, dense epochs) in place."""
+    if args.model is None and args.checkpoint is None:
+        args.model = DEFAULT_MODEL
+    if args.dense_epochs is None:
+        args.dense_epochs = 0 if args.checkpoint else DENSE_EPOCHS_WITHOUT_CHECKPOINT
+    if args.out is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        args.out = f"runs/search-{args.model or 'checkpoint'}-{args.dataset}-{stamp}"

@@ -1,0 +1,293 @@
+"""Latency measured on this machine: building a layer-by-layer table and the `latency` metric on it.
+
+Every conv/linear layer is timed alone (a fresh layer of the kept shape on an input of the shape it
+sees in the model) over a grid of kept widths; the cost model's affine width maps turn any keep
+vector into per-layer widths, so the table predicts any allocation without building it.
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.cost.budgets import Budget, format_value
+from autoprune.cost.latency_table import LatencyPredictor, LatencyTable, LayerTiming, fit_rest
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps
+from autoprune.cost.timing import (
+    OtherJobs,
+    TimingConfig,
+    compare_latency,
+    machine_info,
+    record_layer_inputs,
+    time_layer,
+)
+from autoprune.errors import UsageError
+from autoprune.graph.masking import slim
+from autoprune.graph.units import UnitGraph
+from autoprune.rundir import partial_dir
+
+TABLE_FILE = "latency_table.json"
+MISS_TOLERANCE = 0.10  # `search` warns when the measured latency exceeds its budget by more
+BUSY_WARNING_CORES = 0.5  # other jobs' CPU use while measuring that makes a table suspect
+
+
+@dataclass(frozen=True)
+class LatencyConfig:
+    """How a table is measured."""
+
+    # Points between the narrowest reachable width (every unit keeping one channel) and the dense
+    # width; denser near the top, where budgets of 30-70% put most layers.
+    fractions: tuple[float, ...] = (0.0, 0.25, 0.5, 0.625, 0.75, 0.875, 1.0)
+    batch: int = 1  # the latency of one image is what a deployment budget usually means
+    timing: TimingConfig = field(default_factory=TimingConfig)
+
+
+def _grid(lo: float, hi: float, fractions: Sequence[float], multiple: int) -> list[int]:
+    """Widths to time between `lo` and `hi` (rounded to `multiple`, for grouped convs).
+
+    CPU kernels vectorise over blocks of channels: a width that is a multiple of 8 often runs
+    faster than its neighbours, and the dense width may even take another algorithm than every
+    pruned one. Pruned models have arbitrary widths, so interior points are moved off multiples of
+    8 (upwards: the table errs towards slower) and the widest pruned width, hi - 1, is timed too.
+    """
+    lo_w, hi_w = max(multiple, round(lo)), max(multiple, round(hi))
+    widths = {lo_w, hi_w}
+    for f in fractions:
+        w = max(multiple, round((lo + f * (hi - lo)) / multiple) * multiple)
+        if multiple == 1 and w % 8 == 0 and lo_w < w < hi_w - 1:
+            w += 1
+        widths.add(min(max(w, lo_w), hi_w))
+    if multiple == 1 and hi_w - 1 > lo_w:
+        widths.add(hi_w - 1)
+    return sorted(widths)
+
+
+def measure_table(
+    model: nn.Module,
+    graph: UnitGraph,
+    cost_model: CostModel,
+    cfg: LatencyConfig | None = None,
+    *,
+    progress: bool = False,
+) -> LatencyTable:
+    """Time every layer of `model` over the width grid and fit the between-layers term."""
+    cfg = cfg or LatencyConfig()
+    if graph.granularity != "channel":
+        raise UsageError("a latency table needs channel units (--granularity channel)")
+    threads = cfg.timing.threads or torch.get_num_threads()
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {
+        "machine_before": machine_info(threads),
+        "fractions": list(cfg.fractions),
+    }
+    inputs = record_layer_inputs(model, graph)
+    lo_out, lo_in = cost_model.layer_widths(np.ones(len(graph.units), dtype=np.int64))
+    hi_out, hi_in = cost_model.layer_widths(cost_model.dense_keep)
+    layers = []
+    with OtherJobs() as others:
+        for i, lay in enumerate(graph.layers):
+            mod, shape = inputs[lay.name]
+            multiple = 1 if lay.depthwise else lay.groups  # grouped: widths divisible by groups
+            outs = _grid(lo_out[i], hi_out[i], cfg.fractions, multiple)
+            ins = (
+                [max(1, round(o * lay.in_channels / lay.out_channels)) for o in outs]
+                if lay.depthwise
+                else _grid(lo_in[i], hi_in[i], cfg.fractions, multiple)
+            )
+            secs = time_layer(mod, shape, outs, ins, lay.depthwise, cfg.batch, cfg.timing)
+            what = f"{type(mod).__name__} input {list(shape)}"
+            layers.append(LayerTiming(lay.name, outs, ins, secs, lay.depthwise, what))
+            if progress:
+                grid = f"{len(outs)}x{1 if lay.depthwise else len(ins)}"
+                dense = format_value("latency", secs[-1][-1])
+                # stderr, beside the other progress output: stdout may carry --json
+                print(f"  {lay.name}: {grid} widths, dense {dense}", file=sys.stderr, flush=True)
+        g = graph
+        table = LatencyTable(g.model_name, g.input_size, g.signature, cfg.batch, threads, layers,
+                             0.0, 0.0, info)  # fmt: skip
+        _fit_rest(table, model, graph, cost_model, cfg)
+    info.update(machine_after=machine_info(threads), others_cores=others.cores,
+                seconds_to_measure=round(time.perf_counter() - t0, 2))  # fmt: skip
+    if others.cores is not None and others.cores > BUSY_WARNING_CORES:
+        warnings.warn(f"other jobs kept {others.cores:.1f} CPU cores busy while the latency table "
+                      "was measured; its timings may be inflated: re-measure on an idle machine",
+                      stacklevel=2)  # fmt: skip
+    return table
+
+
+def table_for(
+    model: str,
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    num_classes: int | None = None,
+    cfg: LatencyConfig | None = None,
+    progress: bool = False,
+) -> LatencyTable:
+    """Build `model` by name (untrained weights time the same) and measure its table."""
+    from autoprune.graph.units import trace_units
+    from autoprune.models import build_model, default_input_size, default_num_classes
+
+    size = tuple(input_size) if input_size else default_input_size(model)
+    classes = num_classes if num_classes is not None else default_num_classes(model)
+    net = build_model(model, num_classes=classes, input_size=size)  # type: ignore[arg-type]
+    graph = trace_units(net, size, "channel", model)  # type: ignore[arg-type]
+    table = measure_table(net, graph, CostModel(graph), cfg, progress=progress)
+    table.info["num_classes"] = classes
+    return table
+
+
+def _fit_rest(
+    table: LatencyTable,
+    model: nn.Module,
+    graph: UnitGraph,
+    cost_model: CostModel,
+    cfg: LatencyConfig,
+) -> None:
+    """Time the dense and the smallest model; what the layers do not explain is the rest."""
+    small_keep = min_keeps(cost_model.sizes, ProjectionConfig())
+    small = slim(copy.deepcopy(model), graph, [torch.arange(int(k)) for k in small_keep])
+    measured = compare_latency(
+        {"dense": model, "small": small}, graph.input_size, batch=cfg.batch, cfg=cfg.timing
+    )
+    predictor = LatencyPredictor(table, cost_model)  # rest still zero, scale 1: layers only
+    positions = np.array([lay.positions for lay in graph.layers], dtype=np.float64)
+    keeps = (cost_model.dense_keep, small_keep)
+    layers = [float(predictor.layer_seconds(k).sum()) for k in keeps]
+    acts = [float(cost_model.layer_widths(k)[0] @ positions) for k in keeps]
+    table.layer_scale, table.rest_const, table.rest_per_activation = fit_rest(
+        (measured["dense"], measured["small"]), (layers[0], layers[1]), (acts[0], acts[1])
+    )
+    table.info.update(
+        dense_model_s=measured["dense"],
+        small_model_s=measured["small"],
+        small_keep=[int(k) for k in small_keep],
+    )
+
+
+def register_latency(
+    cost_model: CostModel, table: LatencyTable, *, source: str = "latency table"
+) -> LatencyPredictor:
+    """Check that `table` belongs to the cost model's network and add the `latency` metric."""
+    if table.signature != cost_model.graph.signature:
+        size = "x".join(map(str, table.input_size))
+        raise UsageError(
+            f"{source} was measured for {table.model} at {size} (signature {table.signature}), "
+            f"not this model ({cost_model.graph.signature}); rebuild it with `autoprune "
+            "latency-table` for this model, input size and number of classes"
+        )
+    if table.threads != torch.get_num_threads():
+        warnings.warn(
+            f"{source} was measured with {table.threads} threads, torch now uses "
+            f"{torch.get_num_threads()}; its predictions may be off",
+            stacklevel=2,
+        )
+    predictor = LatencyPredictor(table, cost_model)
+    floor = predictor(np.ones(len(cost_model.sizes), dtype=np.int64))  # monotone: the minimum
+    if not floor > 0.0:
+        raise UsageError(
+            f"{source} predicts {floor * 1e3:.3g} ms for a model that keeps one element per "
+            "unit: its layers add up to more than the measured model (timed while other jobs "
+            "ran?); rebuild it with `autoprune latency-table`"
+        )
+    cost_model.register_metric("latency", predictor)
+    return predictor
+
+
+def attach_latency(
+    budgets: Sequence[Budget],
+    model: nn.Module,
+    graph: UnitGraph,
+    cost_model: CostModel,
+    *,
+    table_path: str | None,
+    run_dir: str | Path | None,
+    cfg: LatencyConfig | None = None,
+    progress: bool = False,
+) -> LatencyTable | None:
+    """Register `latency` on the cost model when a budget or a table asks for it.
+
+    The table comes from `table_path`, else from an earlier attempt at the same run directory
+    (a finished or interrupted one, when it fits), else it is measured now (tens of seconds).
+    """
+    wanted = any(b.metric == "latency" for b in budgets)
+    if not wanted and table_path is None:
+        return None
+    if graph.granularity != "channel":
+        if wanted:
+            raise UsageError(
+                "--budget-latency needs --granularity channel: zeroed weights do not make dense "
+                "kernels faster"
+            )
+        return None
+    cfg = cfg or LatencyConfig()
+    if table_path is not None:
+        table, source = LatencyTable.load(table_path), f"latency table {table_path!r}"
+    else:
+        table = _cached(run_dir, graph, cfg) or measure_table(
+            model, graph, cost_model, cfg, progress=progress
+        )
+        source = "the measured latency table"
+    register_latency(cost_model, table, source=source)
+    return table
+
+
+def _cached(
+    run_dir: str | Path | None, graph: UnitGraph, cfg: LatencyConfig
+) -> LatencyTable | None:
+    if run_dir is None:
+        return None
+    threads = cfg.timing.threads or torch.get_num_threads()
+    for path in (Path(run_dir) / TABLE_FILE, partial_dir(run_dir) / TABLE_FILE):
+        try:
+            table = LatencyTable.load(path)
+        except UsageError:
+            continue
+        fits = (table.signature, table.batch, table.threads) == (
+            graph.signature,
+            cfg.batch,
+            threads,
+        )
+        if fits and table.info.get("fractions") == list(cfg.fractions):
+            return table
+    return None
+
+
+def latency_check(budget: Budget, dense_s: float, final_s: float) -> dict[str, Any]:
+    """A latency budget against measured times (a relative one of the measured dense model)."""
+    limit = budget.value * dense_s if budget.relative else budget.value
+    return {
+        "limit": limit,
+        "measured": final_s,
+        "met": final_s <= limit,
+        "miss": final_s / limit - 1.0,
+        "text": budget.text,
+    }
+
+
+def latency_warning(metrics: dict[str, Any]) -> str | None:
+    """One line when the measured latency misses its budget by more than MISS_TOLERANCE."""
+    check = metrics.get("budgets", {}).get("latency")
+    if not check or check["miss"] <= MISS_TOLERANCE:
+        return None
+    predicted = metrics.get("predicted", {}).get("latency")
+    pred = f", predicted {format_value('latency', predicted)}" if predicted is not None else ""
+    measured, limit = (
+        format_value("latency", check["measured"]),
+        format_value("latency", check["limit"]),
+    )
+    return (
+        f"warning: measured latency {measured} misses --budget-latency {check['text']} (limit "
+        f"{limit}{pred}) by {100 * check['miss']:.0f}%; the machine may be loaded or the latency "
+        "table stale (rebuild it with `autoprune latency-table`)"
+    )

@@ -1,0 +1,72 @@
+"""`autoprune profile`: per-layer MACs and parameters, checked against FlopCounterMode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from autoprune.cost.budgets import format_value
+from autoprune.cost.measure import count_macs, count_params
+from autoprune.cost.model import CostModel
+from autoprune.graph.units import Granularity, trace_units
+from autoprune.models import build_model, default_input_size, default_num_classes
+from autoprune.train.data import DATASETS
+
+
+def profile(
+    model: str,
+    *,
+    input_size: tuple[int, int, int] | None = None,
+    dataset: str | None = None,
+    granularity: Granularity = "channel",
+) -> dict[str, Any]:
+    """Layers, units and totals of `model`; `measured` is FlopCounterMode's independent count."""
+    size = tuple(input_size) if input_size else default_input_size(model)
+    num_classes = default_num_classes(model)
+    if dataset is not None:
+        DATASETS.get(dataset)  # unknown names fail here, with a suggestion
+        # Every built-in dataset but imagefolder has 10 classes; imagefolder's count is only
+        # known once its folders are read, which profiling does not need.
+        num_classes = 10 if dataset != "imagefolder" else num_classes
+    net = build_model(model, num_classes=num_classes, input_size=size)  # type: ignore[arg-type]
+    graph = trace_units(net, size, granularity, model)  # type: ignore[arg-type]
+    cm = CostModel(graph)
+    costs = cm.costs(cm.dense_keep)
+    return {
+        "model": model,
+        "input_size": list(size),
+        "num_classes": num_classes,
+        "layers": cm.layer_table(),
+        "units": [{"name": u.name, "size": u.size} for u in graph.units],
+        "totals": {
+            "macs": costs.macs,
+            "flops": 2 * costs.macs,
+            "params": costs.params,
+            "weights": costs.weights,
+        },
+        "measured": {"macs": count_macs(net, size), "params": count_params(net)},
+        "signature": graph.signature,
+    }
+
+
+def render_profile(report: dict[str, Any]) -> str:
+    rows = report["layers"]
+    w = max([len(r["layer"]) for r in rows] + [5])
+    lines = [
+        f"{'layer':{w}}  {'type':6} {'in':>6} {'out':>6} {'k':>3} {'pos':>6} "
+        f"{'MACs':>10} {'weights':>10}"
+    ]
+    for r in rows:
+        lines.append(
+            f"{r['layer']:{w}}  {r['type']:6} {r['in']:>6} {r['out']:>6} {r['kernel']:>3} "
+            f"{r['positions']:>6} "
+            f"{format_value('macs', r['macs']):>10} {format_value('params', r['weights']):>10}"
+        )
+    t, m = report["totals"], report["measured"]
+    size = "x".join(map(str, report["input_size"]))
+    lines.append(
+        f"{report['model']} @ {size}: {format_value('macs', t['macs'])} MACs "
+        f"({format_value('macs', t['flops'])} FLOPs), {format_value('params', t['params'])} params "
+        f"({t['params']:,.0f}); {len(report['units'])} channel units"
+    )
+    lines.append(f"FlopCounterMode: {m['macs']:,} MACs, {m['params']:,} params")
+    return "\n".join(lines)

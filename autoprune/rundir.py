@@ -1,0 +1,52 @@
+"""The run directory's file names and its staging: nothing half-written ever lands at `out`.
+
+A run writes into `.NAME.partial` beside `out` and renames it to `out` when it finishes; an
+interrupted one keeps that folder for `--resume`.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+STUDY_DB = "study.db"  # the default Optuna storage's file inside a search's work folder
+ARTIFACTS = "artifacts"  # the Optuna artifact store's folder inside a search's work folder
+
+
+@contextmanager
+def staged_run_dir(
+    out: str | Path, *, overwrite: bool = False, resume: bool = False
+) -> Iterator[Path]:
+    """A staging directory that becomes `out` only if the block finishes without error.
+
+    Nothing half-written is ever left at `out`. On an error the staging folder is removed; on
+    Ctrl-C it is kept (as `.NAME.partial` beside `out`) so that `resume=True` can continue from the
+    per-epoch checkpoints in it.
+    """
+    final = Path(out)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    stage = partial_dir(final)
+    if stage.exists() and not resume:
+        shutil.rmtree(stage)
+    stage.mkdir(exist_ok=True)
+    try:
+        yield stage
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    if final.exists():
+        if not overwrite:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise FileExistsError(final)
+        shutil.rmtree(final)
+    stage.rename(final)
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where an unfinished run to `out` keeps its files (resumable with --resume)."""
+    final = Path(out)
+    return final.parent / f".{final.name}.partial"

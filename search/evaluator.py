@@ -1,0 +1,233 @@
+"""The shared evaluator: scores an allocation without full training (validation split only).
+
+Each unit keeps its most important elements (an importance measure from the registry, computed
+once on the dense model; `taylor` first accumulates gradients on a few training batches),
+optionally a short fine-tune runs, BatchNorm statistics are recomputed on a few training batches
+(pruning shifts them), and accuracy and loss on the validation split are the score. Results are
+cached per allocation. The test split is never read: the evaluator is only ever handed the train
+and validation splits.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from autoprune.errors import UsageError
+from autoprune.graph.importance import IMPORTANCE, score_units, top_k
+from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
+from autoprune.graph.units import UnitGraph
+from autoprune.quant.bits import BitAllocation
+from autoprune.quant.fake import add_weight_quant, quantised_inputs
+from autoprune.train.data import DataSplits, make_loader
+from autoprune.train.loop import EvalResult, evaluate
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+PHYSICAL_MACS = (
+    100_000_000  # above this many dense MACs per image, scoring a slimmed copy is faster
+)
+
+
+@dataclass(frozen=True)
+class EvaluatorConfig:
+    importance: str = "l1"  # magnitude is cheap and needs no gradients
+    grad_batches: int = 4  # training batches whose gradients `taylor` accumulates (once)
+    bn_batches: int = 4  # enough batches for stable BN means/variances after pruning
+    batch_size: int = 256
+    val_limit: int | None = None  # score on the first N validation samples (None: all)
+    finetune_steps: int = 0  # short SGD fine-tune before scoring; 0 = pure proxy
+    finetune_lr: float = 0.01
+    seed: int = 0
+    # Score a physically slimmed copy instead of a masked model (channel granularity only): the
+    # passes then cost what the allocation costs, which repays the slimming (a fraction of a
+    # second to a few seconds). None: slim when fine-tuning or at >= 100M dense MACs per image.
+    physical: bool | None = None
+
+    def __post_init__(self) -> None:
+        IMPORTANCE.get(self.importance)
+        for name in ("grad_batches", "bn_batches", "finetune_steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 0:
+                raise UsageError(f"evaluator {name} must be an integer >= 0, got {value!r}")
+        if self.val_limit is not None and self.val_limit < 1:
+            raise UsageError(f"evaluator val_limit must be >= 1 or None, got {self.val_limit!r}")
+        if self.batch_size < 1 or not self.finetune_lr > 0:
+            raise UsageError(
+                f"evaluator batch size and fine-tune lr must be positive, got "
+                f"{self.batch_size!r} and {self.finetune_lr!r}"
+            )
+
+
+def bits_key(bits: BitAllocation) -> tuple[Any, ...]:
+    """A hashable key of a bit allocation (for caches)."""
+    return tuple(sorted(bits.weight.items())), tuple(sorted(bits.act.items()))
+
+
+def recalibrate_bn(model: nn.Module, batches: Sequence[torch.Tensor]) -> None:
+    """Recompute BatchNorm running statistics as an exact average over `batches`."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or not batches:
+        return
+    saved = [(m, m.momentum) for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    was_training = model.training
+    model.train()
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for m, mom in saved:
+        m.momentum = mom
+    model.train(was_training)
+
+
+def accumulate_gradients(model: nn.Module, batches: Sequence[Batch]) -> None:
+    """Sum cross-entropy gradients of `batches` into `.grad` (eval mode: BN statistics kept)."""
+    was_training = model.training
+    model.eval()
+    model.zero_grad(set_to_none=True)
+    for x, y in batches:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.train(was_training)
+
+
+class MaskEvaluator:
+    """Callable keep -> validation accuracy; the dense model is never modified.
+
+    `evaluate(keep)` gives accuracy and loss; `cache` maps each scored allocation to its result.
+    `evaluate(keep, bits)` scores the allocation fake-quantised as the backends train it
+    (autoprune.quant.fake, after the fine-tune, activation scales calibrated on the BatchNorm
+    batches); it always scores a masked model, since per-kernel widths index the dense kernels.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        graph: UnitGraph,
+        train: Dataset[Any],
+        val: Dataset[Any],
+        cfg: EvaluatorConfig | None = None,
+    ) -> None:
+        self.cfg = cfg or EvaluatorConfig()
+        self.graph = graph
+        self.model = copy.deepcopy(model).eval()
+        remove_masks(self.model, bake=True)
+        loader = make_loader(
+            train, batch_size=self.cfg.batch_size, shuffle=True, seed=self.cfg.seed
+        )
+        # at least one batch: activation scales of allocations with bits are calibrated on it
+        needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches, 1)
+        self._train_batches: list[Batch] = []
+        for x, y in loader:
+            if len(self._train_batches) >= needed:
+                break
+            self._train_batches.append((x, y))
+        self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
+        if self.cfg.importance == "taylor":
+            accumulate_gradients(self.model, self._train_batches[: self._grad_batches])
+        self.scores = score_units(self.model, graph.units, self.cfg.importance)
+        self.model.zero_grad(set_to_none=True)
+        self._dense_state = copy.deepcopy(self.model.state_dict())
+        val_data = list(make_loader(val, batch_size=self.cfg.batch_size, shuffle=False))
+        if self.cfg.val_limit is not None:
+            val_data = _limit(val_data, self.cfg.val_limit)
+        if not val_data:
+            raise UsageError("the validation split is empty; the evaluator needs validation images")
+        self._val = val_data
+        self.cache: dict[Any, EvalResult] = {}  # keeps, or (keeps, bits_key) with bits
+        self.calls = 0
+        physical = self.cfg.physical
+        if physical is None:  # a fine-tune runs forward and backward many times: slimming repays
+            physical = (
+                self.cfg.finetune_steps > 0
+                or sum(lay.macs for lay in graph.layers) >= PHYSICAL_MACS
+            )
+        self.physical = bool(physical) and graph.granularity == "channel"
+
+    @classmethod
+    def from_splits(
+        cls,
+        model: nn.Module,
+        graph: UnitGraph,
+        data: DataSplits,
+        cfg: EvaluatorConfig | None = None,
+    ) -> MaskEvaluator:
+        """The evaluator of a dataset: reads its train and validation splits, never its test."""
+        return cls(model, graph, data.train, data.val, cfg)
+
+    @property
+    def _grad_batches(self) -> int:
+        return max(1, self.cfg.grad_batches) if self.cfg.importance == "taylor" else 0
+
+    def __call__(
+        self, keep: Sequence[int] | np.ndarray, bits: BitAllocation | None = None
+    ) -> float:
+        return self.evaluate(keep, bits).accuracy
+
+    def evaluate(
+        self, keep: Sequence[int] | np.ndarray, bits: BitAllocation | None = None
+    ) -> EvalResult:
+        key = tuple(int(k) for k in keep)
+        if len(key) != len(self.graph.units):
+            raise ValueError(f"expected {len(self.graph.units)} keeps, got {len(key)}")
+        cache_key = key if bits is None else (key, bits_key(bits))
+        if cache_key not in self.cache:
+            self.calls += 1
+            self.cache[cache_key] = self._score(key) if bits is None else self._score(key, bits)
+        return self.cache[cache_key]
+
+    def _score(self, keep: tuple[int, ...], bits: BitAllocation | None = None) -> EvalResult:
+        kept = [top_k(s, k) for s, k in zip(self.scores, keep, strict=True)]
+        if self.physical and bits is None:
+            model = slim(copy.deepcopy(self.model), self.graph, kept)
+        else:
+            model = self.model
+            remove_masks(model, bake=False)
+            model.load_state_dict(self._dense_state)
+            apply_masks(model, element_masks(model, self.graph, kept))
+        if self.cfg.finetune_steps:
+            self._finetune(model)
+        if bits is None:
+            recalibrate_bn(model, self._bn_batches)
+            return evaluate(model, self._val)
+        add_weight_quant(model, self.graph, bits)  # removed with the masks by the next call
+        with quantised_inputs(model, self.graph, bits, self._calibration):
+            recalibrate_bn(model, self._bn_batches)
+            return evaluate(model, self._val)
+
+    @property
+    def _calibration(self) -> list[torch.Tensor]:
+        """Training batches that set the activation scales: the BatchNorm ones, at least one."""
+        return self._bn_batches or [x for x, _ in self._train_batches[:1]]
+
+    def _finetune(self, model: nn.Module) -> None:
+        # The same batches for every allocation, so scores differ only by the allocation.
+        opt = torch.optim.SGD(model.parameters(), lr=self.cfg.finetune_lr, momentum=0.9)
+        model.train()
+        steps = self.cfg.finetune_steps
+        batches = self._train_batches
+        for i in range(steps):
+            x, y = batches[i % len(batches)]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+        model.eval()
+
+
+def _limit(batches: list[Batch], n: int) -> list[Batch]:
+    out, seen = [], 0
+    for x, y in batches:
+        if seen >= n:
+            break
+        take = min(len(y), n - seen)
+        out.append((x[:take], y[:take]))
+        seen += take
+    return out
