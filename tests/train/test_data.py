@@ -15,7 +15,7 @@ from autoprune.errors import DataError, UnknownNameError, UsageError
 from autoprune.train import data, image_tensors
 from autoprune.train.data import ImageTensorDataset, load_dataset, make_loader
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def _all(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:

@@ -19,7 +19,7 @@ from autoprune.cost.measure import count_macs, count_params, count_weights
 from autoprune.errors import UnknownNameError, UsageError
 from autoprune.graph.masking import UnitMap, slim
 from autoprune.pipeline.compress import PruneRun, get_backend, run_prune
-from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.pipeline.runs import trace
 from autoprune.rundir import partial_dir
 from autoprune.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -28,9 +28,8 @@ BACKEND_NAMES = ("reweighted", "admm", "magnitude", "greg", "hspg")
 
 
 @pytest.fixture(scope="module")
-def dense() -> Any:
-    loaded = load_model_and_data(model="lenet5", dataset="digits", input_size=SIZE, limit=96)
-    return loaded
+def dense(digits_lenet: Any) -> Any:
+    return digits_lenet
 
 
 def _cfg(**kw: Any) -> BackendConfig:

@@ -12,7 +12,7 @@ import torch
 import autoprune.backends  # noqa: F401  (registers the built-in backends)
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.graph.masking import UnitMap
-from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.pipeline.runs import trace
 from autoprune.quant.bits import BitAllocation
 from autoprune.quant.fake import ActQuant, dequantize, fake_quant, on_levels, quantize
 
@@ -63,8 +63,8 @@ def test_act_quant_fixed_in_eval() -> None:
 
 
 @pytest.fixture(scope="module")
-def dense() -> Any:
-    return load_model_and_data(model="lenet5", dataset="digits", input_size=SIZE, limit=96)
+def dense(digits_lenet: Any) -> Any:
+    return digits_lenet
 
 
 @pytest.mark.parametrize(

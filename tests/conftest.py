@@ -1,0 +1,25 @@
+"""Fixtures the test packages share: a tiny LeNet-5 on the embedded digits, loaded once."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from autoprune.pipeline.runs import Loaded, load_model_and_data
+
+DIGITS_SIZE = (1, 16, 16)  # digits at 16x16: LeNet-5 stays tiny and every test stays fast
+
+
+@pytest.fixture(scope="session")
+def digits_lenet() -> Loaded:
+    """LeNet-5 (untrained) and 96 digits images at 1x16x16; copy before changing it."""
+    return load_model_and_data(model="lenet5", dataset="digits", input_size=DIGITS_SIZE, limit=96)
+
+
+def fresh(loaded: Loaded) -> Any:
+    """A copy of `loaded` whose model can be trained or masked without touching the original."""
+    out = copy.copy(loaded)
+    out.model = copy.deepcopy(loaded.model)
+    return out
