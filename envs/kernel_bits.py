@@ -143,8 +143,7 @@ class KernelBitsEnv(gym.Env[np.ndarray, np.ndarray]):
         return priced(self.cost_model, bits, self.kernel_counts)
 
     def _fits(self, keep: np.ndarray, bits: BitAllocation) -> bool:
-        model = self._model(bits)
-        return all(model.metric(m, keep) <= lim for m, lim in self.limits.items())
+        return self._model(bits).fits(keep, self.limits)
 
     # --- features ----------------------------------------------------------------------------
     def _static_features(self) -> np.ndarray:

@@ -114,7 +114,7 @@ class LayerBudgetEnv(gym.Env[np.ndarray, np.ndarray]):
 
     # --- the action wall ----------------------------------------------------------------------
     def _fits(self, keep: np.ndarray) -> bool:
-        return all(self.cost_model.metric(m, keep) <= lim for m, lim in self.limits.items())
+        return self.cost_model.fits(keep, self.limits)
 
     def _with_rest(self, rest: np.ndarray) -> np.ndarray:
         """Decided units as decided, the undecided ones (from the current unit on) as in `rest`."""

@@ -89,9 +89,8 @@ def smallest_bits(graph: UnitGraph, space: BitSpace) -> BitAllocation:
 
 def fits_at_min_keep(problem: SearchProblem, bits: BitAllocation) -> bool:
     """Whether the smallest keeps meet every budget at these widths (then projection succeeds)."""
-    model = problem.costed(bits)
     low = min_keeps(problem.sizes, problem.projection)
-    return all(model.metric(m, low) <= lim for m, lim in problem.limits.items())
+    return problem.costed(bits).fits(low, problem.limits)
 
 
 def fit_bits(

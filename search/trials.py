@@ -202,9 +202,7 @@ class _Objective:
         raw = np.clip(np.round(ratios * p.sizes), min_keeps(p.sizes, p.projection), p.sizes).astype(
             np.int64
         )
-        model = p.costed(bits)
-        fits = all(model.metric(m, raw) <= lim for m, lim in p.limits.items())
-        return raw if fits else p.project(ratios, bits)
+        return raw if p.costed(bits).fits(raw, p.limits) else p.project(ratios, bits)
 
     def _chart(self, trial: optuna.Trial, ratio: list[float], acc: float) -> None:
         if self.store is None:

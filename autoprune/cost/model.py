@@ -9,7 +9,7 @@ parameter count report on the physically slimmed model.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -209,6 +209,10 @@ class CostModel:
         if name not in BASE_METRICS:
             raise KeyError(f"no cost model for metric {name!r}")
         return float(getattr(self.costs(keep), name))
+
+    def fits(self, keep: Sequence[int] | np.ndarray, limits: Mapping[str, float]) -> bool:
+        """Whether `keep` meets every budget in `limits` (metric -> largest allowed value)."""
+        return all(self.metric(m, keep) <= lim for m, lim in limits.items())
 
     def register_metric(self, name: str, fn: MetricFn) -> None:
         """Add a metric (e.g. a measured latency table); it must be monotone in every keep."""

@@ -29,10 +29,6 @@ def min_keeps(sizes: np.ndarray, cfg: ProjectionConfig) -> np.ndarray:
     return np.clip(np.ceil(sizes * cfg.min_ratio).astype(np.int64), cfg.min_keep, sizes)
 
 
-def _fits(model: CostModel, keep: np.ndarray, limits: Mapping[str, float]) -> bool:
-    return all(model.metric(m, keep) <= lim for m, lim in limits.items())
-
-
 def project(
     ratios: Sequence[float] | np.ndarray,
     model: CostModel,
@@ -46,7 +42,7 @@ def project(
     if r.shape != sizes.shape:
         raise ValueError(f"expected {len(sizes)} ratios, got {r.shape}")
     lo_keep = min_keeps(sizes, cfg)
-    if not _fits(model, lo_keep, limits):
+    if not model.fits(lo_keep, limits):
         worst = {m: model.metric(m, lo_keep) for m in limits}
         raise BudgetError(
             f"no allocation meets the budgets {dict(limits)}; the smallest model costs {worst}"
@@ -57,11 +53,11 @@ def project(
         return np.clip(np.floor(scale * r * sizes + 1e-9).astype(np.int64), lo_keep, sizes)
 
     lo, hi = 0.0, 1.0 / float(r.min())
-    if _fits(model, at(hi), limits):
+    if model.fits(at(hi), limits):
         return at(hi)
     for _ in range(cfg.bisection_steps):
         mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if _fits(model, at(mid), limits) else (lo, mid)
+        lo, hi = (mid, hi) if model.fits(at(mid), limits) else (lo, mid)
     keep = at(lo)
     return _fill(keep, lo * r, model, limits, cfg)
 
