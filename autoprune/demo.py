@@ -11,8 +11,8 @@ import time
 from autoprune.backends.base import BackendConfig
 from autoprune.cli.base import before_after_table
 from autoprune.cost.budgets import parse_budget
-from autoprune.pipeline.compress import SearchRun, run_search
-from autoprune.pipeline.runs import TrainRun, run_train
+from autoprune.pipeline.search import SearchRun, run_search
+from autoprune.pipeline.train import TrainRun, run_train
 from autoprune.train.loop import TrainConfig
 
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from autoprune.pipeline.runs import Loaded, load_model_and_data
+from autoprune.pipeline.load import Loaded, load_model_and_data
 
 DIGITS_SIZE = (1, 16, 16)  # digits at 16x16: LeNet-5 stays tiny and every test stays fast
 

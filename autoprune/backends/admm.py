@@ -87,7 +87,6 @@ class AdmmOptions:
 
 @BACKENDS.register("admm")
 class Admm(MaskTrainer):
-    name = "admm"
     Options = AdmmOptions
 
     def setup(

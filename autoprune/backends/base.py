@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -72,7 +72,10 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 class Backend(ABC):
     """Trains a dense model until every unit keeps exactly its `keep` elements, then fine-tunes."""
 
-    name: ClassVar[str]
+    @property
+    def name(self) -> str:
+        """The name this backend is registered under in BACKENDS."""
+        return BACKENDS.name_of(type(self))
 
     @abstractmethod
     def run(

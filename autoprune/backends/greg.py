@@ -29,7 +29,6 @@ class GregOptions:
 
 @BACKENDS.register("greg")
 class Greg(MaskTrainer):
-    name = "greg"
     Options = GregOptions
 
     def setup(

@@ -31,7 +31,6 @@ class HspgOptions:
 
 @BACKENDS.register("hspg")
 class Hspg(MaskTrainer):
-    name = "hspg"
     Options = HspgOptions
 
     def setup(

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from autoprune.backends.base import Backend, BackendConfig, BackendResult, EpochCallback
+from autoprune.backends.base import BACKENDS, Backend, BackendConfig, BackendResult, EpochCallback
 from autoprune.errors import UsageError
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors, remove_masks
 from autoprune.graph.units import UnitGraph
@@ -29,32 +29,6 @@ from autoprune.train.loop import Distill, evaluate, set_seed, train_epoch
 
 MOMENTUM = 0.9  # SGD momentum of both phases: the value every pruning paper here trains with
 PHASES = ("prune", "finetune")
-
-
-def parse_options(cls: type[Any], options: dict[str, Any], backend: str) -> Any:
-    """Build a backend's option dataclass from `cfg.options`, rejecting names it does not take."""
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - set(fields))
-    if unknown:
-        raise UsageError(
-            f"backend {backend!r} takes no option {', '.join(map(repr, unknown))}; "
-            f"it takes {', '.join(sorted(fields)) or 'none'}"
-        )
-    values = {}
-    for name, value in options.items():
-        default = getattr(cls(), name)
-        try:
-            if isinstance(default, bool):
-                values[name] = (
-                    value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-                )
-            else:
-                values[name] = type(default)(value)
-        except (TypeError, ValueError):
-            raise UsageError(
-                f"backend {backend!r} option {name}={value!r} is not a {type(default).__name__}"
-            ) from None
-    return cls(**values)
 
 
 def cubic_keep(size: int, keep: int, progress: float) -> int:
@@ -180,7 +154,7 @@ class MaskTrainer(Backend):
         cfg: BackendConfig,
         steps_per_epoch: int,
     ) -> tuple[Any, list[int]]:
-        opts = parse_options(self.Options, cfg.options, self.name)
+        opts = BACKENDS.parse_options(self.name, cfg.options)
         keeps = _check_keep(graph, keep)
         self.graph = graph
         self.umap = UnitMap(model, graph)

@@ -27,7 +27,6 @@ class MagnitudeOptions:
 
 @BACKENDS.register("magnitude")
 class Magnitude(MaskTrainer):
-    name = "magnitude"
     Options = MagnitudeOptions
 
     def setup(

@@ -158,7 +158,6 @@ class GateMask(nn.Module):
 
 @BACKENDS.register("reweighted")
 class Reweighted(MaskTrainer):
-    name = "reweighted"
     Options = ReweightedOptions
     quantise_while_pruning = True  # with bits, the gates learn on fake-quantised weights (QAT)
 

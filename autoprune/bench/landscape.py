@@ -24,7 +24,7 @@ from autoprune.bench.search_report import code_version, dense_row, paired_noise
 from autoprune.cost.model import CostModel
 from autoprune.envs.layer_budget import largest_fitting
 from autoprune.graph.units import UnitGraph
-from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.pipeline.load import load_model_and_data, trace
 from autoprune.search import SearchProblem
 from autoprune.search.uniform import uniform_trial
 

@@ -30,7 +30,8 @@ from autoprune.bench.runner import (
 )
 from autoprune.errors import UsageError
 from autoprune.graph.units import Granularity
-from autoprune.pipeline.runs import TrainRun, load_model_and_data, run_train, trace
+from autoprune.pipeline.load import load_model_and_data, trace
+from autoprune.pipeline.train import TrainRun, run_train
 from autoprune.train.loop import TrainConfig
 
 NAME = "lenet5-mnist"

@@ -27,7 +27,8 @@ from autoprune.bench.runner import RunSpec, measure_run, recorded_command, run_s
 from autoprune.errors import UsageError
 from autoprune.graph.units import UnitGraph
 from autoprune.pipeline.evaluate_run import evaluate_run
-from autoprune.pipeline.runs import TrainRun, load_model_and_data, run_train, trace
+from autoprune.pipeline.load import load_model_and_data, trace
+from autoprune.pipeline.train import TrainRun, run_train
 from autoprune.quant.bits import FLOAT_BITS, BitAllocation
 from autoprune.train.loop import TrainConfig
 

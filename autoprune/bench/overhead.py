@@ -9,10 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from autoprune.backends import BACKENDS
 from autoprune.backends.base import BackendConfig
 from autoprune.graph.units import UnitGraph
-from autoprune.pipeline.compress import get_backend
-from autoprune.pipeline.runs import Loaded
+from autoprune.pipeline.load import Loaded
 from autoprune.train.data import make_loader
 from autoprune.train.loop import train_epoch
 
@@ -46,7 +46,7 @@ def step_overhead(
     # comes at its real rate.
     cfg = BackendConfig(epochs=epochs, progress=False)
     steps_per_epoch = -(-len(loaded.data.train) // batch_size)  # type: ignore[arg-type]
-    hooks = get_backend(backend)().prepare(masked, graph, keep, cfg, steps_per_epoch)
+    hooks = BACKENDS.build(backend).prepare(masked, graph, keep, cfg, steps_per_epoch)
     opts = {id(m): torch.optim.SGD(m.parameters(), lr=1e-3, momentum=0.9) for m in (dense, masked)}
     for m, h in ((dense, {}), (masked, hooks)):  # warm-up: allocator, autograd graph caches
         train_epoch(m, batches[:3], opts[id(m)], progress=False, **h)

@@ -22,8 +22,9 @@ from autoprune.cost.budgets import parse_budget
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.graph.units import CONV_TYPES, LINEAR_TYPES, Granularity, UnitGraph
-from autoprune.pipeline.compress import PruneRun, run_prune
-from autoprune.pipeline.runs import Loaded, load_model_and_data, load_pruned, trace
+from autoprune.pipeline.finish import load_pruned
+from autoprune.pipeline.load import Loaded, load_model_and_data, trace
+from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.rundir import partial_dir
 
 
@@ -159,10 +160,10 @@ def run_spec(
     resume = (partial_dir(run_dir) / "epochs" / "last.pt").is_file() and not force
     run_prune(
         PruneRun(
-            str(alloc_path),
-            str(run_dir),
-            spec.backend,
-            spec.backend_config(progress),
+            allocation=str(alloc_path),
+            out=str(run_dir),
+            backend=spec.backend,
+            backend_cfg=spec.backend_config(progress),
             data_dir=data_dir,
             limit=limit,
             progress=progress,

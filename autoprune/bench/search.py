@@ -32,8 +32,10 @@ from autoprune.bench.search_report import (
 )
 from autoprune.cost.budgets import parse_budget
 from autoprune.cost.projection import ProjectionConfig
-from autoprune.pipeline.compress import PruneRun, SearchRun, run_prune, run_search
-from autoprune.pipeline.runs import TrainRun, load_model_and_data, resolve_limits, run_train, trace
+from autoprune.pipeline.load import load_model_and_data, resolve_limits, trace
+from autoprune.pipeline.prune import PruneRun, run_prune
+from autoprune.pipeline.search import SearchRun, run_search
+from autoprune.pipeline.train import TrainRun, run_train
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
 from autoprune.train.loop import TrainConfig
 
@@ -203,8 +205,9 @@ def _retrain(run: Path, seed: int, recipe: Recipe, data_dir: str | None, cfg: An
     again = run.parent.parent / "seeds" / f"keep-{'-'.join(map(str, keep))}-seed{seed}"
     if cfg.force or not (again / "metrics.json").is_file():
         backend_cfg = recipe.backend_cfg(cfg.progress, seed=seed)
-        run_prune(PruneRun(str(run / "allocation.json"), str(again), recipe.backend, backend_cfg,
-                           data_dir=data_dir, progress=cfg.progress, overwrite=True))  # fmt: skip
+        run_prune(PruneRun(allocation=str(run / "allocation.json"), out=str(again),
+                           backend=recipe.backend, backend_cfg=backend_cfg, data_dir=data_dir,
+                           progress=cfg.progress, overwrite=True))  # fmt: skip
     return float(json.loads((again / "metrics.json").read_text())["final"]["accuracy"])
 
 
@@ -291,7 +294,8 @@ def train_keep(
                              seed=recipe.seed, dataset=recipe.dataset, checkpoint=dense,
                              extra=extra or {}).save(path)  # fmt: skip
         bcfg = recipe.backend_cfg(cfg.progress, seed)
-        run_prune(PruneRun(str(path), str(run), recipe.backend, bcfg, data_dir=data_dir,
+        run_prune(PruneRun(allocation=str(path), out=str(run), backend=recipe.backend,
+                           backend_cfg=bcfg, data_dir=data_dir,
                            progress=cfg.progress, overwrite=True))  # fmt: skip
         spec = RunSpec(name, recipe.backend, "channel", epochs=bcfg.epochs, lr=bcfg.lr,
                        finetune_epochs=bcfg.finetune_epochs, seed=bcfg.seed)  # fmt: skip

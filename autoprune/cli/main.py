@@ -36,7 +36,7 @@ class Train(Command):
         p.add_argument("--out", required=True)
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.pipeline.runs import TrainRun, run_train
+        from autoprune.pipeline.train import TrainRun, run_train
         from autoprune.train.loop import TrainConfig
 
         cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
@@ -177,7 +177,7 @@ class Search(Command):
             resolve_defaults,
         )
         from autoprune.cost.projection import ProjectionConfig
-        from autoprune.pipeline.compress import SearchRun, run_search
+        from autoprune.pipeline.search import SearchRun, run_search
         from autoprune.train.loop import TrainConfig
 
         budgets = _budgets(args)
@@ -238,11 +238,13 @@ class Prune(Command):
         p.add_argument("--out", required=True)
 
     def run(self, args: argparse.Namespace) -> int:
-        from autoprune.pipeline.compress import PruneRun, run_prune
+        from autoprune.pipeline.prune import PruneRun, run_prune
 
-        cfg = PruneRun(args.allocation, args.out, args.backend, _backend_cfg(args), args.data_dir,
-                       args.dataset, args.checkpoint, args.limit, not args.quiet, args.force,
-                       args.resume)  # fmt: skip
+        cfg = PruneRun(allocation=args.allocation, out=args.out, backend=args.backend,
+                       backend_cfg=_backend_cfg(args), data_dir=args.data_dir,
+                       dataset=args.dataset, checkpoint=args.checkpoint, limit=args.limit,
+                       progress=not args.quiet, overwrite=args.force,
+                       resume=args.resume)  # fmt: skip
         finish(args, run_prune(cfg), args.out)
         return 0
 

@@ -14,7 +14,7 @@ import torch
 from autoprune.cost.measure import count_macs, count_nonzero_params, count_params
 from autoprune.errors import UsageError
 from autoprune.export.program import load_program
-from autoprune.pipeline.runs import load_pruned
+from autoprune.pipeline.finish import load_pruned
 from autoprune.quant.artifact import ARTIFACT, load_artifact
 from autoprune.train.checkpoint import load_checkpoint
 from autoprune.train.data import load_dataset, make_loader

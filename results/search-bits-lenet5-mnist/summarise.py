@@ -12,10 +12,10 @@ import numpy as np
 import torch
 
 from autoprune.allocation import Allocation
+from autoprune.pipeline.load import load_model_and_data, trace
 from autoprune.quant.bits import artifact_bytes
-from autoprune.search.evaluator import MaskEvaluator
 from autoprune.quant.kernel_counts import KernelCounts
-from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.search.evaluator import MaskEvaluator
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

@@ -18,8 +18,8 @@ from autoprune.cli.main import main
 from autoprune.cost.measure import count_macs, count_params, count_weights
 from autoprune.errors import UnknownNameError, UsageError
 from autoprune.graph.masking import UnitMap, slim
-from autoprune.pipeline.compress import PruneRun, get_backend, run_prune
-from autoprune.pipeline.runs import trace
+from autoprune.pipeline.load import trace
+from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.rundir import partial_dir
 from autoprune.train.checkpoint import load_checkpoint, save_checkpoint
 
@@ -108,7 +108,8 @@ def test_resumed_run_ends_where_an_uninterrupted_one_does(dense: Any, tmp_path: 
 @pytest.fixture(scope="module")
 def allocation_file(tmp_path_factory: pytest.TempPathFactory, dense: Any) -> Path:
     from autoprune.allocation import Allocation
-    from autoprune.pipeline.runs import CHECKPOINT_KIND_DENSE, _meta
+    from autoprune.pipeline.load import CHECKPOINT_KIND_DENSE
+    from autoprune.pipeline.load import checkpoint_meta as _meta
 
     root = tmp_path_factory.mktemp("prune")
     ckpt = root / "dense.pt"
@@ -128,7 +129,12 @@ def test_prune_resumes_after_ctrl_c(
 ) -> None:
     out = tmp_path / "run"
     cfg = PruneRun(
-        str(allocation_file), str(out), "reweighted", _cfg(epochs=2), limit=96, progress=False
+        allocation=str(allocation_file),
+        out=str(out),
+        backend="reweighted",
+        backend_cfg=_cfg(epochs=2),
+        limit=96,
+        progress=False,
     )
     calls = {"n": 0}
     original = Reweighted.epoch_metrics
@@ -185,7 +191,7 @@ def test_unknown_backend_suggests_the_closest(
     allocation_file: Path, tmp_path: Path, capsys: Any
 ) -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'reweighted'"):
-        get_backend("reweighed")
+        BACKENDS.get("reweighed")
     code = main(["prune", "--allocation", str(allocation_file), "--backend", "magnitud",
                  "--limit", "32", "--quiet", "--out", str(tmp_path / "x")])  # fmt: skip
     assert code == 2

@@ -236,7 +236,7 @@ def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import autoprune.cost.latency as latency
-    from autoprune.pipeline.compress import SearchRun, run_search
+    from autoprune.pipeline.search import SearchRun, run_search
 
     calls = []
 

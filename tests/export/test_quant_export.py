@@ -13,8 +13,8 @@ from autoprune.backends.base import BackendConfig
 from autoprune.cli.main import main
 from autoprune.cost.budgets import parse_budget
 from autoprune.cost.projection import ProjectionConfig, project
-from autoprune.pipeline.compress import PruneRun, run_prune
-from autoprune.pipeline.runs import load_model_and_data, trace
+from autoprune.pipeline.load import load_model_and_data, trace
+from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.quant.bits import BitAllocation
 from autoprune.train.checkpoint import save_checkpoint
 
@@ -46,7 +46,13 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, Allocatio
     cfg = BackendConfig(epochs=1, finetune_epochs=1, batch_size=32, progress=False)
     out = tmp / "run"
     metrics = run_prune(
-        PruneRun(str(tmp / "allocation.json"), str(out), "reweighted", cfg, limit=96)
+        PruneRun(
+            allocation=str(tmp / "allocation.json"),
+            out=str(out),
+            backend="reweighted",
+            backend_cfg=cfg,
+            limit=96,
+        )
     )
     return out, metrics, alloc
 
@@ -109,7 +115,13 @@ def test_channel_run_artifact_is_predicted_exactly(tmp_path: Path) -> None:
     alloc.save(tmp_path / "a.json")
     cfg = BackendConfig(epochs=1, finetune_epochs=1, batch_size=32, progress=False)
     metrics = run_prune(
-        PruneRun(str(tmp_path / "a.json"), str(tmp_path / "run"), "magnitude", cfg, limit=64)
+        PruneRun(
+            allocation=str(tmp_path / "a.json"),
+            out=str(tmp_path / "run"),
+            backend="magnitude",
+            backend_cfg=cfg,
+            limit=64,
+        )
     )
     art = metrics["artifact"]
     assert (

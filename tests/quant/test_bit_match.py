@@ -26,9 +26,10 @@ from autoprune.cost.budgets import Budget
 from autoprune.errors import BudgetBrokenError
 from autoprune.graph.importance import kernel_importance, score_units
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors
-from autoprune.pipeline import compress, runs
-from autoprune.pipeline.compress import PruneRun, run_prune
-from autoprune.pipeline.runs import CHECKPOINT_KIND_DENSE, Loaded, _meta, load_model_and_data, trace
+from autoprune.pipeline import finish as runs
+from autoprune.pipeline.load import CHECKPOINT_KIND_DENSE, Loaded, load_model_and_data, trace
+from autoprune.pipeline.load import checkpoint_meta as _meta
+from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.quant.bit_match import PricedKernels, kept_counts, match_rows
 from autoprune.quant.bits import BitAllocation, artifact_bytes
 from autoprune.quant.kernel_counts import KernelCounts, priced
@@ -118,8 +119,8 @@ def write_allocation(
 def prune(path: Path, out: Path, epochs: int = 1) -> dict[str, Any]:
     """`autoprune prune` with the contrary backend: one batch per phase, the last one QAT."""
     cfg = BackendConfig(epochs=epochs, finetune_epochs=epochs, batch_size=LIMIT, progress=False)
-    return run_prune(PruneRun(str(path), str(out), backend="contrary", backend_cfg=cfg, limit=LIMIT,
-                              progress=False))  # fmt: skip
+    return run_prune(PruneRun(allocation=str(path), out=str(out), backend="contrary",
+                              backend_cfg=cfg, limit=LIMIT, progress=False))  # fmt: skip
 
 
 @pytest.mark.parametrize("granularity", ["channel", "weight"])
@@ -152,7 +153,7 @@ def test_a_budget_broken_on_the_artifact_fails_and_writes_nothing(
     def unmatched(counts: KernelCounts, keep: Any, model: nn.Module) -> Any:
         return lambda kept, model, bits: (kept, bits)
 
-    monkeypatch.setattr(compress.PricedKernels, "at", staticmethod(unmatched))
+    monkeypatch.setattr(PricedKernels, "at", staticmethod(unmatched))
     with pytest.raises(BudgetBrokenError, match=r"size .* > .*model\.apq") as err:
         prune(path, tmp_path / "run", epochs=0)
     assert "\n" not in str(err.value)

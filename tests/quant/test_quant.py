@@ -12,7 +12,7 @@ import torch
 import autoprune.backends  # noqa: F401  (registers the built-in backends)
 from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.graph.masking import UnitMap
-from autoprune.pipeline.runs import trace
+from autoprune.pipeline.load import trace
 from autoprune.quant.bits import BitAllocation
 from autoprune.quant.fake import ActQuant, dequantize, fake_quant, on_levels, quantize
 

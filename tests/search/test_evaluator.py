@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from autoprune.errors import UsageError
 from autoprune.graph.units import UnitGraph
-from autoprune.pipeline.runs import Loaded, load_model_and_data, trace
+from autoprune.pipeline.load import Loaded, load_model_and_data, trace
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
 
 

@@ -13,8 +13,7 @@ from autoprune.cost.projection import ProjectionConfig
 from autoprune.errors import UsageError
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
-from autoprune.pipeline.compress import make_method
-from autoprune.pipeline.runs import resolve_limits
+from autoprune.pipeline.load import resolve_limits
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.optuna_search import OptunaSearch
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
@@ -127,10 +126,10 @@ def test_pareto_front_and_pick_rules() -> None:
 
 
 def test_bad_options_are_rejected_by_name() -> None:
-    with pytest.raises(UsageError, match="takes no option bogus"):
-        make_method("optuna", {"bogus": 1})
-    with pytest.raises(UsageError, match="takes no option storage"):
-        make_method("random", {"storage": "sqlite:///x.db"})
+    with pytest.raises(UsageError, match="takes no option 'bogus'"):
+        SEARCH_METHODS.build("optuna", {"bogus": 1})
+    with pytest.raises(UsageError, match="takes no option 'storage'"):
+        SEARCH_METHODS.build("random", {"storage": "sqlite:///x.db"})
     with pytest.raises(UsageError, match="--multi-objective 'speed'"):
         OptunaSearch(multi_objective="speed")
     with pytest.raises(UsageError, match="unknown sampler 'tpee'; did you mean 'tpe'"):

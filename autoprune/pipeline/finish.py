@@ -1,0 +1,146 @@
+"""The last stage of search and prune: slim, export, measure, check every budget, write the run.
+
+The budgets are checked on what was exported (FlopCounterMode MACs, parameter counts, the
+artifact's bytes), not on the prediction; a broken budget writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.cost.latency import latency_check
+from autoprune.cost.timing import measure_run_latency
+from autoprune.errors import BudgetBrokenError, CheckpointError
+from autoprune.export.program import compression, export_program, model_metrics
+from autoprune.export.quant import artifact_checks, export_artifact
+from autoprune.graph.masking import slim
+from autoprune.graph.units import UnitGraph, trace_units
+from autoprune.models import build_model
+from autoprune.pipeline.load import CHECKPOINT_KIND_PRUNED, Loaded, checkpoint_meta, eval_loader
+from autoprune.train.checkpoint import load_checkpoint, save_checkpoint
+
+
+def finish_run(
+    stage: Path,
+    loaded: Loaded,
+    graph: UnitGraph,
+    allocation: Allocation,
+    model: nn.Module,
+    kept: list[torch.Tensor],
+    *,
+    dense_metrics: dict[str, Any],
+    extra: dict[str, Any],
+    seed: int,
+    dense_model: nn.Module | None = None,
+    latency_batch: int = 1,
+) -> dict[str, Any]:
+    """Slim, export and measure the final model; write allocation, checkpoint, program, metrics.
+
+    `seed` is the one this run trained with (metrics.json and the checkpoint record it).
+
+    Latency is measured here for both models at once (interleaved runs, medians), so their ratio
+    is not skewed by load that comes and goes; without `dense_model` a freshly built dense network
+    of the same architecture is timed (weights do not change a dense kernel's speed).
+    """
+    t0 = time.perf_counter()
+    bits = allocation.bit_allocation(graph)
+    artifact = None
+    if bits is not None:  # the artifact keeps dense shapes, so it is written before slimming
+        artifact = export_artifact(stage, model, graph, kept, bits, num_classes=loaded.num_classes,
+                                   mean=loaded.data.mean, std=loaded.data.std,
+                                   predicted_size=allocation.predicted.get("size"))  # fmt: skip
+    final_model = slim(model, graph, kept).eval()
+    allocation.save(stage / "allocation.json")
+    save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
+                    meta=checkpoint_meta(loaded, CHECKPOINT_KIND_PRUNED, seed,
+                               allocation=allocation.to_dict()))  # fmt: skip
+    export_program(
+        final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"
+    )
+    final = model_metrics(
+        final_model, loaded.input_size, eval_loader(loaded.data.test), latency=False
+    )
+    if dense_model is None:
+        dense_model = build_model(
+            loaded.name, num_classes=loaded.num_classes, input_size=loaded.input_size
+        )
+    latency = measure_run_latency(dense_model, final_model, loaded.input_size, batch=latency_batch)
+    dense_metrics = {**dense_metrics, "latency_s": latency["dense_s"]}
+    final["latency_s"] = latency["final_s"]
+    checks = {}
+    for b in allocation.budgets:
+        if b.metric == "latency":
+            checks[b.metric] = latency_check(b, latency["dense_s"], latency["final_s"])
+            continue
+        measured = _measured(final, b.metric, graph.granularity)
+        if measured is None:
+            continue
+        limit = b.limit(allocation.dense[b.metric])
+        checks[b.metric] = {
+            "limit": limit,
+            "measured": measured,
+            "met": measured <= limit * (1 + 1e-9),
+        }
+    if artifact is not None:
+        checks |= artifact_checks(allocation.budgets, allocation.dense, artifact)
+    _refuse_broken(checks)
+    metrics = {
+        "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
+        "granularity": graph.granularity, "seed": seed,
+        "dense": dense_metrics, "final": final, "predicted": allocation.predicted,
+        "budgets": checks, **compression(dense_metrics, final), "latency": latency, **extra,
+    }  # fmt: skip
+    if artifact is not None:
+        metrics["artifact"] = artifact
+    metrics.setdefault("wall_time_s", {})["export"] = time.perf_counter() - t0
+    write_json_atomic(stage / "metrics.json", metrics)
+    return metrics
+
+
+def _refuse_broken(checks: dict[str, dict[str, Any]]) -> None:
+    """Every budget but latency (a noisy measurement) must hold on what was exported."""
+    broken = [
+        f"{metric} {c['measured']:,.0f} > {c['limit']:,.0f}"
+        + (f" (measured on {c['measured_on']})" if "measured_on" in c else "")
+        for metric, c in checks.items()
+        if metric != "latency" and not c["met"]
+    ]
+    if broken:
+        raise BudgetBrokenError(
+            f"the exported model breaks its budgets: {'; '.join(broken)}; nothing was written "
+            "(a bug: the allocation was priced within them)"
+        )
+
+
+def _measured(final: dict[str, Any], metric: str, granularity: str) -> float | None:
+    """The exported model's own count for a budget metric (nonzero counts for weight sparsity)."""
+    if metric == "macs":
+        return None if granularity == "weight" else float(final["macs"])
+    if metric == "params":
+        return float(final["nonzero_params"])
+    return None
+
+
+def load_pruned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a pruned model from its checkpoint (dense build, slim to the saved shapes, load)."""
+    state, meta = load_checkpoint(path)
+    net = build_model(str(meta["model"]), num_classes=int(meta["num_classes"]),
+                      input_size=tuple(meta["input_size"]))  # fmt: skip
+    if meta.get("kind") == CHECKPOINT_KIND_PRUNED:
+        alloc = Allocation.from_dict(meta["allocation"], source=f"checkpoint {str(path)!r}")
+        graph = trace_units(net, alloc.input_size, alloc.granularity, alloc.model)  # type: ignore[arg-type]
+        alloc.check_fits(graph)
+        slim(net, graph, [torch.arange(k) for k in alloc.keep])
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} does not fit its model: {str(e).splitlines()[0]}"
+        ) from None
+    return net.eval(), meta
