@@ -18,7 +18,8 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.backends.loop import MaskTrainer, top_keep
+from autoprune.backends.common import top_keep
+from autoprune.backends.loop import MaskTrainer
 from autoprune.graph.masking import ParamKey, UnitMap, keep_vectors
 from autoprune.quant.bits import BitAllocation
 from autoprune.quant.fake import dequantize, quantize

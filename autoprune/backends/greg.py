@@ -15,7 +15,8 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.backends.loop import MaskTrainer, param_dtype, top_keep
+from autoprune.backends.common import param_dtype, top_keep
+from autoprune.backends.loop import MaskTrainer
 from autoprune.graph.importance import score_units
 from autoprune.graph.masking import UnitMap, keep_vectors
 

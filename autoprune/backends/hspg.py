@@ -16,7 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.backends.loop import MaskTrainer, cubic_keep, param_dtype, top_keep
+from autoprune.backends.common import cubic_keep, param_dtype, top_keep
+from autoprune.backends.loop import MaskTrainer
 from autoprune.errors import UsageError
 from autoprune.graph.masking import UnitMap
 

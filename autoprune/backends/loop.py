@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, Backend, BackendConfig, BackendResult, EpochCallback
+from autoprune.backends.common import MOMENTUM, param_dtype
 from autoprune.errors import UsageError
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors, remove_masks
 from autoprune.graph.units import UnitGraph
@@ -27,20 +28,7 @@ from autoprune.quant.fake import add_act_quant, add_weight_quant, on_levels
 from autoprune.train.data import DataSplits, make_loader
 from autoprune.train.loop import Distill, evaluate, set_seed, train_epoch
 
-MOMENTUM = 0.9  # SGD momentum of both phases: the value every pruning paper here trains with
 PHASES = ("prune", "finetune")
-
-
-def cubic_keep(size: int, keep: int, progress: float) -> int:
-    """Zhu & Gupta's cubic schedule: elements kept after `progress` (0..1) of the pruning ramp."""
-    p = min(max(progress, 0.0), 1.0)
-    return round(keep + (size - keep) * (1.0 - p) ** 3)
-
-
-def top_keep(scores: Tensor, keep: int) -> Tensor:
-    """Indices of the `keep` largest scores, ascending; ties go to the lower index."""
-    order = torch.argsort(-scores.double(), stable=True)
-    return torch.sort(order[: int(keep)]).values
 
 
 class MaskTrainer(Backend):
@@ -263,10 +251,6 @@ def _check_keep(graph: UnitGraph, keep: np.ndarray) -> list[int]:
                 f"unit {unit.name!r} keeps {k} of {unit.size}; keep must be in [1, {unit.size}]"
             )
     return keeps
-
-
-def param_dtype(model: nn.Module) -> torch.dtype:
-    return next(model.parameters()).dtype
 
 
 def _recipe(cfg: BackendConfig) -> dict[str, Any]:

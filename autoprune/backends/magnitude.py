@@ -14,7 +14,8 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.backends.loop import MaskTrainer, cubic_keep, param_dtype, top_keep
+from autoprune.backends.common import cubic_keep, param_dtype, top_keep
+from autoprune.backends.loop import MaskTrainer
 from autoprune.graph.importance import score_units
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors
 

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.backends.loop import MOMENTUM, MaskTrainer, cubic_keep, top_keep
+from autoprune.backends.common import MOMENTUM, cubic_keep, top_keep
+from autoprune.backends.loop import MaskTrainer
 from autoprune.graph.masking import ParamKey, UnitMap
 
 

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 
 from autoprune.allocation import Allocation
 from autoprune.backends.base import BACKENDS, BackendConfig
-from autoprune.backends.loop import MaskTrainer, param_dtype
+from autoprune.backends.common import param_dtype
+from autoprune.backends.loop import MaskTrainer
 from autoprune.cli.main import main
 from autoprune.cost.budgets import Budget
 from autoprune.errors import BudgetBrokenError
