@@ -7,7 +7,9 @@ to the model: gray images are repeated to 3 channels, and RGB images are convert
 
 The validation split is carved from the training set with the fixed seed 0, whatever the run
 seed, so every search and backend scores candidates on the same images; the test split is the
-dataset's own and is only read for final numbers.
+dataset's own and is only read for final numbers. MNIST and Fashion-MNIST read their four IDX
+files (autoprune.train.idx) from torchvision's layout under `--data-dir` or from `--data-dir`
+itself, gzipped or not.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch.utils.data import Dataset, Subset
 
 from autoprune.errors import DataError, UsageError
 from autoprune.registry import Registry
+from autoprune.train.idx import download_idx, find_idx_files, read_split
 from autoprune.train.image_tensors import (
     LUMA,
     ImageTensorDataset,
@@ -212,11 +215,32 @@ def _torchvision_set(
     return load
 
 
+def _idx_set(
+    name: str, class_name: str, mean: tuple[float, ...], std: tuple[float, ...]
+) -> Callable[[_Request], DataSplits]:
+    """A loader of an MNIST-like set: four IDX files in `data_dir/class_name/raw` or `data_dir`.
+
+    `--download` lets torchvision fetch them into `data_dir/class_name/raw` first.
+    """
+    layout = f"{class_name}/raw or the four IDX files"
+
+    def load(req: _Request) -> DataSplits:
+        root = _root(req, name, layout)
+        if req.download:
+            download_idx(name, class_name, root)
+        files = find_idx_files(root, f"{class_name}/raw")
+        tensors = []
+        for split in ("train", "test"):
+            images, labels = read_split(*files[split], classes=10)
+            tensors.append((torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels)))
+        return _in_memory(DataSpec(name, 10, 1, mean, std), tensors[0], tensors[1], req)
+
+    return load
+
+
 _CIFAR_STATS = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
-DATASETS.register("mnist")(_torchvision_set("mnist", "MNIST", "MNIST/raw", (0.1307,), (0.3081,)))
-DATASETS.register("fashion-mnist")(
-    _torchvision_set("fashion-mnist", "FashionMNIST", "FashionMNIST/raw", (0.2860,), (0.3530,))
-)
+DATASETS.register("mnist")(_idx_set("mnist", "MNIST", (0.1307,), (0.3081,)))
+DATASETS.register("fashion-mnist")(_idx_set("fashion-mnist", "FashionMNIST", (0.2860,), (0.3530,)))
 DATASETS.register("cifar10")(
     _torchvision_set("cifar10", "CIFAR10", "cifar-10-batches-py", *_CIFAR_STATS)
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 from collections import Counter
 from pathlib import Path
 
@@ -165,3 +166,81 @@ def test_mnist_matches_the_published_label_counts() -> None:
     assert counts == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     x, _ = next(iter(make_loader(splits.train, batch_size=4096, shuffle=True)))
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
+
+
+def _write_idx(path: Path, array: np.ndarray, *, gz: bool) -> None:
+    """An IDX file as MNIST ships them: magic (0, 0, uint8, ndim), big-endian dims, the bytes."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    raw = header + array.astype(np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw)
+    path.write_bytes(raw)
+
+
+def _idx_folder(folder: Path, *, gz: bool, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for prefix, n in (("train", 40), ("t10k", 12)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = np.arange(n, dtype=np.uint8) % 10
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz=gz)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz=gz)
+        arrays[prefix] = images
+    return arrays
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_a_folder_of_idx_files_is_read(name: str, gz: bool, tmp_path: Path) -> None:
+    arrays = _idx_folder(tmp_path, gz=gz)
+    splits = load_dataset(name, input_size=(1, 28, 28), data_dir=tmp_path, val_fraction=0.25)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (30, 10, 12)
+    x, y = _all(splits.test)
+    pixels = torch.round((x[:, 0] * splits.std[0] + splits.mean[0]) * 255).to(torch.uint8)
+    assert torch.equal(pixels, torch.from_numpy(arrays["t10k"]))
+    assert y.tolist() == [i % 10 for i in range(12)]
+
+
+def test_torchvision_layout_wins_over_loose_files(tmp_path: Path) -> None:
+    nested = _idx_folder(tmp_path / "FashionMNIST" / "raw", gz=False, seed=1)
+    _idx_folder(tmp_path, gz=True, seed=2)  # another set beside it: the layout is read first
+    splits = load_dataset("fashion-mnist", input_size=(1, 28, 28), data_dir=tmp_path)
+    x, _ = _all(splits.test)
+    pixels = torch.round((x[:, 0] * splits.std[0] + splits.mean[0]) * 255).to(torch.uint8)
+    assert torch.equal(pixels, torch.from_numpy(nested["t10k"]))
+
+
+def test_a_folder_missing_idx_files_names_them(tmp_path: Path) -> None:
+    _idx_folder(tmp_path, gz=True)
+    (tmp_path / "t10k-labels-idx1-ubyte.gz").unlink()
+    with pytest.raises(DataError, match=r"lacks t10k-labels-idx1-ubyte\[\.gz\];") as err:
+        load_dataset("mnist", input_size=(1, 28, 28), data_dir=tmp_path)
+    assert "\n" not in str(err.value) and "train-images" not in str(err.value)
+
+
+def test_broken_idx_files_are_data_errors(tmp_path: Path) -> None:
+    _idx_folder(tmp_path, gz=False)
+    images = tmp_path / "t10k-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-5])
+    with pytest.raises(DataError, match="truncated"):
+        load_dataset("mnist", input_size=(1, 28, 28), data_dir=tmp_path)
+    images.write_bytes(b"not an idx file at all")
+    with pytest.raises(DataError, match="not an IDX file"):
+        load_dataset("mnist", input_size=(1, 28, 28), data_dir=tmp_path)
+    _idx_folder(tmp_path, gz=False)
+    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, dtype=np.uint8), gz=False)
+    with pytest.raises(DataError, match=r"\(5,\) labels for the 12 images"):
+        load_dataset("mnist", input_size=(1, 28, 28), data_dir=tmp_path)
+
+
+@pytest.mark.data
+@pytest.mark.skipif(
+    not (SHARED_DATA / "FashionMNIST" / "raw").is_dir(), reason="needs ../shared/data"
+)
+def test_fashion_mnist_has_a_thousand_test_images_per_class() -> None:
+    splits = load_dataset("fashion-mnist", input_size=(1, 28, 28), data_dir=SHARED_DATA)
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (54_000, 6_000, 10_000)
+    _, test_labels = next(iter(make_loader(splits.test, batch_size=10_000, shuffle=False)))
+    assert torch.bincount(test_labels, minlength=10).tolist() == [1000] * 10
