@@ -1,13 +1,87 @@
 """Shared pieces of the `autoprune` command line: the subcommand base class, common flags,
-and what commands print."""
+help that lists what the registries hold, and what commands print."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import importlib
 import json
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from autoprune.cost.budgets import format_value
+
+# Flags whose values are registered names: help lists the registry (imported only to print help,
+# so a plain command starts fast) and the registry itself rejects an unknown name at run time.
+REGISTRIES: dict[str, tuple[str, str]] = {
+    "model": ("autoprune.models", "MODELS"),
+    "dataset": ("autoprune.train.data", "DATASETS"),
+    "method": ("autoprune.search", "SEARCH_METHODS"),
+    "backend": ("autoprune.backends", "BACKENDS"),
+    "importance": ("autoprune.graph.importance", "IMPORTANCE"),
+    "optimizer": ("autoprune.train.loop", "OPTIMIZERS"),
+    "sampler": ("autoprune.search.study", "SAMPLERS"),
+    "agent": ("autoprune.search.rl_agents", "AGENTS"),
+}
+# Run-config classes whose field defaults a flag shows (the one place defaults live).
+CONFIGS: dict[str, tuple[str, str]] = {
+    "train": ("autoprune.train.loop", "TrainConfig"),
+    "backend": ("autoprune.backends.base", "BackendConfig"),
+    "evaluator": ("autoprune.search.evaluator", "EvaluatorConfig"),
+    "projection": ("autoprune.cost.projection", "ProjectionConfig"),
+}
+
+
+def registry_names(kind: str) -> list[str]:
+    module, attr = REGISTRIES[kind]
+    names: list[str] = getattr(importlib.import_module(module), attr).names()
+    return names
+
+
+def config_default(config: str, field_name: str) -> Any:
+    module, attr = CONFIGS[config]
+    cls = getattr(importlib.import_module(module), attr)
+    f = next(f for f in dataclasses.fields(cls) if f.name == field_name)
+    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+
+
+def names_from(action: argparse.Action, kind: str, phrase: str = "one of") -> argparse.Action:
+    """Mark `action` as taking a name registered in REGISTRIES[kind] (listed in its help)."""
+    action.registry = (kind, phrase)  # type: ignore[attr-defined]
+    return action
+
+
+def default_from(
+    action: argparse.Action, config: str, field_name: str | None = None
+) -> argparse.Action:
+    """Mark `action`'s default as the run config's (shown in help; the flag's own is None)."""
+    action.config_default = (config, field_name or action.dest)  # type: ignore[attr-defined]
+    return action
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Help with registered choices and the run configs' defaults filled in when printed."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        registry = getattr(action, "registry", None)
+        if registry is not None:
+            kind, phrase = registry
+            text += f" ({phrase}: {', '.join(registry_names(kind))})"
+        source = getattr(action, "config_default", None)
+        if source is not None:
+            default = config_default(*source)
+            if default is not None:
+                text += f" (default: {str(default).replace('%', '%%')})"
+        return text
+
+
+def given(args: argparse.Namespace, names: Mapping[str, str]) -> dict[str, Any]:
+    """{config field: value} for the flags the user set (dest -> field); unset flags are None,
+    so the config's own default applies."""
+    return {field: getattr(args, dest) for dest, field in names.items()
+            if getattr(args, dest, None) is not None}  # fmt: skip
 
 
 def parse_size(text: str) -> tuple[int, int, int]:
@@ -26,6 +100,18 @@ def echo(args: argparse.Namespace, text: str) -> None:
         print(text)
 
 
+def model_arg(p: argparse.ArgumentParser, *, required: bool = False) -> None:
+    names_from(
+        p.add_argument(
+            "--model",
+            required=required,
+            help="a torchvision classifier name, your own pkg.module:factory, or a zoo model",
+        ),
+        "model",
+        "zoo",
+    )
+
+
 class Command:
     """A subcommand: declares its arguments and runs from the parsed namespace."""
 
@@ -39,18 +125,14 @@ class Command:
 
 
 def common_args(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
-    p.add_argument(
-        "--model", required=model_required, help="zoo or torchvision name, or pkg.module:factory"
-    )
-    p.add_argument(
-        "--dataset",
-        default="digits",
-        help="digits (default) | mnist | fashion-mnist | cifar10 | imagefolder | fake",
+    model_arg(p, required=model_required)
+    names_from(
+        p.add_argument("--dataset", default="digits", help="dataset (default: digits)"), "dataset"
     )
     p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
     p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
     p.add_argument("--limit", type=int, help="use at most N samples per split (quick runs)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, help="seed of every random choice of the run (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")

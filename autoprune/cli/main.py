@@ -1,5 +1,4 @@
-"""The `autoprune` command line: the parser, `main`, and the train / profile / search / prune
-subcommands (one small class each over the Python API; the tooling ones are in cli_tools)."""
+"""The `autoprune` command line: one small class per subcommand over the Python API."""
 
 from __future__ import annotations
 
@@ -12,39 +11,70 @@ from typing import Any
 from autoprune import __version__
 from autoprune.cli.base import (
     Command,
+    HelpFormatter,
     common_args,
+    default_from,
     echo,
     finish,
+    given,
+    model_arg,
+    names_from,
     parse_size,
 )
-from autoprune.cli.search import DEFAULT_METHOD, add_search_arguments
+from autoprune.cli.search import add_search_arguments
 from autoprune.cli.tools import Bench, Dashboard, Eval, Export, LatencyTableCmd
 from autoprune.cost.budgets import FLAG_METRIC, Budget, parse_budget
 from autoprune.errors import AutoPruneError, UsageError
 
+DESCRIPTION = """\
+Compress a neural network under hard budgets. Say how many MACs, parameters, bytes or
+milliseconds the model may cost; autoprune decides how many channels (or weights) every layer
+keeps and how many bits each kernel gets, trains the network to exactly that allocation, and
+exports a smaller model whose costs are measured on the exported file.
+
+A five-minute tour on the embedded digits data (seconds each):
+  autoprune train   --model lenet5 --dataset digits --epochs 3 --out runs/dense
+  autoprune profile --model lenet5
+  autoprune search  --checkpoint runs/dense/checkpoint.pt --budget-flops 25% --out runs/small
+  autoprune prune   --allocation runs/small/allocation.json --backend magnitude --out runs/mag
+  autoprune eval    runs/small
+  autoprune dashboard runs/small
+
+`autoprune COMMAND --help` lists a command's flags, the names they accept and their defaults.
+"""
+
+# flag dest -> TrainConfig field, for `train` and for the dense training of `search`
+TRAIN_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
+               "optimizer": "optimizer", "weight_decay": "weight_decay",
+               "seed": "seed"}  # fmt: skip
+BACKEND_FLAGS = {"epochs": "epochs", "finetune_epochs": "finetune_epochs", "lr": "lr",
+                 "finetune_lr": "finetune_lr", "distill": "distill", "batch_size": "batch_size",
+                 "weight_decay": "weight_decay", "importance": "importance",
+                 "seed": "seed"}  # fmt: skip
+
 
 class Train(Command):
-    name, help = "train", "train a dense model and write RUN/checkpoint.pt"
+    name, help = "train", "train a dense model: RUN/checkpoint.pt, model.pt2, metrics.json"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         common_args(p, model_required=True)
-        p.add_argument("--epochs", type=int, default=10)
-        p.add_argument("--lr", type=float, default=0.05)
-        p.add_argument("--batch-size", type=int, default=128)
-        p.add_argument("--optimizer", choices=["sgd", "adam"], default="sgd")
-        _weight_decay_arg(p)
-        p.add_argument("--out", required=True)
+        default_from(p.add_argument("--epochs", type=int, help="training epochs"), "train")
+        default_from(p.add_argument("--lr", type=float, help="peak learning rate"), "train")
+        default_from(p.add_argument("--batch-size", type=int, help="images per step"), "train")
+        default_from(names_from(p.add_argument("--optimizer", help="optimiser"), "optimizer"),
+                     "train")  # fmt: skip
+        _weight_decay_arg(p, "train")
+        p.add_argument("--out", required=True, help="run directory to write")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.pipeline.train import TrainRun, run_train
         from autoprune.train.loop import TrainConfig
 
-        cfg = TrainConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                          optimizer=args.optimizer, weight_decay=args.weight_decay,
-                          seed=args.seed)  # fmt: skip
-        metrics = run_train(TrainRun(args.model, args.dataset, args.out, args.data_dir,
-                                     args.input_size, cfg, args.limit, not args.quiet,
-                                     args.force))  # fmt: skip
+        cfg = TrainConfig(**given(args, TRAIN_FLAGS))
+        metrics = run_train(TrainRun(model=args.model, dataset=args.dataset, out=args.out,
+                                     data_dir=args.data_dir, input_size=args.input_size,
+                                     train=cfg, limit=args.limit, progress=not args.quiet,
+                                     overwrite=args.force))  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2, default=float))
         else:
@@ -58,14 +88,20 @@ class Train(Command):
 
 
 class Profile(Command):
-    name, help = "profile", "per-layer MACs and parameters of a model"
+    name, help = "profile", "per-layer MACs and parameters of a model, and its units"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--model", required=True)
-        p.add_argument("--input-size", type=parse_size)
-        p.add_argument("--dataset", help="take the number of classes from this dataset")
-        p.add_argument("--granularity", choices=["channel", "weight"], default="channel")
-        p.add_argument("--json", action="store_true")
+        model_arg(p, required=True)
+        p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
+        names_from(
+            p.add_argument("--dataset", help="take the number of classes from this dataset"),
+            "dataset",
+        )
+        p.add_argument(
+            "--granularity", choices=["channel", "weight"], default="channel",
+            help="channel units (physically slimmed) or weight units (sparse) (default: channel)",
+        )  # fmt: skip
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.pipeline.profile import profile, render_profile
@@ -89,28 +125,30 @@ def _budgets(args: argparse.Namespace) -> list[Budget]:
 
 
 def _backend_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--backend",
-        default="reweighted",
-        help="reweighted (default) | admm | magnitude | greg | hspg",
-    )
-    p.add_argument("--epochs", type=int, default=10, help="backend pruning epochs")
-    p.add_argument("--finetune-epochs", type=int, default=5)
-    p.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
-    p.add_argument("--lr", type=float, default=0.01)
-    p.add_argument("--batch-size", type=int, default=128)
-    _weight_decay_arg(p)
-    p.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
-                   help="distil the dense model's outputs into the pruned one with weight ALPHA "
-                        "in [0, 1] (0: off)")  # fmt: skip
-    p.add_argument("--importance", default="l1", help="l1 | l2 | taylor")
-    p.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a backend-specific option, e.g. aux_lr=0.02 (repeatable)")  # fmt: skip
+    g = p.add_argument_group("backend (trains the network to exactly the allocation)")
+    names_from(g.add_argument("--backend", help="training backend (default: reweighted)"),
+               "backend")  # fmt: skip
+    default_from(g.add_argument("--epochs", type=int, help="pruning-phase epochs"), "backend")
+    default_from(g.add_argument("--finetune-epochs", type=int, help="epochs with the mask fixed"),
+                 "backend")  # fmt: skip
+    default_from(g.add_argument("--lr", type=float, help="learning rate of the pruning phase"),
+                 "backend")  # fmt: skip
+    g.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
+    default_from(g.add_argument("--batch-size", type=int, help="images per step"), "backend")
+    _weight_decay_arg(g, "backend")
+    default_from(g.add_argument("--distill", type=float, metavar="ALPHA",
+                                help="distil the dense model's outputs into the pruned one with "
+                                     "weight ALPHA in [0, 1] (0: off)"), "backend")  # fmt: skip
+    default_from(names_from(g.add_argument("--importance", help="which elements a backend keeps "
+                                           "first"), "importance"), "backend")  # fmt: skip
+    g.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a backend-specific option, e.g. aux_lr=0.02 (repeatable); a wrong "
+                        "name or value is refused before anything runs")  # fmt: skip
 
 
-def _weight_decay_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weight-decay", type=float, default=5e-4, metavar="WD",
-                   help="L2 weight decay of the SGD / AdamW steps (default 5e-4)")  # fmt: skip
+def _weight_decay_arg(p: Any, config: str) -> None:
+    text = "L2 weight decay of the SGD / AdamW steps"
+    default_from(p.add_argument("--weight-decay", type=float, metavar="WD", help=text), config)
 
 
 def _backend_options(pairs: list[str]) -> dict[str, str]:
@@ -126,11 +164,7 @@ def _backend_options(pairs: list[str]) -> dict[str, str]:
 def _backend_cfg(args: argparse.Namespace) -> Any:
     from autoprune.backends.base import BackendConfig
 
-    return BackendConfig(epochs=args.epochs, finetune_epochs=args.finetune_epochs, lr=args.lr,
-                         finetune_lr=args.finetune_lr, distill=args.distill,
-                         batch_size=args.batch_size, weight_decay=args.weight_decay,
-                         importance=args.importance, seed=args.seed,
-                         progress=not args.quiet,
+    return BackendConfig(**given(args, BACKEND_FLAGS), progress=not args.quiet,
                          options=_backend_options(args.backend_option))  # fmt: skip
 
 
@@ -140,14 +174,17 @@ class Search(Command):
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         common_args(p)
         p.add_argument("--checkpoint", help="dense checkpoint (from `autoprune train`)")
-        for flag in FLAG_METRIC:
-            p.add_argument(f"--budget-{flag}", metavar="B")
-        p.add_argument(
-            "--method",
-            default=DEFAULT_METHOD,
-            help="optuna (default) | uniform | random | rl | dsa",
+        b = p.add_argument_group(
+            "budgets (one or several; B is e.g. 300M, 1.2G, 45K, 50%, 2MB, 512KB, 5ms)"
         )
-        p.add_argument("--granularity", choices=["channel", "weight"], default="channel")
+        for flag, text in BUDGET_HELP.items():
+            b.add_argument(f"--budget-{flag}", metavar="B", help=text)
+        names_from(p.add_argument("--method", help="search method (default: optuna)"), "method")
+        p.add_argument(
+            "--granularity", choices=["channel", "weight"],
+            help="channel: whole channels, physically slimmed; weight: single weights, sparse "
+                 "(default: channel)",
+        )  # fmt: skip
         p.add_argument(
             "--no-prune", action="store_true", help="export the allocation without backend training"
         )
@@ -156,7 +193,8 @@ class Search(Command):
             type=int,
             help="without --checkpoint: train the dense model this long first (default 1)",
         )
-        p.add_argument("--min-ratio", type=float, default=0.05, help="smallest keep ratio per unit")
+        default_from(p.add_argument("--min-ratio", type=float,
+                                    help="smallest keep ratio per unit"), "projection")  # fmt: skip
         p.add_argument(
             "--latency-table",
             metavar="FILE",
@@ -164,8 +202,6 @@ class Search(Command):
             "(default: measure one)",
         )
         add_search_arguments(p)
-        p.add_argument("--episodes", type=int, help="rl: episodes the agent plays (default 200)")
-        p.add_argument("--agent", help="rl: ddpg (default) | td3 | sac")
         _backend_args(p)
         p.add_argument("--out", help="run directory (default runs/search-MODEL-DATASET-TIMESTAMP)")
 
@@ -186,25 +222,18 @@ class Search(Command):
                 "no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)"
             )
         resolve_defaults(args)
-        options = method_options(args)
-        options.update(
-            {
-                k: v
-                for k, v in {"episodes": args.episodes, "agent": args.agent}.items()
-                if v is not None
-            }
-        )
+        dense = TrainConfig(**given(args, {"dense_epochs": "epochs", "seed": "seed"}))
         cfg = SearchRun(
             dataset=args.dataset, out=args.out, budgets=budgets, model=args.model,
-            data_dir=args.data_dir,
-            checkpoint=args.checkpoint, input_size=args.input_size, method=args.method,
-            method_options=options, evaluator=evaluator_config(args), resume=args.study is not None,
-            granularity=args.granularity, seed=args.seed, no_prune=args.no_prune,
-            backend=args.backend, backend_cfg=_backend_cfg(args),
-            projection=ProjectionConfig(min_ratio=args.min_ratio),
-            dense_train=TrainConfig(epochs=args.dense_epochs, seed=args.seed),
-            limit=args.limit, progress=not args.quiet, overwrite=args.force,
+            data_dir=args.data_dir, checkpoint=args.checkpoint,
+            input_size=args.input_size, method_options=method_options(args),
+            evaluator=evaluator_config(args), resume=args.study is not None,
+            no_prune=args.no_prune, backend_cfg=_backend_cfg(args),
+            projection=ProjectionConfig(**given(args, {"min_ratio": "min_ratio"})),
+            dense_train=dense, limit=args.limit, progress=not args.quiet, overwrite=args.force,
             latency_table=args.latency_table, bits=bit_space(args),
+            **given(args, {"method": "method", "granularity": "granularity", "seed": "seed",
+                           "backend": "backend"}),
         )  # fmt: skip
         metrics = run_search(cfg)
         finish(args, metrics, args.out)
@@ -216,35 +245,44 @@ class Search(Command):
         return 0
 
 
+BUDGET_HELP = {
+    "flops": "multiply-accumulates of conv and linear layers (MACs; reports show 2 x MACs too)",
+    "params": "parameters (nonzero ones at --granularity weight)",
+    "size": "bytes of the weights (with --bits: of the packed model.apq, indices included)",
+    "bops": "bit operations: MACs x weight bits x activation bits",
+    "latency": "time per batch on this machine, priced by a measured latency table",
+}
+
+
 class Prune(Command):
     name, help = "prune", "train a dense checkpoint to an allocation with a backend"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
-        p.add_argument("--allocation", required=True)
+        p.add_argument("--allocation", required=True, help="an allocation.json from `search`")
         p.add_argument(
             "--checkpoint", help="dense checkpoint (default: the one the allocation names)"
         )
-        p.add_argument("--dataset", help="default: the allocation's")
-        p.add_argument("--data-dir")
-        p.add_argument("--limit", type=int)
-        p.add_argument("--seed", type=int, default=0)
+        names_from(p.add_argument("--dataset", help="default: the allocation's"), "dataset")
+        p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
+        p.add_argument("--limit", type=int, help="use at most N samples per split (quick runs)")
+        p.add_argument("--seed", type=int, help="seed of the backend's training (default 0)")
         p.add_argument(
             "--resume", action="store_true", help="continue an interrupted run from its last epoch"
         )
-        p.add_argument("--quiet", action="store_true")
-        p.add_argument("--json", action="store_true")
-        p.add_argument("--force", action="store_true")
+        p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
+        p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+        p.add_argument("--force", action="store_true", help="replace an existing --out directory")
         _backend_args(p)
-        p.add_argument("--out", required=True)
+        p.add_argument("--out", required=True, help="run directory to write")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.pipeline.prune import PruneRun, run_prune
 
-        cfg = PruneRun(allocation=args.allocation, out=args.out, backend=args.backend,
+        cfg = PruneRun(allocation=args.allocation, out=args.out,
                        backend_cfg=_backend_cfg(args), data_dir=args.data_dir,
                        dataset=args.dataset, checkpoint=args.checkpoint, limit=args.limit,
-                       progress=not args.quiet, overwrite=args.force,
-                       resume=args.resume)  # fmt: skip
+                       progress=not args.quiet, overwrite=args.force, resume=args.resume,
+                       **given(args, {"backend": "backend"}))  # fmt: skip
         finish(args, run_prune(cfg), args.out)
         return 0
 
@@ -263,11 +301,14 @@ COMMANDS: list[Command] = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="autoprune", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="autoprune", description=DESCRIPTION, formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for cmd in COMMANDS:
-        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help)
+        p = sub.add_parser(cmd.name, help=cmd.help, description=cmd.help,
+                           formatter_class=HelpFormatter)  # fmt: skip
         cmd.add_arguments(p)
         p.set_defaults(_command=cmd, _parser=p)
     return parser

@@ -9,13 +9,15 @@ evaluator, the reweighted backend, and a run directory runs/search-resnet18-digi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from typing import Any
+
+from autoprune.cli.base import default_from, given, names_from
 
 DEFAULT_MODEL = (
     "resnet18"  # a model whose dense cost (1.82G MACs) makes budgets like 300M meaningful
 )
-DEFAULT_METHOD = "optuna"
 DENSE_EPOCHS_WITHOUT_CHECKPOINT = 1  # a short dense training so the search ranks a trained model
 
 
@@ -23,9 +25,12 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
     """Flags of the search methods, their Optuna study and the shared evaluator."""
     g = p.add_argument_group("search")
     g.add_argument("--trials", type=int, help="proposals to score (random, optuna; default 20)")
-    g.add_argument(
-        "--sampler",
-        help="optuna sampler: tpe (default) | random | qmc | nsga2 (default, --multi-objective)",
+    names_from(
+        g.add_argument(
+            "--sampler",
+            help="optuna sampler (default: tpe; nsga2 with --multi-objective)",
+        ),
+        "sampler",
     )
     g.add_argument(
         "--multi-objective",
@@ -61,6 +66,8 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "score it as a candidate beside the episodes",
     )
     g.add_argument("--steps", type=int, help="dsa: gradient steps on the keep ratios (default 200)")
+    g.add_argument("--episodes", type=int, help="rl: episodes the agent plays (default 200)")
+    names_from(g.add_argument("--agent", help="rl: the agent (default: ddpg)"), "agent")
     g.add_argument(
         "--train-weights",
         action="store_true",
@@ -88,18 +95,16 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "quantised), several (e.g. 4,6,8) are searched per layer",
     )
     e = p.add_argument_group("evaluator (scores allocations on the validation split)")
-    e.add_argument(
-        "--eval-importance", default="l1", help="which elements a unit keeps: l1 | l2 | taylor"
-    )
-    e.add_argument(
-        "--bn-batches", type=int, default=4, help="training batches for BatchNorm recalibration"
-    )
-    e.add_argument(
-        "--finetune-steps", type=int, default=0, help="SGD steps before scoring (0: none)"
-    )
-    e.add_argument(
-        "--val-limit", type=int, help="score on the first N validation images (default all)"
-    )
+    evaluator = {
+        "--eval-importance": (str, "importance", "which elements a unit keeps while scoring"),
+        "--bn-batches": (int, "bn_batches", "training batches for BatchNorm recalibration"),
+        "--finetune-steps": (int, "finetune_steps", "SGD steps before scoring (0: none)"),
+        "--val-limit": (int, "val_limit", "score on the first N validation images (default all)"),
+    }
+    for flag, (kind, field_name, text) in evaluator.items():
+        action = default_from(e.add_argument(flag, type=kind, help=text), "evaluator", field_name)
+        if field_name == "importance":
+            names_from(action, "importance")
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -115,6 +120,8 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "warm_start": args.warm_start,
         "steps": args.steps,
         "train_weights": args.train_weights,
+        "episodes": args.episodes,
+        "agent": args.agent,
     }
     return {k: v for k, v in flags.items() if v is not None}
 
@@ -136,19 +143,20 @@ def bit_space(args: argparse.Namespace) -> Any:
 def evaluator_config(args: argparse.Namespace) -> Any:
     from autoprune.search.evaluator import EvaluatorConfig
 
-    return EvaluatorConfig(
-        importance=args.eval_importance,
-        bn_batches=args.bn_batches,
-        finetune_steps=args.finetune_steps,
-        val_limit=args.val_limit,
-        seed=args.seed,
-    )
+    flags = {"eval_importance": "importance", "bn_batches": "bn_batches",
+             "finetune_steps": "finetune_steps", "val_limit": "val_limit",
+             "seed": "seed"}  # fmt: skip
+    return EvaluatorConfig(**given(args, flags))
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:
     """Fill the defaults that depend on other flags (model, out, dense epochs) in place."""
     if args.model is None and args.checkpoint is None:
         args.model = DEFAULT_MODEL
+    if args.method is None:  # SearchRun's own default, said there once
+        from autoprune.pipeline.search import SearchRun
+
+        args.method = next(f.default for f in dataclasses.fields(SearchRun) if f.name == "method")
     if args.dense_epochs is None:
         args.dense_epochs = 0 if args.checkpoint else DENSE_EPOCHS_WITHOUT_CHECKPOINT
     if args.out is None:

@@ -63,7 +63,7 @@ class SearchRun:
     data_dir: str | None = None
     checkpoint: str | None = None
     input_size: tuple[int, int, int] | None = None
-    method: str = "uniform"
+    method: str = "optuna"  # the default search; uniform and the heuristics need no evaluator
     method_options: dict[str, Any] = field(default_factory=dict)
     # continue an interrupted run in its staging folder (see autoprune.pipeline.staging)
     resume: bool = False
@@ -152,7 +152,7 @@ def price(cfg: SearchRun) -> Priced:
     """Load, trace and price: the budgets as limits, refused when infeasible."""
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
                                  checkpoint=cfg.checkpoint, input_size=cfg.input_size,
-                                 limit=cfg.limit)  # fmt: skip
+                                 limit=cfg.limit, seed=cfg.seed)  # fmt: skip
     graph, cost_model = trace(loaded, cfg.granularity)
     latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model,
                              table_path=cfg.latency_table, run_dir=cfg.out, cfg=cfg.latency,

@@ -257,6 +257,7 @@ def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
         out=str(out),
         budgets=[parse_budget("latency", "60%")],
         model="lenet5",
+        method="uniform",
         limit=64,
         no_prune=True,
         progress=False,
