@@ -18,6 +18,7 @@ import numpy as np
 
 from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
+from autoprune.bench.report import write_readme
 from autoprune.bench.search import QUICK as SEARCH_QUICK
 from autoprune.bench.search import Recipe, bench_command, search_dense, train_keep
 from autoprune.bench.search_report import code_version, dense_row, paired_noise
@@ -157,7 +158,7 @@ def search_landscape(cfg: BenchConfig) -> dict[str, Any]:
         "runs": [str(out / "runs")],
     }
     write_json_atomic(out / "summary.json", summary)
-    (out / "README.md").write_text(render(summary))
+    write_readme(out, render(summary))
     (out / ".gitignore").write_text("# re-creatable\n*.pt\n*.pt2\nepochs/\n.*.partial/\n")
     return summary
 

@@ -18,7 +18,7 @@ import torch
 from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.overhead import step_overhead
-from autoprune.bench.report import render_readme, write_gitignore
+from autoprune.bench.report import render_readme, write_gitignore, write_readme
 from autoprune.bench.runner import (
     RunSpec,
     best_runs,
@@ -186,7 +186,7 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
         },
     }
     write_json_atomic(out / "summary.json", summary)
-    (out / "README.md").write_text(render_readme(summary))
+    write_readme(out, render_readme(summary))
     write_gitignore(out, best)
     return summary
 

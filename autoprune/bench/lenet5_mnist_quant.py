@@ -23,6 +23,7 @@ from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS
 from autoprune.bench.lenet5_mnist import NAME as DENSE_BENCH
 from autoprune.bench.quant_report import render_quant_readme
+from autoprune.bench.report import write_readme
 from autoprune.bench.runner import RunSpec, measure_run, recorded_command, run_specs
 from autoprune.errors import UsageError
 from autoprune.graph.units import UnitGraph
@@ -145,7 +146,7 @@ def lenet5_mnist_quant(cfg: BenchConfig) -> dict[str, Any]:
                     "weight_data_only_ratio": ADMM_NN_WEIGHT_DATA},
     }  # fmt: skip
     write_json_atomic(out / "summary.json", summary)
-    (out / "README.md").write_text(render_quant_readme(summary))
+    write_readme(out, render_quant_readme(summary))
     # Artifacts are small: every run's model.apq, metrics and allocation are committed.
     lines = ["# written by autoprune bench", "runs/.*", "runs/*/checkpoint.pt", "runs/*/model.pt2",
              "runs/*/epochs/", "dense/"]  # fmt: skip

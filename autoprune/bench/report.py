@@ -7,6 +7,9 @@ from typing import Any
 
 from autoprune.bench.runner import split_seed
 
+NOTES = "NOTES.md"  # a benchmark folder's hand-written notes, appended to its README
+
+# The published LeNet-5 / MNIST numbers of docs/conventions.md that this benchmark compares with.
 REFERENCE = """\
 | method | weights kept | ratio | accuracy |
 |---|---|---|---|
@@ -170,8 +173,19 @@ def render_readme(summary: dict[str, Any]) -> str:
         "",
     ]
     out += [f"- {r['run']}: `{r['command']}`" for r in summary["runs"]]
-    out += ["", "## Published (DESIGN.md)", "", REFERENCE]
+    out += ["", "## Published (docs/conventions.md)", "", REFERENCE]
     return "\n".join(out) + "\n"
+
+
+def write_readme(out: Path, text: str) -> None:
+    """OUT/README.md: the rendered `text`, then OUT/NOTES.md when there is one.
+
+    NOTES.md is the hand-written reading of the numbers; appending it here means a re-render from
+    summary.json never loses it.
+    """
+    notes = out / NOTES
+    extra = "\n" + notes.read_text() if notes.is_file() else ""
+    (out / "README.md").write_text(text + extra)
 
 
 def write_gitignore(out: Path, best: list[str]) -> None:

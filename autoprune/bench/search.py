@@ -21,6 +21,7 @@ import numpy as np
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.backends.base import BackendConfig
 from autoprune.bench.base import BENCHMARKS, BenchConfig
+from autoprune.bench.report import write_readme
 from autoprune.bench.runner import COMMAND_FILE, RunSpec
 from autoprune.bench.search_report import checks as render_checks
 from autoprune.bench.search_report import (
@@ -128,7 +129,7 @@ def search_lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
         "correlation": corr,
     }
     write_json_atomic(out / "summary.json", summary)
-    (out / "README.md").write_text(render_readme(summary, out))
+    write_readme(out, render_readme(summary, out))
     (out / ".gitignore").write_text(
         "# large or re-creatable: checkpoints, programs, studies\n"
         "*.pt\n*.pt2\n*.db\n*.db-*\nartifacts/\nepochs/\n.*.partial/\nagent/\n"
