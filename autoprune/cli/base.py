@@ -43,7 +43,9 @@ def config_default(config: str, field_name: str) -> Any:
     module, attr = CONFIGS[config]
     cls = getattr(importlib.import_module(module), attr)
     f = next(f for f in dataclasses.fields(cls) if f.name == field_name)
-    return f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else None
 
 
 def names_from(action: argparse.Action, kind: str, phrase: str = "one of") -> argparse.Action:
