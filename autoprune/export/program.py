@@ -92,7 +92,7 @@ def model_metrics(
 
 
 def compression(dense: dict[str, Any], final: dict[str, Any]) -> dict[str, float]:
-    """Ratios under the conventions of DESIGN.md (weights of conv + linear, biases excluded)."""
+    """Ratios under docs/conventions.md (weights of conv + linear, biases excluded)."""
     out = {
         "compression_ratio": dense["weights"] / max(final["nonzero_weights"], 1),
         "macs_ratio": dense["macs"] / max(final["macs"], 1),

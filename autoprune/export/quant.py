@@ -1,6 +1,6 @@
 """Export of runs with bits: model.apq beside model.pt2, its measured ratios and budget checks.
 
-Ratios (DESIGN.md conventions, named as in metrics.json):
+Ratios (the conventions of docs/conventions.md, named as in metrics.json):
 - `storage_ratio`: fp32 bytes of all conv+linear weights of the dense model / bytes of the
   artifact file on disk (header, indices, scales, codes, biases and checksum included).
 - `weight_data_only_ratio`: the same fp32 bytes / bytes of the weight codes alone (n x bits per
