@@ -6,9 +6,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from autoprune import __version__
+from autoprune.cli.backend import backend_args, backend_cfg, weight_decay_arg
 from autoprune.cli.base import (
     Command,
     HelpFormatter,
@@ -47,10 +47,6 @@ A five-minute tour on the embedded digits data (seconds each):
 TRAIN_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
                "optimizer": "optimizer", "weight_decay": "weight_decay",
                "seed": "seed"}  # fmt: skip
-BACKEND_FLAGS = {"epochs": "epochs", "finetune_epochs": "finetune_epochs", "lr": "lr",
-                 "finetune_lr": "finetune_lr", "distill": "distill", "batch_size": "batch_size",
-                 "weight_decay": "weight_decay", "importance": "importance",
-                 "seed": "seed"}  # fmt: skip
 
 
 class Train(Command):
@@ -63,7 +59,7 @@ class Train(Command):
         default_from(p.add_argument("--batch-size", type=int, help="images per step"), "train")
         default_from(names_from(p.add_argument("--optimizer", help="optimiser"), "optimizer"),
                      "train")  # fmt: skip
-        _weight_decay_arg(p, "train")
+        weight_decay_arg(p, "train")
         p.add_argument("--out", required=True, help="run directory to write")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -124,50 +120,6 @@ def _budgets(args: argparse.Namespace) -> list[Budget]:
     ]
 
 
-def _backend_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("backend (trains the network to exactly the allocation)")
-    names_from(g.add_argument("--backend", help="training backend (default: reweighted)"),
-               "backend")  # fmt: skip
-    default_from(g.add_argument("--epochs", type=int, help="pruning-phase epochs"), "backend")
-    default_from(g.add_argument("--finetune-epochs", type=int, help="epochs with the mask fixed"),
-                 "backend")  # fmt: skip
-    default_from(g.add_argument("--lr", type=float, help="learning rate of the pruning phase"),
-                 "backend")  # fmt: skip
-    g.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
-    default_from(g.add_argument("--batch-size", type=int, help="images per step"), "backend")
-    _weight_decay_arg(g, "backend")
-    default_from(g.add_argument("--distill", type=float, metavar="ALPHA",
-                                help="distil the dense model's outputs into the pruned one with "
-                                     "weight ALPHA in [0, 1] (0: off)"), "backend")  # fmt: skip
-    default_from(names_from(g.add_argument("--importance", help="which elements a backend keeps "
-                                           "first"), "importance"), "backend")  # fmt: skip
-    g.add_argument("--backend-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a backend-specific option, e.g. aux_lr=0.02 (repeatable); a wrong "
-                        "name or value is refused before anything runs")  # fmt: skip
-
-
-def _weight_decay_arg(p: Any, config: str) -> None:
-    text = "L2 weight decay of the SGD / AdamW steps"
-    default_from(p.add_argument("--weight-decay", type=float, metavar="WD", help=text), config)
-
-
-def _backend_options(pairs: list[str]) -> dict[str, str]:
-    options = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise UsageError(f"--backend-option {pair!r} is not KEY=VALUE; write e.g. aux_lr=0.02")
-        options[key.strip()] = value.strip()
-    return options
-
-
-def _backend_cfg(args: argparse.Namespace) -> Any:
-    from autoprune.backends.base import BackendConfig
-
-    return BackendConfig(**given(args, BACKEND_FLAGS), progress=not args.quiet,
-                         options=_backend_options(args.backend_option))  # fmt: skip
-
-
 class Search(Command):
     name, help = "search", "search an allocation under budgets, train it, export it"
 
@@ -202,7 +154,7 @@ class Search(Command):
             "(default: measure one)",
         )
         add_search_arguments(p)
-        _backend_args(p)
+        backend_args(p)
         p.add_argument("--out", help="run directory (default runs/search-MODEL-DATASET-TIMESTAMP)")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -228,7 +180,7 @@ class Search(Command):
             data_dir=args.data_dir, checkpoint=args.checkpoint,
             input_size=args.input_size, method_options=method_options(args),
             evaluator=evaluator_config(args), resume=args.study is not None,
-            no_prune=args.no_prune, backend_cfg=_backend_cfg(args),
+            no_prune=args.no_prune, backend_cfg=backend_cfg(args),
             projection=ProjectionConfig(**given(args, {"min_ratio": "min_ratio"})),
             dense_train=dense, limit=args.limit, progress=not args.quiet, overwrite=args.force,
             latency_table=args.latency_table, bits=bit_space(args),
@@ -272,14 +224,14 @@ class Prune(Command):
         p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.add_argument("--force", action="store_true", help="replace an existing --out directory")
-        _backend_args(p)
+        backend_args(p)
         p.add_argument("--out", required=True, help="run directory to write")
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.pipeline.prune import PruneRun, run_prune
 
         cfg = PruneRun(allocation=args.allocation, out=args.out,
-                       backend_cfg=_backend_cfg(args), data_dir=args.data_dir,
+                       backend_cfg=backend_cfg(args), data_dir=args.data_dir,
                        dataset=args.dataset, checkpoint=args.checkpoint, limit=args.limit,
                        progress=not args.quiet, overwrite=args.force, resume=args.resume,
                        **given(args, {"backend": "backend"}))  # fmt: skip
