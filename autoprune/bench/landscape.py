@@ -19,8 +19,9 @@ import numpy as np
 from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.report import write_readme
-from autoprune.bench.search import QUICK as SEARCH_QUICK
-from autoprune.bench.search import Recipe, bench_command, search_dense, train_keep
+from autoprune.bench.search import bench_command, search_dense, train_keep
+from autoprune.bench.search_recipe import QUICK as SEARCH_QUICK
+from autoprune.bench.search_recipe import Recipe
 from autoprune.bench.search_report import code_version, dense_row, paired_noise
 from autoprune.cost.model import CostModel
 from autoprune.envs.layer_budget import largest_fitting
