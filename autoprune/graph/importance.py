@@ -49,7 +49,9 @@ def _scores(model: nn.Module, unit: Unit, tensor_of: TensorOf) -> torch.Tensor:
         return t.flatten().double()
     score = torch.zeros(unit.size, dtype=torch.float64)
     for mem in unit.members:
-        module = model.get_submodule(mem.module)
+        module = _module(model, mem.module)
+        if module is None:  # a free parameter (a layer-scale gamma): its producers score it
+            continue
         t = tensor_of(module)
         if t is None:
             continue
@@ -62,6 +64,13 @@ def _scores(model: nn.Module, unit: Unit, tensor_of: TensorOf) -> torch.Tensor:
             per = t.transpose(0, 1).reshape(t.shape[1], -1).sum(dim=1)
         score.index_add_(0, torch.tensor(mem.root_idxs), per[torch.tensor(mem.idxs)])
     return score
+
+
+def _module(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None
 
 
 @IMPORTANCE.register("l1")

@@ -18,7 +18,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.graph.importance import score_units, top_k
-from autoprune.graph.units import CONV_TYPES, UnitGraph, build_dependency_graph
+from autoprune.graph.tracing import build_dependency_graph
+from autoprune.graph.units import CONV_TYPES, UnitGraph
 
 
 class ElementMask(nn.Module):
@@ -43,6 +44,12 @@ def select_kept(
 
 
 ParamKey = tuple[str, str]  # (module name, parameter name)
+
+
+def param_key(path: str) -> ParamKey:
+    """("block", "gamma") for the parameter "block.gamma"; ("", "scale") for a top-level one."""
+    module, _, name = path.rpartition(".")
+    return module, name
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,8 @@ class UnitMap:
         self.sizes = [u.size for u in graph.units]
         self.slices: dict[ParamKey, list[ElementSlices]] = {}
         self.shapes: dict[ParamKey, torch.Size] = {}
+        # the dim a parameter's rows run along: 0, except for free parameters (graph.free_params)
+        self.axes: dict[ParamKey, int] = {}
         for u, unit in enumerate(graph.units):
             if unit.kind == "weight":
                 key = (unit.name.removesuffix(".weight"), "weight")
@@ -79,6 +88,11 @@ class UnitMap:
                 if mem.dim != "out":
                     continue
                 rows, elements = torch.tensor(mem.idxs), torch.tensor(mem.root_idxs)
+                if mem.module in graph.free_params:  # the parameter itself produces the channel
+                    key = param_key(mem.module)
+                    self.axes[key] = graph.free_params[mem.module]
+                    self._add(model, key, ElementSlices(u, rows, elements))
+                    continue
                 for pname in ("weight", "bias"):
                     p = getattr(model.get_submodule(mem.module), pname, None)
                     if p is not None and p.dim() > 0:
@@ -109,17 +123,17 @@ class UnitMap:
         fill: float = 1.0,
     ) -> torch.Tensor:
         """The mask of one parameter; `vectors` needs entries only for the units of `key`."""
-        shape = self.shapes[key]
+        shape, axis = self.shapes[key], self.axes.get(key, 0)
         m: torch.Tensor | None = None
         for piece in pieces if pieces is not None else self.slices[key]:
             v = vectors[piece.unit]
             if piece.rows is None:
                 return v.reshape(shape)
             if m is None:
-                m = torch.full((shape[0],), fill, dtype=v.dtype, device=v.device)
+                m = torch.full((shape[axis],), fill, dtype=v.dtype, device=v.device)
             m = m.index_put((piece.rows,), v[piece.elements])
         assert m is not None
-        return m.view(-1, *([1] * (len(shape) - 1)))
+        return m.view([-1 if d == axis else 1 for d in range(len(shape))])
 
     def units_of(self, key: ParamKey) -> list[int]:
         return sorted({piece.unit for piece in self.slices[key]})
@@ -134,7 +148,8 @@ class UnitMap:
                     scores[piece.unit] += t.flatten()
                     continue
                 assert piece.elements is not None
-                per_row = t.reshape(t.shape[0], -1).sum(dim=1)
+                rows = t.movedim(self.axes.get(key, 0), 0)
+                per_row = rows.reshape(rows.shape[0], -1).sum(dim=1)
                 scores[piece.unit].index_add_(0, piece.elements, per_row[piece.rows])
         return scores
 

@@ -1,18 +1,18 @@
 """Allocation units of a model, traced once: coupled channel groups and per-tensor weight units.
 
-Channel units come from torch-pruning's DependencyGraph: every group of channels that must be
-removed together (a conv's outputs, the BatchNorm after it, the residual adds it joins, the inputs
-of every consumer) is one unit. Nothing here knows any architecture by name.
+Channel units come from torch-pruning's DependencyGraph (`autoprune.graph.channels`): every group
+of channels that must be removed together (a conv's outputs, the BatchNorm after it, the residual
+adds it joins, the inputs of every consumer) is one unit, and each is verified before use
+(`autoprune.graph.verify`). Nothing here knows any architecture by name.
 """
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal, cast
 
 import torch
-import torch_pruning as tp
 from torch import nn
 
 from autoprune.errors import UsageError
@@ -21,7 +21,7 @@ Granularity = Literal["channel", "weight"]
 GRANULARITIES: tuple[str, ...] = ("channel", "weight")
 
 # Modules whose parameters the cost model understands. Anything else with parameters is counted
-# as a fixed cost; if torch-pruning would prune it, `trace_units` refuses rather than miscount.
+# as a fixed cost; a channel group that would prune it is frozen rather than miscounted.
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 LINEAR_TYPES = (nn.Linear,)
 NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
@@ -54,6 +54,15 @@ class Unit:
     def root(self) -> str:
         """The module that names the unit (the group's root layer, or the weight's layer)."""
         return self.name
+
+
+@dataclass(frozen=True)
+class FrozenUnit:
+    """A channel group kept whole: it failed verification (or tracing) for `reason`."""
+
+    name: str
+    size: int
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -95,6 +104,10 @@ class UnitGraph:
     other_params: int  # parameters of modules the cost model does not scale
     classifier: str  # last conv/linear executed; its outputs are never pruned
     module_order: list[str] = field(default_factory=list)
+    # channel groups kept whole (never offered to a search), each with the reason
+    frozen: list[FrozenUnit] = field(default_factory=list)
+    # parameters used directly in forward that carry a channel dim: name -> that dim
+    free_params: dict[str, int] = field(default_factory=dict)
 
     def unit(self, name: str) -> Unit:
         for u in self.units:
@@ -122,6 +135,13 @@ def example_input(input_size: tuple[int, int, int]) -> torch.Tensor:
     return torch.randn(1, *input_size, generator=torch.Generator().manual_seed(0))
 
 
+def _positions(mod: nn.Module, out: torch.Tensor) -> int:
+    """Output positions per sample: H x W of a conv, the tokens of a linear layer (1 if none)."""
+    if isinstance(mod, CONV_TYPES):
+        return int(torch.tensor(out.shape[2:]).prod())
+    return int(torch.tensor(out.shape[1:-1]).prod()) if out.dim() > 2 else 1
+
+
 def _record_layers(model: nn.Module, x: torch.Tensor) -> tuple[list[Layer], list[str]]:
     """Run one forward pass and record every conv/linear layer with its output size."""
     layers: dict[str, Layer] = {}
@@ -132,19 +152,20 @@ def _record_layers(model: nn.Module, x: torch.Tensor) -> tuple[list[Layer], list
     def hook(mod: nn.Module, _inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         name = names[mod]
         order.append(name)
-        if name in layers:
+        if name in layers:  # a module called again (weight sharing) computes its MACs again
+            again = _positions(mod, out)
+            layers[name] = replace(layers[name], positions=layers[name].positions + again)
             return
         if isinstance(mod, CONV_TYPES):
             layers[name] = Layer(
                 name, "conv", mod.in_channels, mod.out_channels, mod.groups,
-                int(torch.tensor(mod.kernel_size).prod()), int(torch.tensor(out.shape[2:]).prod()),
+                int(torch.tensor(mod.kernel_size).prod()), _positions(mod, out),
                 mod.bias is not None,
             )  # fmt: skip
         else:
             assert isinstance(mod, nn.Linear)
             layers[name] = Layer(
-                name, "linear", mod.in_features, mod.out_features, 1, 1,
-                int(torch.tensor(out.shape[1:-1]).prod()) if out.dim() > 2 else 1,
+                name, "linear", mod.in_features, mod.out_features, 1, 1, _positions(mod, out),
                 mod.bias is not None,
             )  # fmt: skip
 
@@ -160,45 +181,20 @@ def _record_layers(model: nn.Module, x: torch.Tensor) -> tuple[list[Layer], list
     return [layers[n] for n in dict.fromkeys(order)], order
 
 
-def build_dependency_graph(
-    model: nn.Module, input_size: tuple[int, int, int]
-) -> tp.DependencyGraph:
-    return tp.DependencyGraph().build_dependency(model, example_inputs=example_input(input_size))
-
-
-def channel_groups(
-    model: nn.Module, dg: tp.DependencyGraph, classifier: str
-) -> list[tuple[str, tp.dependency.Group]]:
-    """The prunable channel groups of `model`, named by their root module, in graph order."""
-    modules = dict(model.named_modules())
-    names = {m: n for n, m in modules.items()}
-    groups = dg.get_all_groups(
-        ignored_layers=[modules[classifier]], root_module_types=CONV_TYPES + LINEAR_TYPES
-    )
-    return [(names[g[0].dep.target.module], g) for g in groups]
-
-
-def _members(group: tp.dependency.Group, dg: tp.DependencyGraph, names: dict) -> list[Member]:
-    seen: dict[tuple[str, str], Member] = {}
-    for item in group:
-        mod = item.dep.target.module
-        if mod not in names:  # torch-pruning's pseudo-modules for adds, concats, flattens
-            continue
-        fn = item.dep.handler
-        dim: Literal["out", "in"] = "out" if dg.is_out_channel_pruning_fn(fn) else "in"
-        key = (names[mod], dim)
-        if key not in seen:
-            seen[key] = Member(names[mod], dim, tuple(item.idxs), tuple(item.root_idxs))
-    return list(seen.values())
-
-
 def trace_units(
     model: nn.Module,
     input_size: tuple[int, int, int],
     granularity: Granularity = "channel",
     model_name: str = "model",
+    *,
+    verify: bool = True,
 ) -> UnitGraph:
-    """Trace `model` once and return its units, layers and the parameters nothing scales."""
+    """Trace `model` once and return its units, layers and the parameters nothing scales.
+
+    At channel granularity every unit is then verified (`autoprune.graph.verify`): one that
+    cannot be slimmed, or whose slimmed model differs from the masked one or is priced wrong, is
+    frozen (kept whole and listed in `UnitGraph.frozen` with its reason), never an error.
+    """
     if granularity not in GRANULARITIES:
         raise UsageError(f"unknown granularity {granularity!r}; use one of {GRANULARITIES}")
     was_training = model.training
@@ -210,44 +206,37 @@ def trace_units(
     if not layers:
         raise UsageError(f"model {model_name!r} has no conv or linear layer to prune")
     classifier = order[-1]
-    modules = dict(model.named_modules())
+    norms, other = _fixed_parts(model, {lay.name for lay in layers})
+    size = cast(tuple[int, int, int], tuple(input_size))  # callers may pass a list
+    graph = UnitGraph(model_name, size, granularity, [], layers, norms, other, classifier, order)
+    if granularity == "weight":
+        graph.units = [Unit(f"{lay.name}.weight", "weight", lay.weights) for lay in layers]
+        return graph
+    # imported here: channels and verify import this module (and verify the cost model)
+    from autoprune.graph.channels import channel_units
 
+    channel_units(model, graph)
+    if verify:
+        from autoprune.graph.verify import verify_units
+
+        verify_units(model, graph)
+    return graph
+
+
+def _fixed_parts(model: nn.Module, layer_names: set[str]) -> tuple[dict[str, tuple[int, int]], int]:
+    """Norm modules (channels, parameters per channel) and the parameter count of the rest."""
     norms: dict[str, tuple[int, int]] = {}
     other = 0
-    layer_names = {lay.name for lay in layers}
-    for name, mod in modules.items():
+    for name, mod in model.named_modules():
         own = sum(p.numel() for p in mod.parameters(recurse=False))
         if name in layer_names or own == 0:
             continue
-        if isinstance(mod, NORM_TYPES) and own > 0:
+        if isinstance(mod, NORM_TYPES):
             channels = _norm_channels(mod)
             norms[name] = (channels, own // channels)
         else:
             other += own
-
-    if granularity == "weight":
-        units = [Unit(f"{lay.name}.weight", "weight", lay.weights) for lay in layers]
-    else:
-        was_training = model.training
-        model.eval()
-        try:
-            dg = build_dependency_graph(model, input_size)
-        finally:
-            model.train(was_training)
-        names = {m: n for n, m in modules.items()}
-        units = []
-        for root, group in channel_groups(model, dg, classifier):
-            members = _members(group, dg, names)
-            for mem in members:
-                if mem.module not in layer_names and mem.module not in norms:
-                    raise UsageError(
-                        f"layer {mem.module!r} ({type(modules[mem.module]).__name__}) is pruned "
-                        "with channel group " + repr(root) + " but the cost model cannot count it; "
-                        "use --granularity weight for this model"
-                    )
-            units.append(Unit(root, "channel", len(group[0].idxs), tuple(members)))
-    size = cast(tuple[int, int, int], tuple(input_size))  # callers may pass a list
-    return UnitGraph(model_name, size, granularity, units, layers, norms, other, classifier, order)
+    return norms, other
 
 
 def _norm_channels(mod: nn.Module) -> int:

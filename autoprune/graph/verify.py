@@ -1,0 +1,210 @@
+"""Verified channel units: each is masked, slimmed, run and priced before any search sees it.
+
+A unit is kept prunable only if, at a partial keep and at its smallest keep, (a) slimming it
+physically works and the slimmed model runs, (b) the slimmed model computes what the masked
+model computes, within a tolerance relative to the output's scale, and (c) the cost model's
+change in MACs and parameters equals what FlopCounterMode and a parameter count measure on the
+slimmed model. A unit that fails is frozen: kept whole, listed in `UnitGraph.frozen` with a
+one-line reason, and never offered to a search (the cost model then counts it at full width).
+
+The check runs on a copy of the model with seeded random weights, so the verdict depends on the
+architecture only, never on a checkpoint (a dense and a trained model get the same units, hence
+the same signature). Units are checked together and the failing ones found by bisection: a model
+whose units all pass costs two checks. Verdicts are cached per model in memory and on disk
+(`autoprune.graph.verify_cache`). This module prices with `autoprune.cost`: verifying the cost
+model is its purpose, so it is imported lazily by `trace_units` rather than by the graph package.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.cost.measure import count_macs, count_params
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, min_keeps
+from autoprune.graph.masking import apply_masks, element_masks, slim
+from autoprune.graph.tracing import one_line
+from autoprune.graph.units import FrozenUnit, UnitGraph
+from autoprune.graph.verify_cache import load_verdict, store_verdict, verdict_key
+
+# Relative to the largest output magnitude: a slimmed conv differs from its masked twin by float
+# rounding only (about 1e-6 here); a real mismatch (a norm over pruned channels, a shuffled group)
+# is of order one.
+TOLERANCE = 1e-4
+BATCH = 2  # two samples, so a reshape that folds the batch into another dim is caught
+SEED = 0
+
+
+def verify_units(model: nn.Module, graph: UnitGraph) -> None:
+    """Move every unit of `graph` that fails verification to `graph.frozen` (in place)."""
+    if not graph.units:
+        return
+    key = verdict_key(model, graph)
+    verdict = load_verdict(key)
+    if verdict is None:
+        verdict = _Verifier(model, graph).failures()
+        store_verdict(key, verdict)
+    failed = dict(verdict)
+    graph.frozen = graph.frozen + [
+        FrozenUnit(u.name, u.size, failed[u.name]) for u in graph.units if u.name in failed
+    ]
+    graph.units = [u for u in graph.units if u.name not in failed]
+
+
+def randomized(model: nn.Module, seed: int = SEED) -> nn.Module:
+    """A copy of `model` in eval mode with seeded random weights and norm statistics.
+
+    Scales keep activations of order one through deep nets (He-style weights, norm scales near
+    one), so a relative tolerance means the same thing in every layer.
+    """
+    work = copy.deepcopy(model).eval()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in work.named_parameters():
+            if not p.is_floating_point():
+                continue
+            if p.dim() >= 2:
+                fan_in = max(p[0].numel(), 1)
+                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+            elif name.endswith("weight"):
+                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+            else:
+                p.copy_((torch.rand(p.shape, generator=gen) - 0.5) * 0.4)
+        for name, b in work.named_buffers():
+            if name.endswith("running_mean"):
+                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
+            elif name.endswith("running_var"):
+                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
+    return work
+
+
+class _Verifier:
+    """Checks sets of units at one keep level; bisects a failing set down to its culprits."""
+
+    def __init__(self, model: nn.Module, graph: UnitGraph) -> None:
+        self.graph = graph
+        self.base = randomized(model)
+        gen = torch.Generator().manual_seed(SEED)
+        self.x = torch.randn(BATCH, *graph.input_size, generator=gen)
+        self.sizes = np.array(graph.sizes, dtype=np.int64)
+        self.levels = {
+            "half": np.maximum(self.sizes // 2, min_keeps(self.sizes, ProjectionConfig())),
+            "smallest": min_keeps(self.sizes, ProjectionConfig()),
+        }
+        dense = CostModel(graph).costs(self.sizes)
+        size = graph.input_size
+        # What the cost model does not see at all (attention matmuls, a functional linear with a
+        # free weight) is a constant offset here; units are judged on the change they make.
+        self.offset = (
+            count_macs(self.base, size) - round(dense.macs),
+            count_params(self.base) - round(dense.params),
+        )
+
+    def failures(self) -> list[tuple[str, str]]:
+        """(unit name, reason) of every unit that fails at some level."""
+        failed: dict[int, str] = {}
+        for level in self.levels:
+            alive = [i for i in range(len(self.sizes)) if i not in failed]
+            # Bisection finds units that fail alone; re-checking the survivors together catches
+            # the rare pair that fails only jointly (each round removes at least one unit).
+            while alive:
+                found = self._bisect(alive, level)
+                if not found:
+                    break
+                failed |= found
+                alive = [i for i in alive if i not in found]
+        return [(self.graph.units[i].name, failed[i]) for i in sorted(failed)]
+
+    def _bisect(self, subset: list[int], level: str) -> dict[int, str]:
+        reason = self.check(subset, level)
+        if reason is None:
+            return {}
+        if len(subset) == 1:
+            return {subset[0]: reason}
+        half = len(subset) // 2
+        found = self._bisect(subset[:half], level) | self._bisect(subset[half:], level)
+        if not found:  # each half passes alone, the whole does not: freeze them all, say why
+            return {i: f"fails only with other units ({reason})" for i in subset}
+        return found
+
+    def check(self, subset: Sequence[int], level: str) -> str | None:
+        """None if the units `subset` pass at `level`, else the first reason they do not."""
+        sub = dataclasses.replace(self.graph, units=[self.graph.units[i] for i in subset])
+        keep = self.levels[level][list(subset)]
+        gen = torch.Generator().manual_seed(SEED + 1)
+        # a random subset, not a prefix: an index mapping that is off by a permutation shows
+        kept = [torch.sort(torch.randperm(int(n), generator=gen)[: int(k)]).values
+                for n, k in zip(self.sizes[list(subset)], keep, strict=True)]  # fmt: skip
+        work = copy.deepcopy(self.base)
+        try:
+            apply_masks(work, element_masks(work, sub, kept))
+            with torch.no_grad():
+                y_mask = work(self.x)
+        except Exception as err:
+            return f"masking fails: {one_line(err)}"
+        try:
+            slim(work, sub, kept)
+        except Exception as err:
+            return f"slimming fails: {one_line(err)}"
+        try:
+            with torch.no_grad():
+                y_slim = work(self.x)
+        except Exception as err:
+            return f"the slimmed model fails: {one_line(err)}"
+        reason = _compare(y_mask, y_slim)
+        return reason if reason is not None else self._priced(sub, keep, work)
+
+    def _priced(self, sub: UnitGraph, keep: np.ndarray, slimmed: nn.Module) -> str | None:
+        try:
+            predicted = CostModel(sub).costs(keep)
+            macs = count_macs(slimmed, self.graph.input_size) - self.offset[0]
+        except Exception as err:
+            return f"pricing fails: {one_line(err)}"
+        params = count_params(slimmed) - self.offset[1]
+        if round(predicted.macs) != macs:
+            return f"priced at {predicted.macs:,.0f} MACs, the slimmed model measures {macs:,}"
+        if round(predicted.params) != params:
+            return f"priced at {predicted.params:,.0f} params, the slimmed model has {params:,}"
+        return None
+
+
+def _compare(y_mask: object, y_slim: object) -> str | None:
+    a, b = _first_tensor(y_mask), _first_tensor(y_slim)
+    if a is None or b is None:
+        return "the model returns no tensor to compare"
+    if a.shape != b.shape:
+        return f"the slimmed model's output is {tuple(b.shape)}, not {tuple(a.shape)}"
+    scale = float(a.abs().max()) or 1.0
+    err = float((a - b).abs().max()) / scale
+    if not np.isfinite(err) or err > TOLERANCE:
+        return f"the slimmed model's output differs from the masked one's by {err:.1e} of its scale"
+    return None
+
+
+def _first_tensor(y: object) -> torch.Tensor | None:
+    if isinstance(y, torch.Tensor):
+        return y
+    if isinstance(y, (list, tuple)) and y:
+        return _first_tensor(y[0])
+    if isinstance(y, dict) and y:
+        return _first_tensor(next(iter(y.values())))
+    return None
+
+
+def prunable_share(cost_model: CostModel) -> dict[str, float]:
+    """Per metric (MACs, params), the fraction of the dense cost that the prunable units control.
+
+    It is what pruning every unit to nothing would remove; frozen units, input channels and the
+    classifier's outputs make up the rest. `search` prints it; a budget below the rest is the
+    usual "smallest feasible" error (the projection never prices a frozen unit below full).
+    """
+    dense = cost_model.costs(cost_model.dense_keep)
+    empty = cost_model.costs(np.zeros_like(cost_model.dense_keep))
+    return {m: 1.0 - getattr(empty, m) / getattr(dense, m) if getattr(dense, m) else 0.0
+            for m in ("macs", "params")}  # fmt: skip

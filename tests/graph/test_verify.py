@@ -1,0 +1,87 @@
+"""Verified units: a unit that slims wrong, fails or is priced wrong is frozen, never a crash."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import awkward
+import pytest
+import torch
+
+from autoprune.cli.main import main
+from autoprune.cost.model import CostModel
+from autoprune.graph import verify, verify_cache
+from autoprune.graph.units import trace_units
+from autoprune.graph.verify import prunable_share, randomized
+
+SIZE = (3, 16, 16)
+
+
+def test_unverifiable_units_are_frozen_with_their_reason_and_the_rest_stays_prunable() -> None:
+    graph = trace_units(awkward.Unverifiable(), SIZE, "channel", "unverifiable")
+    assert [u.name for u in graph.units] == ["stem.0"]
+    reasons = {f.name: f.reason for f in graph.frozen}
+    assert set(reasons) == {"mid", "late"}
+    assert "differs from the masked one's" in reasons["mid"]  # slims, but computes another thing
+    assert reasons["late"].startswith("the slimmed model fails: RuntimeError")
+    assert all("\n" not in r for r in reasons.values())
+    # the frozen part is priced at full width: pruning the stem alone cannot go below it
+    share = prunable_share(CostModel(graph))
+    assert 0.3 < share["macs"] < 0.6
+
+
+def test_search_prunes_the_verified_unit_exactly_and_refuses_budgets_below_the_frozen_part(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["search", "--model", "awkward:Unverifiable", "--dataset", "fake", "--input-size",
+            "3x16x16", "--method", "uniform", "--no-prune", "--quiet", "--limit", "64"]  # fmt: skip
+    assert main([*args, "--budget-flops", "30%", "--out", str(tmp_path / "low")]) == 2
+    assert "smallest feasible" in capsys.readouterr().err
+    assert not (tmp_path / "low").exists()
+    assert main([*args, "--budget-flops", "70%", "--out", str(tmp_path / "run")]) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    alloc = json.loads((tmp_path / "run" / "allocation.json").read_text())
+    assert [u["name"] for u in alloc["units"]] == ["stem.0"]
+    assert alloc["units"][0]["keep"] < alloc["units"][0]["total"]
+    assert (
+        metrics["final"]["macs"] == metrics["predicted"]["macs"] <= 0.7 * metrics["dense"]["macs"]
+    )
+    assert metrics["final"]["params"] == metrics["predicted"]["params"]
+
+
+def test_verdict_depends_on_the_architecture_not_the_weights(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = awkward.Unverifiable()
+    first = trace_units(model, SIZE, "channel", "u")
+    trained = awkward.Unverifiable()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(-3.0)
+    verify_cache.clear_memory()  # the disk cache answers now; then nothing may verify again
+    monkeypatch.setattr(verify, "_Verifier", None)
+    again = trace_units(trained, SIZE, "channel", "u")
+    assert again.signature == first.signature
+    assert again.frozen == first.frozen
+
+
+def test_a_torn_cache_file_is_verified_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    graph = trace_units(awkward.Unverifiable(), SIZE, "channel", "u")
+    folder = verify_cache.cache_dir()
+    assert folder is not None
+    (file,) = folder.glob("*.json")
+    file.write_text("[[1, ")
+    verify_cache.clear_memory()
+    assert trace_units(awkward.Unverifiable(), SIZE, "channel", "u").frozen == graph.frozen
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", "")
+    assert verify_cache.cache_dir() is None
+
+
+def test_randomized_copy_leaves_the_model_alone() -> None:
+    model = awkward.GroupNormNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    copy = randomized(model)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not torch.equal(copy.conv.weight, model.conv.weight)
+    assert not copy.training
