@@ -147,6 +147,10 @@ class Search(Command):
         )
         default_from(p.add_argument("--min-ratio", type=float,
                                     help="smallest keep ratio per unit"), "projection")  # fmt: skip
+        default_from(p.add_argument("--round-to", type=int, metavar="N",
+                                    help="keep a multiple of N channels in every unit (or all "
+                                         "of it): widths the hardware runs faster"),
+                     "projection")  # fmt: skip
         p.add_argument(
             "--latency-table",
             metavar="FILE",
@@ -181,7 +185,8 @@ class Search(Command):
             input_size=args.input_size, method_options=method_options(args),
             evaluator=evaluator_config(args), resume=args.study is not None,
             no_prune=args.no_prune, backend_cfg=backend_cfg(args),
-            projection=ProjectionConfig(**given(args, {"min_ratio": "min_ratio"})),
+            projection=ProjectionConfig(**given(args, {"min_ratio": "min_ratio",
+                                                       "round_to": "round_to"})),
             dense_train=dense, limit=args.limit, progress=not args.quiet, overwrite=args.force,
             latency_table=args.latency_table, bits=bit_space(args),
             **given(args, {"method": "method", "granularity": "granularity", "seed": "seed",

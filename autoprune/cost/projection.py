@@ -1,8 +1,12 @@
 """The one projection every search method uses: proposed keep ratios -> integer keeps within budget.
 
 Ratios are scaled by a common factor (found by bisection) so the allocation keeps its shape while
-meeting every budget from below; then single elements are added greedily, most under-served unit
+meeting every budget from below; then elements are added greedily, most under-served unit
 first, while every budget still holds, so the binding budget ends as tight as granularity allows.
+
+With `round_to` N > 1 (channel units), every keep is a multiple of N or the whole unit: CPU and
+GPU kernels run widths on such a grid faster than the widths just above them, so a MAC budget
+buys more speed. The grid is coarser, so the binding budget is met from below less tightly.
 """
 
 from __future__ import annotations
@@ -23,10 +27,32 @@ class ProjectionConfig:
     min_keep: int = 1  # and at least one element, whatever the ratio
     bisection_steps: int = 60  # enough for the scale to be exact in double precision
     max_fill_steps: int = 100_000  # greedy additions after bisection (bounded by the slack anyway)
+    # channel keeps on a grid of this many channels (or the whole unit); 1: any width
+    round_to: int = 1
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise BudgetError(f"round_to must be a positive integer, got {self.round_to!r}")
+
+    def step(self, model: CostModel) -> int:
+        """The keep grid of `model`'s units: round_to for channel units, 1 for weights."""
+        return self.round_to if model.graph.granularity == "channel" else 1
 
 
-def min_keeps(sizes: np.ndarray, cfg: ProjectionConfig) -> np.ndarray:
-    return np.clip(np.ceil(sizes * cfg.min_ratio).astype(np.int64), cfg.min_keep, sizes)
+def on_grid(keep: np.ndarray, sizes: np.ndarray, step: int) -> np.ndarray:
+    """`keep` rounded down to a multiple of `step` (at least `step`), or the whole unit."""
+    if step == 1:
+        return keep
+    down = np.maximum(keep // step * step, np.minimum(step, sizes))
+    return np.where(keep >= sizes, sizes, np.minimum(down, sizes)).astype(np.int64)
+
+
+def min_keeps(sizes: np.ndarray, cfg: ProjectionConfig, step: int = 1) -> np.ndarray:
+    """The smallest keep of every unit: min_ratio of it, at least min_keep, on the keep grid."""
+    low = np.clip(np.ceil(sizes * cfg.min_ratio).astype(np.int64), cfg.min_keep, sizes)
+    if step > 1:
+        low = np.minimum(-(-low // step) * step, sizes)
+    return low
 
 
 def project(
@@ -41,7 +67,8 @@ def project(
     r = np.clip(np.asarray(ratios, dtype=np.float64), 0.0, 1.0)
     if r.shape != sizes.shape:
         raise ValueError(f"expected {len(sizes)} ratios, got {r.shape}")
-    lo_keep = min_keeps(sizes, cfg)
+    step = cfg.step(model)
+    lo_keep = min_keeps(sizes, cfg, step)
     if not model.fits(lo_keep, limits):
         worst = {m: model.metric(m, lo_keep) for m in limits}
         raise BudgetError(
@@ -50,7 +77,8 @@ def project(
     r = np.maximum(r, 1e-9)
 
     def at(scale: float) -> np.ndarray:
-        return np.clip(np.floor(scale * r * sizes + 1e-9).astype(np.int64), lo_keep, sizes)
+        raw = np.floor(scale * r * sizes + 1e-9).astype(np.int64)
+        return np.clip(on_grid(raw, sizes, step), lo_keep, sizes)
 
     lo, hi = 0.0, 1.0 / float(r.min())
     if model.fits(at(hi), limits):
@@ -59,6 +87,8 @@ def project(
         mid = 0.5 * (lo + hi)
         lo, hi = (mid, hi) if model.fits(at(mid), limits) else (lo, mid)
     keep = at(lo)
+    if step > 1:
+        return _fill_steps(keep, lo * r, model, limits, cfg, step)
     return _fill(keep, lo * r, model, limits, cfg)
 
 
@@ -83,6 +113,43 @@ def _fill(
         u = int(np.argmax(deficit))
         keep[u] += 1
     return keep
+
+
+def _fill_steps(
+    keep: np.ndarray,
+    target: np.ndarray,
+    model: CostModel,
+    limits: Mapping[str, float],
+    cfg: ProjectionConfig,
+    step: int,
+) -> np.ndarray:
+    """`_fill` on the keep grid: each addition is the next grid width of one unit."""
+    sizes = model.sizes
+    keep = keep.copy()
+    for _ in range(cfg.max_fill_steps):
+        nxt = np.minimum((keep // step + 1) * step, sizes)
+        room = keep < sizes
+        for u in np.flatnonzero(room):
+            trial = keep.copy()
+            trial[u] = nxt[u]
+            room[u] = model.fits(trial, limits)
+        if not room.any():
+            break
+        deficit = np.where(room, target - keep / sizes, -np.inf)
+        u = int(np.argmax(deficit))
+        keep[u] = nxt[u]
+    return keep
+
+
+def snap(
+    keep: np.ndarray, model: CostModel, limits: Mapping[str, float], cfg: ProjectionConfig
+) -> np.ndarray:
+    """An allocation a method chose by other means, put on the keep grid (within every limit)."""
+    step = cfg.step(model)
+    keep = np.asarray(keep, dtype=np.int64)
+    if step == 1 or np.array_equal(on_grid(keep, model.sizes, step), keep):
+        return keep
+    return project(ratios_of(keep, model.sizes), model, limits, cfg)
 
 
 def ratios_of(keep: Sequence[int] | np.ndarray, sizes: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ from autoprune.backends import BACKENDS, BackendConfig
 from autoprune.cost.budgets import Budget
 from autoprune.cost.latency import TABLE_FILE, LatencyConfig, LatencyTable, attach_latency
 from autoprune.cost.model import CostModel
-from autoprune.cost.projection import ProjectionConfig
+from autoprune.cost.projection import ProjectionConfig, snap
 from autoprune.errors import UsageError
 from autoprune.export.program import model_metrics
 from autoprune.export.quant import calibrate_activations
@@ -208,7 +208,10 @@ def search_stage(
     )  # fmt: skip
     result = method.search(problem)
     timings["search"] = time.perf_counter() - t
-    return Searched(problem, result, np.asarray(result.keep, dtype=np.int64))
+    keep = np.asarray(result.keep, dtype=np.int64)
+    if result.bits is None:  # --round-to: on the keep grid whichever way the method chose it
+        keep = snap(keep, priced.cost_model, priced.limits, cfg.projection)
+    return Searched(problem, result, keep)
 
 
 def allocation_of(
