@@ -42,7 +42,9 @@ def finish_run(
 ) -> dict[str, Any]:
     """Slim, export and measure the final model; write allocation, checkpoint, program, metrics.
 
-    `seed` is the one this run trained with (metrics.json and the checkpoint record it).
+    `seed` is the one this run trained with (metrics.json and the checkpoint record it);
+    metrics.json records torch's thread count beside it, since float sums split over another
+    number of threads round differently (same seed and threads: same weights).
 
     Latency is measured here for both models at once (interleaved runs, medians), so their ratio
     is not skewed by load that comes and goes; without `dense_model` a freshly built dense network
@@ -60,7 +62,7 @@ def finish_run(
     save_checkpoint(stage / "checkpoint.pt", state_dict=final_model.state_dict(),
                     meta=checkpoint_meta(loaded, CHECKPOINT_KIND_PRUNED, seed,
                                allocation=allocation.to_dict()))  # fmt: skip
-    export_program(
+    exported = export_program(
         final_model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"
     )
     final = model_metrics(
@@ -92,9 +94,10 @@ def finish_run(
     _refuse_broken(checks)
     metrics = {
         "schema": "autoprune.metrics/v1", "model": loaded.name, "dataset": loaded.dataset,
-        "granularity": graph.granularity, "seed": seed,
+        "granularity": graph.granularity, "seed": seed, "threads": torch.get_num_threads(),
         "dense": dense_metrics, "final": final, "predicted": allocation.predicted,
-        "budgets": checks, **compression(dense_metrics, final), "latency": latency, **extra,
+        "budgets": checks, **compression(dense_metrics, final), "latency": latency,
+        "export": exported, **extra,
     }  # fmt: skip
     if artifact is not None:
         metrics["artifact"] = artifact

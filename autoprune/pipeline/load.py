@@ -21,6 +21,7 @@ from autoprune.graph.units import Granularity, UnitGraph, trace_units
 from autoprune.models import build_model, default_input_size
 from autoprune.train.checkpoint import load_checkpoint
 from autoprune.train.data import DataSplits, load_dataset, make_loader
+from autoprune.train.loop import set_seed
 
 CHECKPOINT_KIND_DENSE = "dense"
 CHECKPOINT_KIND_PRUNED = "pruned"
@@ -48,8 +49,13 @@ def load_model_and_data(
     input_size: tuple[int, int, int] | None = None,
     limit: int | None = None,
     download: bool = False,
+    seed: int = 0,
 ) -> Loaded:
-    """Build (or restore from a dense checkpoint) a model and load its dataset at its input size."""
+    """Build (or restore from a dense checkpoint) a model and load its dataset at its input size.
+
+    The model is initialised from `seed` (Python, NumPy and torch are seeded right before it is
+    built), so the same seed gives the same initial weights whatever ran before in the process.
+    """
     meta: dict[str, Any] = {}
     state = None
     if checkpoint is not None:
@@ -69,6 +75,7 @@ def load_model_and_data(
     size = tuple(input_size) if input_size else default_input_size(model)
     data = load_dataset(dataset, input_size=size, data_dir=data_dir, limit=limit, download=download)  # type: ignore[arg-type]
     num_classes = int(meta.get("num_classes", data.spec.num_classes))
+    set_seed(seed)
     net = build_model(model, num_classes=num_classes, input_size=size)  # type: ignore[arg-type]
     if state is not None:
         try:
@@ -123,8 +130,9 @@ def resolve_limits(
     smallest allocation, e.g. at the smallest bit widths a search may choose.
     """
     dense_keep = cost_model.dense_keep
-    smallest_keep = min_keeps(cost_model.sizes, projection)
-    metrics = {b.metric for b in budgets} | {"macs", "params", "weights", "size", "bops"}
+    smallest_keep = min_keeps(cost_model.sizes, projection, projection.step(cost_model))
+    # sorted: a set's order changes with PYTHONHASHSEED, and allocation.json must not
+    metrics = sorted({b.metric for b in budgets} | {"macs", "params", "weights", "size", "bops"})
     dense = {m: cost_model.metric(m, dense_keep) for m in metrics}
     low = smallest_model or cost_model
     smallest = {m: low.metric(m, smallest_keep) for m in metrics}

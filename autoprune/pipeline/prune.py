@@ -47,7 +47,8 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
     if dataset is None:
         raise UsageError(f"{cfg.allocation} names no dataset; pass --dataset")
     loaded = load_model_and_data(model=None, dataset=dataset, data_dir=cfg.data_dir,
-                                 checkpoint=checkpoint, limit=cfg.limit)  # fmt: skip
+                                 checkpoint=checkpoint, limit=cfg.limit,
+                                 seed=cfg.backend_cfg.seed)  # fmt: skip
     graph, cost_model = trace(loaded, alloc.granularity)  # type: ignore[arg-type]
     alloc.check_fits(graph)
     bits = alloc.bit_allocation(graph)

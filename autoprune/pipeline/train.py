@@ -6,6 +6,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from autoprune.allocation import write_json_atomic
 from autoprune.export.program import export_program, model_metrics
 from autoprune.pipeline.load import (
@@ -37,7 +39,8 @@ class TrainRun:
 def run_train(cfg: TrainRun) -> dict[str, Any]:
     """Dense training: checkpoint.pt, model.pt2 and metrics.json in cfg.out."""
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
-                                 input_size=cfg.input_size, limit=cfg.limit)  # fmt: skip
+                                 input_size=cfg.input_size, limit=cfg.limit,
+                                 seed=cfg.train.seed)  # fmt: skip
     refuse_existing(cfg.out, cfg.overwrite)
     set_seed(cfg.train.seed)
     t0 = time.perf_counter()
@@ -57,7 +60,8 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
         dense = model_metrics(loaded.model, loaded.input_size, eval_loader(loaded.data.test))
         metrics = {
             "schema": "autoprune.metrics/v1", "stage": "train", "model": loaded.name,
-            "dataset": loaded.dataset, "seed": cfg.train.seed, "dense": dense, "final": dense,
+            "dataset": loaded.dataset, "seed": cfg.train.seed, "threads": torch.get_num_threads(),
+            "dense": dense, "final": dense,
             "history": history, "train_config": cfg.train.__dict__,
             "wall_time_s": {"train": train_s},
         }  # fmt: skip
