@@ -212,8 +212,16 @@ def mask_model(
     return kept
 
 
-def slim(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor]) -> nn.Module:
-    """Physically apply kept indices: channels removed (torch-pruning), or weights zeroed."""
+def slim(
+    model: nn.Module,
+    graph: UnitGraph,
+    kept: Sequence[torch.Tensor],
+    dg: tp.DependencyGraph | None = None,
+) -> nn.Module:
+    """Physically apply kept indices: channels removed (torch-pruning), or weights zeroed.
+
+    `dg` is a dependency graph already traced on `model` (see `tracing.copy_with_graph`).
+    """
     remove_masks(model, bake=False)
     if graph.granularity == "weight":
         with torch.no_grad():
@@ -222,7 +230,7 @@ def slim(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor]) -> nn
         return model
     was_training = model.training
     model.eval()
-    dg = build_dependency_graph(model, graph.input_size)
+    dg = dg or build_dependency_graph(model, graph.input_size)
     for unit, idx in zip(graph.units, kept, strict=True):
         alive = torch.zeros(unit.size, dtype=torch.bool)
         alive[idx] = True

@@ -9,6 +9,8 @@ bad root becomes one frozen unit with its reason and the rest of the model stays
 
 from __future__ import annotations
 
+import copy
+import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +44,26 @@ def build_dependency_graph(
             )
     finally:
         model.train(was_training)
+
+
+def copy_with_graph(
+    model: nn.Module, dg: tp.DependencyGraph
+) -> tuple[nn.Module, tp.DependencyGraph]:
+    """Deep copies of `model` and its dependency graph that refer to each other.
+
+    Tracing costs a forward pass with autograd; a copy costs a memcpy. The autograd nodes the
+    graph keeps (read-only shape records) and torch-pruning's pruner singletons (compared by
+    identity) are shared, not copied.
+    """
+    memo: dict[int, object] = {}
+    for node in dg.module2node.values():
+        memo[id(node.grad_fn)] = node.grad_fn
+    for pruner in [*dg.REGISTERED_PRUNERS.values(), *dg.CUSTOMIZED_PRUNERS.values()]:
+        memo[id(pruner)] = pruner
+    for value in vars(dg).values():  # it keeps torch-pruning's `ops` module as an attribute
+        if isinstance(value, types.ModuleType):
+            memo[id(value)] = value
+    return copy.deepcopy((model, dg), memo)
 
 
 @dataclass(frozen=True)

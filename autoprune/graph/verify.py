@@ -24,12 +24,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from autoprune.cost.measure import count_macs, count_params
+from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.graph.masking import apply_masks, element_masks, slim
-from autoprune.graph.tracing import one_line
+from autoprune.graph.tracing import build_dependency_graph, copy_with_graph, one_line
 from autoprune.graph.units import FrozenUnit, UnitGraph
 from autoprune.graph.verify_cache import load_verdict, store_verdict, verdict_key
 
@@ -37,7 +38,6 @@ from autoprune.graph.verify_cache import load_verdict, store_verdict, verdict_ke
 # rounding only (about 1e-6 here); a real mismatch (a norm over pruned channels, a shuffled group)
 # is of order one.
 TOLERANCE = 1e-4
-BATCH = 2  # two samples, so a reshape that folds the batch into another dim is caught
 SEED = 0
 
 
@@ -91,18 +91,18 @@ class _Verifier:
         self.graph = graph
         self.base = randomized(model)
         gen = torch.Generator().manual_seed(SEED)
-        self.x = torch.randn(BATCH, *graph.input_size, generator=gen)
+        self.x = torch.randn(1, *graph.input_size, generator=gen)
+        self.dg = build_dependency_graph(self.base, graph.input_size)
         self.sizes = np.array(graph.sizes, dtype=np.int64)
         self.levels = {
             "half": np.maximum(self.sizes // 2, min_keeps(self.sizes, ProjectionConfig())),
             "smallest": min_keeps(self.sizes, ProjectionConfig()),
         }
         dense = CostModel(graph).costs(self.sizes)
-        size = graph.input_size
         # What the cost model does not see at all (attention matmuls, a functional linear with a
         # free weight) is a constant offset here; units are judged on the change they make.
         self.offset = (
-            count_macs(self.base, size) - round(dense.macs),
+            _run(self.base, self.x)[1] - round(dense.macs),
             count_params(self.base) - round(dense.params),
         )
 
@@ -141,7 +141,7 @@ class _Verifier:
         # a random subset, not a prefix: an index mapping that is off by a permutation shows
         kept = [torch.sort(torch.randperm(int(n), generator=gen)[: int(k)]).values
                 for n, k in zip(self.sizes[list(subset)], keep, strict=True)]  # fmt: skip
-        work = copy.deepcopy(self.base)
+        work, dg = copy_with_graph(self.base, self.dg)
         try:
             apply_masks(work, element_masks(work, sub, kept))
             with torch.no_grad():
@@ -149,29 +149,37 @@ class _Verifier:
         except Exception as err:
             return f"masking fails: {one_line(err)}"
         try:
-            slim(work, sub, kept)
+            slim(work, sub, kept, dg)
         except Exception as err:
             return f"slimming fails: {one_line(err)}"
         try:
-            with torch.no_grad():
-                y_slim = work(self.x)
+            y_slim, macs = _run(work, self.x)
         except Exception as err:
             return f"the slimmed model fails: {one_line(err)}"
         reason = _compare(y_mask, y_slim)
-        return reason if reason is not None else self._priced(sub, keep, work)
+        return reason if reason is not None else self._priced(sub, keep, work, macs)
 
-    def _priced(self, sub: UnitGraph, keep: np.ndarray, slimmed: nn.Module) -> str | None:
+    def _priced(
+        self, sub: UnitGraph, keep: np.ndarray, slimmed: nn.Module, measured_macs: int
+    ) -> str | None:
         try:
             predicted = CostModel(sub).costs(keep)
-            macs = count_macs(slimmed, self.graph.input_size) - self.offset[0]
         except Exception as err:
             return f"pricing fails: {one_line(err)}"
+        macs = measured_macs - self.offset[0]
         params = count_params(slimmed) - self.offset[1]
         if round(predicted.macs) != macs:
             return f"priced at {predicted.macs:,.0f} MACs, the slimmed model measures {macs:,}"
         if round(predicted.params) != params:
             return f"priced at {predicted.params:,.0f} params, the slimmed model has {params:,}"
         return None
+
+
+def _run(model: nn.Module, x: torch.Tensor) -> tuple[object, int]:
+    """The output of one sample and its MACs, as FlopCounterMode counts them (`count_macs`)."""
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        y = model(x)
+    return y, counter.get_total_flops() // 2
 
 
 def _compare(y_mask: object, y_slim: object) -> str | None:

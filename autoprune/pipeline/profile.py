@@ -1,4 +1,6 @@
-"""`autoprune profile`: per-layer MACs and parameters, checked against FlopCounterMode."""
+"""`autoprune profile`: per-layer MACs and parameters (checked against FlopCounterMode) and the
+units, prunable and frozen (each frozen one with the reason).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from autoprune.cost.budgets import format_value
 from autoprune.cost.measure import count_macs, count_params
 from autoprune.cost.model import CostModel
 from autoprune.graph.units import Granularity, trace_units
+from autoprune.graph.verify import prunable_share
 from autoprune.models import build_model, default_input_size, default_num_classes
 from autoprune.train.data import DATASETS
 
@@ -36,7 +39,10 @@ def profile(
         "input_size": list(size),
         "num_classes": num_classes,
         "layers": cm.layer_table(),
+        "granularity": graph.granularity,
         "units": [{"name": u.name, "size": u.size} for u in graph.units],
+        "frozen": [{"name": f.name, "size": f.size, "reason": f.reason} for f in graph.frozen],
+        "prunable": prunable_share(cm),
         "totals": {
             "macs": costs.macs,
             "flops": 2 * costs.macs,
@@ -66,7 +72,22 @@ def render_profile(report: dict[str, Any]) -> str:
     lines.append(
         f"{report['model']} @ {size}: {format_value('macs', t['macs'])} MACs "
         f"({format_value('macs', t['flops'])} FLOPs), {format_value('params', t['params'])} params "
-        f"({t['params']:,.0f}); {len(report['units'])} channel units"
+        f"({t['params']:,.0f})"
     )
     lines.append(f"FlopCounterMode: {m['macs']:,} MACs, {m['params']:,} params")
-    return "\n".join(lines)
+    return "\n".join(lines + _unit_lines(report))
+
+
+def _unit_lines(report: dict[str, Any]) -> list[str]:
+    """One line per unit: the prunable ones, then the frozen ones with the reason."""
+    units, frozen = report["units"], report["frozen"]
+    share = report["prunable"]
+    lines = [
+        f"prunable: {len(units)} unit{'s' * (len(units) != 1)} "
+        f"({100 * share['macs']:.1f}% of the MACs, {100 * share['params']:.1f}% of the params); "
+        f"frozen: {len(frozen)}"
+    ]
+    w = max([len(u["name"]) for u in units + frozen] + [4])
+    lines += [f"  unit    {u['name']:{w}} {u['size']:>6}" for u in units]
+    lines += [f"  frozen  {f['name']:{w}} {f['size']:>6}  {f['reason']}" for f in frozen]
+    return lines

@@ -1,8 +1,10 @@
-"""`autoprune profile` reports the published totals, and FlopCounterMode agrees with it."""
+"""`autoprune profile` reports the published totals (FlopCounterMode agrees) and lists the units,
+prunable and frozen."""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,23 @@ def test_profile_totals(model: str, size: str, macs: int, params: int, shown: st
     assert sum(row["macs"] for row in report["layers"]) == macs
     assert main(["profile", "--model", model, "--input-size", size]) == 0
     assert shown in capsys.readouterr().out
+
+
+def test_profile_lists_prunable_and_frozen_units_one_line_each(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "graph"))  # awkward.py
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path))
+    assert main(["profile", "--model", "awkward:Unverifiable", "--input-size", "3x16x16"]) == 0
+    out = capsys.readouterr().out
+    assert "prunable: 1 unit (" in out and "frozen: 2" in out
+    lines = out.splitlines()
+    assert any(line.split()[:2] == ["unit", "stem.0"] for line in lines)
+    frozen = [line for line in lines if line.split()[:1] == ["frozen"]]
+    assert sorted(line.split()[1] for line in frozen) == ["late", "mid"]
+    assert all("slimmed model" in line for line in frozen)  # each with its reason
+    assert main(["profile", "--model", "awkward:Unverifiable", "--input-size", "3x16x16",
+                 "--json"]) == 0  # fmt: skip
+    report = json.loads(capsys.readouterr().out)
+    assert {f["name"] for f in report["frozen"]} == {"mid", "late"}
+    assert report["totals"]["macs"] == report["measured"]["macs"]
