@@ -15,6 +15,7 @@ NAMES = (
     "lenet5-mnist-quant",
     "search-lenet5-mnist",
     "search-lenet5-mnist-landscape",
+    "speed",
 )
 
 
@@ -25,6 +26,7 @@ def load_benchmarks() -> Registry[Benchmark]:
         lenet5_mnist,
         lenet5_mnist_quant,
         search,
+        speed,
     )
 
     return BENCHMARKS

@@ -129,10 +129,10 @@ def _fill_steps(
     for _ in range(cfg.max_fill_steps):
         nxt = np.minimum((keep // step + 1) * step, sizes)
         room = keep < sizes
-        for u in np.flatnonzero(room):
+        for unit in np.flatnonzero(room):
             trial = keep.copy()
-            trial[u] = nxt[u]
-            room[u] = model.fits(trial, limits)
+            trial[unit] = nxt[unit]
+            room[unit] = model.fits(trial, limits)
         if not room.any():
             break
         deficit = np.where(room, target - keep / sizes, -np.inf)

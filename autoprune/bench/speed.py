@@ -1,0 +1,202 @@
+"""`autoprune bench speed`: exported models' measured speed-up against their MAC reduction.
+
+For each model and MAC target, side by side in one process: the dense model, autoprune's uniform
+allocation, the same on the `--round-to 8` grid, and Torch-Pruning's own global magnitude
+pruning (MetaPruner, global_pruning=True, stepped until it reaches the same MAC target, as its
+reproduce scripts do). Every pruned model is exported as autoprune exports (model.pt2, BatchNorm
+folded); its MACs are counted on that program by FlopCounterMode and its latency is timed
+interleaved with the others (medians) at 1 and 2 threads, batch 1 and 32. The same slim
+architecture as plain torch modules is timed beside its program. Weights are the initial ones:
+speed does not depend on their values. Writes results/speed/speed.json and README.md.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from autoprune.allocation import write_json_atomic
+from autoprune.bench.base import BENCHMARKS, BenchConfig
+from autoprune.cost.measure import count_macs
+from autoprune.cost.model import CostModel
+from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info
+from autoprune.export.program import export_program, load_program
+from autoprune.graph.masking import slim
+from autoprune.graph.units import trace_units
+from autoprune.models import build_model
+
+NAME = "speed"
+ROUND_TO = 8  # the grid whose widths this CPU's convolutions run fastest (see README)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to measure; the defaults are the issue's full table."""
+
+    models: tuple[tuple[str, tuple[int, int, int]], ...] = (
+        ("resnet18", (3, 224, 224)),
+        ("mobilenet_v2", (3, 224, 224)),
+        ("resnet50", (3, 224, 224)),
+        ("resnet20", (3, 32, 32)),
+    )
+    fractions: tuple[float, ...] = (0.5, 0.3)
+    settings: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (1, 32), (2, 32))  # threads, batch
+    rounds: int = 9
+    max_seconds: float = 60.0  # per timing of one (model, target, setting)
+
+
+QUICK = Plan(models=(("resnet20", (3, 32, 32)),), fractions=(0.5,), settings=((1, 1),), rounds=3)
+
+
+def uniform_keep(cm: CostModel, limit: float, round_to: int = 1) -> np.ndarray:
+    """The same keep ratio in every unit, projected onto the MAC limit (autoprune's uniform)."""
+    cfg = ProjectionConfig(round_to=round_to)
+    return project(np.ones(len(cm.sizes)), cm, {"macs": limit}, cfg)
+
+
+def autoprune_model(dense: nn.Module, size: tuple[int, int, int], keep: np.ndarray) -> nn.Module:
+    net = copy.deepcopy(dense)
+    graph = trace_units(net, size, "channel", "speed", verify=False)
+    return slim(net, graph, [torch.arange(int(k)) for k in keep]).eval()
+
+
+def torch_pruning_model(dense: nn.Module, size: tuple[int, ...], limit: float) -> nn.Module:
+    """Torch-Pruning's global magnitude pruning, stepped until MACs reach `limit`."""
+    import torch_pruning as tp
+
+    net = copy.deepcopy(dense).eval()
+    example = torch.rand(1, *size)
+    classifier = [m for m in net.modules() if isinstance(m, nn.Linear)][-1:]
+    pruner = tp.pruner.MetaPruner(
+        net, example, importance=tp.importance.MagnitudeImportance(p=1), global_pruning=True,
+        pruning_ratio=0.9, iterative_steps=200, ignored_layers=classifier,
+    )  # fmt: skip
+    for _ in range(200):
+        macs, _ = tp.utils.count_ops_and_params(net, example)
+        if macs <= limit:
+            break
+        pruner.step()
+    return net.eval()
+
+
+def _infer(model: Any, x: torch.Tensor) -> Any:
+    """One inference without autograd (exported programs refuse .eval(); modules are in eval)."""
+
+    def run() -> object:
+        with torch.no_grad():
+            return model(x)
+
+    return run
+
+
+def _program(model: nn.Module, size: tuple[int, ...], folder: Path, name: str) -> nn.Module:
+    path = folder / f"{name}.pt2"
+    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path)
+    return load_program(path)
+
+
+def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict[str, Any]]:
+    torch.manual_seed(0)
+    dense = build_model(name, input_size=size).eval()
+    cm = CostModel(trace_units(copy.deepcopy(dense), size, "channel", name, verify=False))
+    dense_macs = count_macs(dense, size)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for frac in plan.fractions:
+            limit = frac * dense_macs
+            modules = {
+                "dense": dense,
+                "autoprune uniform": autoprune_model(dense, size, uniform_keep(cm, limit)),
+                f"autoprune --round-to {ROUND_TO}": autoprune_model(
+                    dense, size, uniform_keep(cm, limit, ROUND_TO)
+                ),
+                "torch-pruning global": torch_pruning_model(dense, size, limit),
+            }
+            programs = {k: _program(m, size, folder, f"{name}-{frac}-{i}")
+                        for i, (k, m) in enumerate(modules.items())}  # fmt: skip
+            macs = {k: count_macs(p, size) for k, p in programs.items()}
+            timed = {**programs, "autoprune uniform (plain torch)": modules["autoprune uniform"]}
+            for threads, batch in plan.settings:
+                torch.set_num_threads(threads)
+                cfg = TimingConfig(rounds=plan.rounds, threads=threads,
+                                   max_seconds=plan.max_seconds)  # fmt: skip
+                x = torch.rand(batch, *size)
+                medians = interleaved_medians([_infer(m, x) for m in timed.values()], cfg)
+                seconds = dict(zip(timed, medians, strict=True))
+                for variant, s in seconds.items():
+                    m = macs.get(variant, macs["autoprune uniform"])
+                    speedup = seconds["dense"] / s
+                    rows.append({
+                        "model": name, "input": "x".join(map(str, size)), "target": frac,
+                        "variant": variant, "threads": threads, "batch": batch,
+                        "macs": m, "macs_fraction": m / dense_macs,
+                        "met": None if variant == "dense" else m <= limit,
+                        "seconds": s, "speedup": speedup,
+                        "speedup_per_mac_reduction": speedup / (dense_macs / m),
+                    })  # fmt: skip
+    return rows
+
+
+@BENCHMARKS.register(NAME)
+def speed(cfg: BenchConfig) -> dict[str, Any]:
+    plan = QUICK if cfg.quick else Plan()
+    out = Path(cfg.out or Path("results") / NAME)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, threads = time.perf_counter(), torch.get_num_threads()
+    rows: list[dict[str, Any]] = []
+    try:
+        for name, size in plan.models:
+            rows += measure_case(name, size, plan)
+    finally:
+        torch.set_num_threads(threads)
+    summary = {
+        "runs": rows, "machine": machine_info(threads), "loadavg": list(os.getloadavg()),
+        "seconds": time.perf_counter() - t0, "command": f"autoprune bench {NAME}"
+        + (" --quick" if cfg.quick else "") + (f" --out {cfg.out}" if cfg.out else ""),
+    }  # fmt: skip
+    write_json_atomic(out / "speed.json", summary)
+    (out / "README.md").write_text(render(summary))
+    return summary
+
+
+def _met(met: bool | None) -> str:
+    return "-" if met is None else "yes" if met else "NO"
+
+
+def render(summary: dict[str, Any]) -> str:
+    """README.md: one table per setting; every number from speed.json."""
+    lines = [
+        "# Speed: measured speed-up against MAC reduction",
+        "",
+        f"Made by `{summary['command']}` in {summary['seconds']:.0f} s; load average while it "
+        f"ran started at {summary['loadavg'][0]:.2f}. MACs are counted by FlopCounterMode on "
+        "each exported model.pt2; times are interleaved medians. Speed-up per MAC reduction = "
+        "(dense time / pruned time) / (dense MACs / pruned MACs): 1.0 means the model is as "
+        "much faster as its MACs promise.",
+    ]
+    rows = summary["runs"]
+    for threads, batch in sorted({(r["threads"], r["batch"]) for r in rows}):
+        lines += ["", f"## {threads} thread(s), batch {batch}", "",
+                  "| model | target | variant | MACs | met | ms | speed-up | per MAC reduction |",
+                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for r in rows:
+            if (r["threads"], r["batch"]) != (threads, batch):
+                continue
+            lines.append(
+                f"| {r['model']} @{r['input']} | {100 * r['target']:.0f}% | {r['variant']} | "
+                f"{100 * r['macs_fraction']:.1f}% | {_met(r['met'])} | "
+                f"{1e3 * r['seconds']:.2f} | {r['speedup']:.2f}x | "
+                f"{r['speedup_per_mac_reduction']:.2f} |"
+            )
+    return "\n".join(lines) + "\n"
