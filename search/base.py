@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -12,10 +13,12 @@ import numpy as np
 
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
+from autoprune.errors import UsageError
 from autoprune.quant.kernel_counts import KernelCounts, priced
 from autoprune.registry import Registry
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
     from torch.utils.data import Dataset
 
@@ -61,6 +64,14 @@ class SearchProblem:
     # Nonzeros per kernel as the evaluator keeps elements: with it, allocations with bits are
     # priced exactly (autoprune.quant.kernel_counts); without, by CostModel.with_bits's estimate.
     kernel_counts: KernelCounts | None = None
+    # The one importance measure of this search: the evaluator masks by it, heuristics rank by it,
+    # and the allocation records it so an export keeps the elements that were scored.
+    importance: str = "l1"
+    # Its per-element scores on the dense model (the evaluator's); None: computed from `context`
+    # on first use (`element_scores`).
+    scores: list[torch.Tensor] | None = None
+    # What several methods of one problem share, built once: the uniform trial, the heuristics'.
+    shared: dict[tuple[Any, ...], Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def sizes(self) -> np.ndarray:
@@ -84,6 +95,29 @@ class SearchProblem:
         model = self.costed(bits)
         return {m: model.metric(m, keep) for m in dict.fromkeys(("macs", "params", *self.limits))}
 
+    def once(self, name: str, build: Callable[[], Any]) -> Any:
+        """`build()` on first use for these limits, bits, evaluator and importance; then the same
+        object again, so methods sharing a problem share it (the uniform trial, the heuristics')."""
+        key = (name, tuple(sorted(self.limits.items())), self.bits, id(self.evaluate),
+               self.importance)  # fmt: skip
+        if key not in self.shared:
+            self.shared[key] = build()
+        return self.shared[key]
+
+    def element_scores(self) -> list[torch.Tensor]:
+        """Per-element scores of `importance`, one tensor per unit (higher is kept first)."""
+        if self.scores is None:
+            if self.context is None:
+                raise UsageError(
+                    "this search ranks elements by importance and needs the model's weights: "
+                    "give the SearchProblem a context (or scores), as run_search does"
+                )
+            from autoprune.search.evaluator import element_scores
+
+            ctx = self.context
+            self.scores = element_scores(ctx.model, ctx.graph, self.importance, ctx.train)
+        return self.scores
+
     def score(self, keep: np.ndarray, bits: BitAllocation | None = None) -> float:
         """The evaluator's score of `keep` (quantised to `bits` when given)."""
         if self.evaluate is None:
@@ -100,6 +134,7 @@ class Trial:
     score: float | None
     costs: dict[str, float]
     bits: BitAllocation | None = None
+    source: str | None = None  # the method that proposed it when not the searching one (uniform)
 
 
 @dataclass
@@ -120,12 +155,34 @@ class SearchMethod(ABC):
     name: ClassVar[str]
     needs_evaluator: ClassVar[bool] = True
     supports_bits: ClassVar[bool] = False  # chooses bits when the problem has a BitSpace
+    granularities: ClassVar[tuple[str, ...]] = ("channel", "weight")  # what it can allocate
+
+    @classmethod
+    def check_granularity(cls, granularity: str) -> None:
+        """A one-line UsageError when this method cannot allocate units of `granularity`."""
+        if granularity not in cls.granularities:
+            fits = sorted(
+                n
+                for n in SEARCH_METHODS.names()
+                if granularity in SEARCH_METHODS.get(n).granularities
+            )
+            raise UsageError(
+                f"search method {cls.name!r} allocates {' or '.join(cls.granularities)} units, not "
+                f"{granularity}; use --granularity {cls.granularities[0]} or one of {fits}"
+            )
 
     @abstractmethod
     def search(self, problem: SearchProblem) -> SearchResult: ...
 
 
 SEARCH_METHODS: Registry[type[SearchMethod]] = Registry("search method")
+
+
+def renumbered(trial: Trial, number: int) -> Trial:
+    """A copy of a shared trial under another number (its arrays copied too)."""
+    return dataclasses.replace(
+        trial, number=number, keep=trial.keep.copy(), costs=dict(trial.costs)
+    )
 
 
 def best_of(trials: list[Trial]) -> Trial:

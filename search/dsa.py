@@ -9,9 +9,11 @@ ratios settle where the marginal loss of each unit balances its marginal cost (N
 who use ADMM for the same constraint). Weights may train with the masks, on a copy of the model.
 The shared projection then rounds the ratios so every budget holds exactly.
 
-With bits (`SearchProblem.bits`) dsa does not learn widths: it takes those of `uniform --bits`
-(the same everywhere) and learns the keep ratios under the budgets at those widths (the artifact
-size and BOPs linearised around the starting allocation).
+The ratios start from the best of the uniform allocation and the heuristics (search/starts.py)
+by the evaluator, and that start is returned instead when the evaluator scores dsa's own result
+below it. With bits (`SearchProblem.bits`) dsa does not learn widths: it takes those of
+`uniform --bits` (the same everywhere) and learns the keep ratios under the budgets at those
+widths (the artifact size and BOPs linearised around the starting allocation).
 """
 
 from __future__ import annotations
@@ -41,8 +43,9 @@ from autoprune.search.base import (
     SearchProblem,
     SearchResult,
     Trial,
+    best_of,
+    renumbered,
 )
-from autoprune.search.bit_space import uniform_bits
 from autoprune.search.dsa_masks import (
     SoftMasks,
     keep_probabilities,
@@ -50,7 +53,7 @@ from autoprune.search.dsa_masks import (
     straight_through,
 )
 from autoprune.search.evaluator import accumulate_gradients
-from autoprune.search.uniform import UNIFORM_RATIO
+from autoprune.search.starts import best_start
 from autoprune.train.data import make_loader
 
 HISTORY_POINTS = 20  # rows of the trajectory kept in the result (metrics.json stays small)
@@ -62,7 +65,9 @@ class DSA(SearchMethod):
     """Gradient descent on per-unit keep ratios through soft masks, budgets by dual ascent."""
 
     name = "dsa"
-    needs_evaluator = False  # learns from training batches; scores its result if given one
+    # Learns from training batches; the evaluator picks its start and guards its result (without
+    # one it starts from uniform and returns what it learned).
+    needs_evaluator = True
     supports_bits = True  # widths as uniform chooses them; keeps learned under them
     steps: int = 200  # optimisation steps (mini-batches); LeNet-5 on MNIST settles in ~150
     batch_size: int = 64  # as informative as 128 on LeNet-5 (same allocations), half the time
@@ -95,31 +100,32 @@ class DSA(SearchMethod):
         torch.manual_seed(problem.seed)
         model = copy.deepcopy(ctx.model)
         remove_masks(model, bake=True)
-        bits = None
-        if problem.bits is not None:
-            even = np.full(len(problem.sizes), UNIFORM_RATIO)  # `uniform --bits`'s widths
-            bits = uniform_bits(problem, problem.bits, even)
-        ratios, history, multipliers = self._optimise(problem, ctx, model, bits)
+        start = best_start(problem)  # its widths are `uniform --bits`'s, the same everywhere
+        bits = start.bits
+        ratios, history, multipliers = self._optimise(problem, ctx, model, start)
         keep = problem.project(ratios, bits)
         score = problem.score(keep, bits) if problem.evaluate is not None else None
         info: dict[str, Any] = {
             "ratios": [float(r) for r in ratios], "multipliers": multipliers,
-            "options": dataclasses.asdict(self), "history": history,
+            "options": dataclasses.asdict(self), "history": history, "start": start.source,
         }  # fmt: skip
         trial = Trial(0, keep, score, problem.costs(keep, bits), bits)
-        return SearchResult(keep, score, [trial], info, bits=bits)
+        trials = [trial, renumbered(start, 1)]
+        best = best_of(trials) if score is not None and start.score is not None else trial
+        info["returned_start"] = best is not trial
+        return SearchResult(best.keep, best.score, trials, info, bits=bits)
 
     def _optimise(
         self,
         problem: SearchProblem,
         ctx: SearchContext,
         model: nn.Module,
-        bits: BitAllocation | None,
+        start: Trial,
     ) -> tuple[np.ndarray, list[dict[str, Any]], dict[str, float]]:
         sizes = problem.sizes.astype(np.float64)
         floor = torch.as_tensor(min_keeps(problem.sizes, problem.projection) / sizes)
-        start = problem.project(np.ones(len(sizes)), bits) / sizes  # uniform, on the budget
-        alpha = torch.tensor(start, dtype=torch.float64, requires_grad=True)
+        bits = start.bits
+        alpha = torch.tensor(start.keep / sizes, dtype=torch.float64, requires_grad=True)
         budgets = Budgets(problem, self.rho, self.dual_lr, bits)
         # A short second-moment memory: a burst of budget gradient must not freeze the ratios after.
         opt = torch.optim.Adam([alpha], lr=self.lr, betas=(0.9, 0.9))

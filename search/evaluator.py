@@ -99,6 +99,39 @@ def accumulate_gradients(model: nn.Module, batches: Sequence[Batch]) -> None:
     model.train(was_training)
 
 
+def first_batches(train: Dataset[Any], cfg: EvaluatorConfig, n: int) -> list[Batch]:
+    """The first `n` training batches in the evaluator's fixed order (its seed and batch size)."""
+    out: list[Batch] = []
+    for x, y in make_loader(train, batch_size=cfg.batch_size, shuffle=True, seed=cfg.seed):
+        if len(out) >= n:
+            break
+        out.append((x, y))
+    return out
+
+
+def element_scores(
+    model: nn.Module,
+    graph: UnitGraph,
+    importance: str,
+    train: Dataset[Any] | None = None,
+    cfg: EvaluatorConfig | None = None,
+) -> list[torch.Tensor]:
+    """Per-element scores of `importance` on `model`, as the evaluator ranks elements.
+
+    `taylor` needs gradients: they are accumulated on a copy of the model over the evaluator's
+    first `grad_batches` training batches, so these scores equal the evaluator's own.
+    """
+    if importance != "taylor":
+        return score_units(model, graph.units, importance)
+    cfg = cfg or EvaluatorConfig(importance=importance)
+    if train is None:
+        raise UsageError("--importance taylor needs training images for its gradients")
+    work = copy.deepcopy(model)
+    remove_masks(work, bake=True)
+    accumulate_gradients(work, first_batches(train, cfg, max(1, cfg.grad_batches)))
+    return score_units(work, graph.units, importance)
+
+
 class MaskEvaluator:
     """Callable keep -> validation accuracy; the dense model is never modified.
 
@@ -118,24 +151,17 @@ class MaskEvaluator:
     ) -> None:
         self.cfg = cfg or EvaluatorConfig()
         self.graph = graph
+        # The dense model, never changed after this: every call scores a fresh copy of it.
         self.model = copy.deepcopy(model).eval()
         remove_masks(self.model, bake=True)
-        loader = make_loader(
-            train, batch_size=self.cfg.batch_size, shuffle=True, seed=self.cfg.seed
-        )
         # at least one batch: activation scales of allocations with bits are calibrated on it
         needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches, 1)
-        self._train_batches: list[Batch] = []
-        for x, y in loader:
-            if len(self._train_batches) >= needed:
-                break
-            self._train_batches.append((x, y))
+        self._train_batches = first_batches(train, self.cfg, needed)
         self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
         if self.cfg.importance == "taylor":
             accumulate_gradients(self.model, self._train_batches[: self._grad_batches])
         self.scores = score_units(self.model, graph.units, self.cfg.importance)
         self.model.zero_grad(set_to_none=True)
-        self._dense_state = copy.deepcopy(self.model.state_dict())
         val_data = list(make_loader(val, batch_size=self.cfg.batch_size, shuffle=False))
         if self.cfg.val_limit is not None:
             val_data = _limit(val_data, self.cfg.val_limit)
@@ -184,21 +210,29 @@ class MaskEvaluator:
             self.cache[cache_key] = self._score(key) if bits is None else self._score(key, bits)
         return self.cache[cache_key]
 
-    def _score(self, keep: tuple[int, ...], bits: BitAllocation | None = None) -> EvalResult:
-        kept = [top_k(s, k) for s, k in zip(self.scores, keep, strict=True)]
+    def prepared(
+        self, keep: Sequence[int] | np.ndarray, bits: BitAllocation | None = None
+    ) -> nn.Module:
+        """The model `keep` (and `bits`) is scored with: a fresh copy of the dense model, its
+        most important elements kept (masked, or slimmed when physical), fine-tuned, and with
+        bits fake-quantised. Nothing of one call survives into the next."""
+        kept = [top_k(s, int(k)) for s, k in zip(self.scores, keep, strict=True)]
+        model = copy.deepcopy(self.model)
         if self.physical and bits is None:
-            model = slim(copy.deepcopy(self.model), self.graph, kept)
+            model = slim(model, self.graph, kept)
         else:
-            model = self.model
-            remove_masks(model, bake=False)
-            model.load_state_dict(self._dense_state)
             apply_masks(model, element_masks(model, self.graph, kept))
         if self.cfg.finetune_steps:
             self._finetune(model)
+        if bits is not None:
+            add_weight_quant(model, self.graph, bits)
+        return model
+
+    def _score(self, keep: tuple[int, ...], bits: BitAllocation | None = None) -> EvalResult:
+        model = self.prepared(keep, bits)
         if bits is None:
             recalibrate_bn(model, self._bn_batches)
             return evaluate(model, self._val)
-        add_weight_quant(model, self.graph, bits)  # removed with the masks by the next call
         with quantised_inputs(model, self.graph, bits, self._calibration):
             recalibrate_bn(model, self._bn_batches)
             return evaluate(model, self._val)

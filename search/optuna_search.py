@@ -35,9 +35,9 @@ from autoprune.search.base import (
     best_of,
 )
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
+from autoprune.search.starts import start_trials
 from autoprune.search.study import SAMPLERS, StudySpec, check_study, open_storage, safe_url
 from autoprune.search.trials import quiet_optuna, run_workers
-from autoprune.search.uniform import UNIFORM_RATIO
 
 COST_METRICS = ("macs", "params", "size", "bops", "weights")
 
@@ -63,9 +63,11 @@ class OptunaSearch(SearchMethod):
     pick: str = "best"  # from the Pareto front: best | knee | cheapest | 1% (cheapest within 1 pt)
     artifacts: bool = True  # a PNG keep-ratio chart per trial (needs a run directory)
     heartbeat_s: int = 10  # a trial whose process stops beating for 2x this is marked FAIL
-    # A fresh study's first trial is the uniform allocation (every ratio equal, projected), so the
-    # sampler starts from the baseline and the study never ends below it on its own proxy. One
-    # worker only: with several, two processes can pop the same enqueued trial (Optuna on SQLite).
+    # A fresh study's first trials are the uniform allocation and every heuristic that applies
+    # (search/starts.py), each exactly as that method chose it, bits included, best first: the
+    # sampler starts from the baselines and the study never ends below them on its own proxy.
+    # One worker only: with several, two processes can pop the same enqueued trial (Optuna on
+    # SQLite).
     warm_start: bool = True
 
     def __post_init__(self) -> None:
@@ -101,8 +103,8 @@ class OptunaSearch(SearchMethod):
         before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         check_study(study, problem, spec, resume=self.study is not None)
         if self.warm_start and self.n_jobs == 1 and not study.get_trials(deepcopy=False):
-            names = [u.name for u in problem.cost_model.graph.units]
-            study.enqueue_trial({n: UNIFORM_RATIO for n in names})
+            for params in warm_params(problem):
+                study.enqueue_trial(params)
         try:
             run_workers(spec, problem, study, self.n_jobs)
             return self._result(study, problem, spec, before)
@@ -178,3 +180,27 @@ class OptunaSearch(SearchMethod):
             }
         info["best_trial"] = best.number
         return SearchResult(best.keep, best.score, trials, info, bits=best.bits)
+
+
+def warm_params(problem: SearchProblem) -> list[dict[str, float | int]]:
+    """The starts (uniform, heuristics) as trial parameters that reproduce them exactly, best
+    first: each unit's ratio keep / size (which the projection maps back to the same keeps) and,
+    with bits, each layer's widths (the starts give every kernel of a layer one width)."""
+    graph = problem.cost_model.graph
+    starts = sorted(start_trials(problem), key=lambda t: -(t.score or 0.0))  # stable: uniform first
+    out = []
+    for t in starts:
+        params: dict[str, float | int] = {
+            u.name: int(k) / u.size for u, k in zip(graph.units, t.keep, strict=True)
+        }
+        if t.bits is not None and problem.bits is not None:
+            widths = {lay.name: set(t.bits.weight[lay.name]) for lay in graph.layers}
+            if any(len(w) > 1 for w in widths.values()):
+                continue  # per-kernel widths are not in the sampler's space
+            for lay in graph.layers:
+                if len(problem.bits.weight) > 1:
+                    params[f"wbits:{lay.name}"] = int(next(iter(widths[lay.name])))
+                if len(problem.bits.act) > 1:
+                    params[f"abits:{lay.name}"] = int(t.bits.act[lay.name])
+        out.append(params)
+    return out

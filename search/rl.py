@@ -39,7 +39,7 @@ from autoprune.search.base import (
     best_of,
 )
 from autoprune.search.rl_agents import AGENTS, AgentConfig, RewardBaseline
-from autoprune.search.uniform import uniform_trial
+from autoprune.search.starts import start_trials
 
 AGENT_DIR = "agent"  # inside SearchProblem.workdir
 
@@ -69,8 +69,9 @@ class RLSearch(SearchMethod):
     baseline: float = 0.3  # weight of each new episode in the moving-average reward baseline
     reward: str = "accuracy"  # or "amc": -error x log(MACs)
     n_envs: int = 1  # parallel worker processes playing episodes
-    # The uniform allocation is scored too (after the episodes) and kept when no episode beats it
-    # by the evaluator: on LeNet-5 / MNIST at 5% MACs the best of 150 episodes scored below it.
+    # The uniform allocation and every heuristic that applies (search/starts.py) are scored too
+    # (after the episodes) and kept when no episode beats them by the evaluator: on LeNet-5 /
+    # MNIST at 5% MACs the best of 150 episodes scored below uniform.
     warm_start: bool = True
     checkpoint_every: int = 50  # episodes between agent checkpoints in the run directory
 
@@ -123,7 +124,7 @@ class RLSearch(SearchMethod):
         trials.append(self._greedy_episode(agent, problem, len(trials)))
         episodes = len(trials) - 1
         if self.warm_start:
-            trials.append(uniform_trial(problem, len(trials)))
+            trials += start_trials(problem, len(trials))
         best = best_of(trials)
         info = {
             "env": LAYER_BUDGET if problem.bits is None else KERNEL_BITS,
@@ -131,8 +132,9 @@ class RLSearch(SearchMethod):
             "episodes": episodes,
             "warmup": warmup,
             "reward": self.reward,
-            # None when the uniform allocation won: no episode scored above it
+            # None when a start (uniform, a heuristic) won: no episode scored above it
             "best_episode": best.number if best.number <= episodes else None,
+            "best_start": best.source,
             "n_envs": self.n_envs,
             "seconds": time.perf_counter() - t0,
             "checkpoint": f"{AGENT_DIR}/{self.agent}.zip" if ckpt else None,

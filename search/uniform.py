@@ -17,6 +17,7 @@ from autoprune.search.base import (
     SearchResult,
     Trial,
     best_of,
+    renumbered,
 )
 from autoprune.search.bit_space import random_bits, uniform_bits
 
@@ -24,13 +25,20 @@ UNIFORM_RATIO = 0.5  # any equal ratio: the projection scales it until a budget 
 
 
 def uniform_trial(problem: SearchProblem, number: int = 0) -> Trial:
-    """The uniform allocation as a trial, scored when the problem has an evaluator: a searching
-    method can keep it as its baseline, so it never returns less than uniform by its own proxy."""
-    ratios = np.full(len(problem.sizes), UNIFORM_RATIO)
-    bits = None if problem.bits is None else uniform_bits(problem, problem.bits, ratios)
-    keep = problem.project(ratios, bits)
-    score = problem.score(keep, bits) if problem.evaluate is not None else None
-    return Trial(number, keep, score, problem.costs(keep, bits), bits)
+    """The uniform allocation as a trial, bits included, scored when the problem has an evaluator.
+
+    Built (and scored) once per problem: every method that starts from it or keeps it as its
+    baseline gets this same allocation, renumbered `number`.
+    """
+
+    def build() -> Trial:
+        ratios = np.full(len(problem.sizes), UNIFORM_RATIO)
+        bits = None if problem.bits is None else uniform_bits(problem, problem.bits, ratios)
+        keep = problem.project(ratios, bits)
+        score = problem.score(keep, bits) if problem.evaluate is not None else None
+        return Trial(0, keep, score, problem.costs(keep, bits), bits, source="uniform")
+
+    return renumbered(problem.once("uniform", build), number)
 
 
 @SEARCH_METHODS.register("uniform")

@@ -215,8 +215,9 @@ def test_evaluator_scores_quantised_allocations_and_caches_them_apart() -> None:
     narrow_bits = BitAllocation.uniform(graph, 2, 2)
     narrow = evaluate.evaluate(keep, narrow_bits)
     # what was scored: masked weights on their kernels' 2-bit levels
+    scored = evaluate.prepared(keep, narrow_bits)
     for lay in graph.layers:
-        w = evaluate.model.get_submodule(lay.name).weight.detach()
+        w = scored.get_submodule(lay.name).weight.detach()
         assert on_levels(w, narrow_bits.weight[lay.name])
         assert len(torch.unique((w[0][w[0] != 0] * 1e5).round())) <= 4  # 2^2 levels
     wide = evaluate.evaluate(keep, BitAllocation.uniform(graph, 8, 8))

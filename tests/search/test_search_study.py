@@ -163,6 +163,7 @@ def test_an_interrupted_search_is_kept_refused_without_study_and_resumed(
         "--trials",
         "5",
         "--no-prune",
+        "--no-warm-start",  # every evaluator call is then a study trial's (starts score too)
         "--quiet",
         "--out",
         str(out),
