@@ -22,6 +22,7 @@ import numpy as np
 from autoprune import __version__
 from autoprune.cost.budgets import Budget
 from autoprune.errors import AllocationError
+from autoprune.graph.importance import IMPORTANCE
 from autoprune.graph.units import UnitGraph
 from autoprune.quant.bits import BitAllocation
 
@@ -54,6 +55,9 @@ class Allocation:
     checkpoint: str | None = None  # the dense checkpoint the allocation was searched on
     act_bits: dict[str, int] | None = None  # layer -> input-activation bits (with weight_bits)
     weight_bits: dict[str, list[int]] | None = None  # layer -> bits per kernel
+    # The importance measure that chose which elements the keeps are (the search's evaluator's):
+    # an export without training keeps those same elements, and bits are priced on them.
+    importance: str | None = None
 
     @property
     def keep(self) -> np.ndarray:
@@ -75,6 +79,7 @@ class Allocation:
         checkpoint: str | None = None,
         extra: dict[str, Any] | None = None,
         bits: BitAllocation | None = None,
+        importance: str | None = None,
     ) -> Allocation:
         units = [UnitKeep(u.name, int(k), u.size) for u, k in zip(graph.units, keep, strict=True)]
         provenance = {
@@ -97,6 +102,7 @@ class Allocation:
             provenance,
             dataset,
             checkpoint,
+            importance=importance,
         )
         if bits is not None:
             alloc.set_bits(BitAllocation.from_json(bits.to_json(), graph))
@@ -144,6 +150,7 @@ class Allocation:
             "dataset": self.dataset,
             "checkpoint": self.checkpoint,
             "granularity": self.granularity,
+            "importance": self.importance,
             "budgets": [b.to_dict() for b in self.budgets],
             "units": [
                 {"name": u.name, "keep": u.keep, "total": u.total, "bits": u.bits}
@@ -187,6 +194,7 @@ class Allocation:
                 checkpoint=d.get("checkpoint"),
                 act_bits=d.get("act_bits"),
                 weight_bits=d.get("weight_bits"),
+                importance=_importance(d.get("importance"), source),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AllocationError(
@@ -210,6 +218,18 @@ class Allocation:
                 f"allocation file {str(p)!r} is not valid JSON ({e}); regenerate it"
             ) from None
         return cls.from_dict(data, source=f"allocation file {str(p)!r}")
+
+
+def _importance(name: Any, source: str) -> str | None:
+    """The recorded importance measure (None in files written before it was recorded)."""
+    if name is None:
+        return None
+    if not isinstance(name, str) or name not in IMPORTANCE.names():
+        raise AllocationError(
+            f"{source}: importance {name!r} is not one of {sorted(IMPORTANCE.names())}; "
+            "regenerate it"
+        )
+    return name
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.errors import UsageError
 from autoprune.graph.units import Unit, UnitGraph
 from autoprune.registry import Registry
 
@@ -87,7 +88,17 @@ def l2(model: nn.Module, unit: Unit) -> torch.Tensor:
 
 @IMPORTANCE.register("taylor")
 def taylor(model: nn.Module, unit: Unit) -> torch.Tensor:
-    """First-order Taylor |w * dL/dw|; needs gradients accumulated on the weights beforehand."""
+    """First-order Taylor |w * dL/dw|; needs gradients accumulated on the weights beforehand.
+
+    Without them it raises: every score would be 0 and a unit would silently keep its first
+    elements.
+    """
+    names = [m.module for m in unit.members] or [unit.name.removesuffix(".weight")]
+    if all(_saliency(m) is None for n in names if (m := _module(model, n)) is not None):
+        raise UsageError(
+            f"importance 'taylor' scores |w * dL/dw| and {unit.name} has no gradients; run a "
+            "backward pass first (the search's evaluator does), or use --importance l1"
+        )
     return _scores(model, unit, _saliency)
 
 

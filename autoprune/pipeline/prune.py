@@ -6,17 +6,26 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
+
 from autoprune.allocation import Allocation
 from autoprune.backends import BACKENDS, BackendConfig
 from autoprune.errors import UsageError
 from autoprune.export.program import model_metrics
-from autoprune.graph.importance import score_units
+from autoprune.graph.units import UnitGraph
 from autoprune.pipeline.finish import finish_run
-from autoprune.pipeline.load import eval_loader, load_model_and_data, refuse_existing, trace
+from autoprune.pipeline.load import (
+    Loaded,
+    eval_loader,
+    load_model_and_data,
+    refuse_existing,
+    trace,
+)
 from autoprune.pipeline.stages import run_backend
 from autoprune.quant.bit_match import PricedKernels
 from autoprune.quant.kernel_counts import KernelCounts
 from autoprune.rundir import staged_run_dir
+from autoprune.search.evaluator import EvaluatorConfig, element_scores
 from autoprune.train.loop import set_seed
 
 
@@ -53,8 +62,8 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
     alloc.check_fits(graph)
     bits = alloc.bit_allocation(graph)
     match = None
-    if bits is not None:  # priced as `search` prices without an evaluator (l1 importance)
-        counts = KernelCounts(cost_model, score_units(loaded.model, graph.units))
+    if bits is not None:  # priced as `search` priced them: by the allocation's importance
+        counts = KernelCounts(cost_model, _recorded_scores(alloc, loaded, graph))
         match = PricedKernels.at(counts, alloc.keep, loaded.model)
     backend = BACKENDS.build(cfg.backend)
     BACKENDS.parse_options(cfg.backend, cfg.backend_cfg.options)  # wrong options fail now
@@ -77,3 +86,12 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
         return finish_run(stage, loaded, graph, alloc, res.model, res.kept,
                           dense_metrics=dense_metrics, extra=extra,
                           seed=cfg.backend_cfg.seed)  # fmt: skip
+
+
+def _recorded_scores(alloc: Allocation, loaded: Loaded, graph: UnitGraph) -> list[torch.Tensor]:
+    """The element scores of the importance the allocation was searched with (l1 in files from
+    before it was recorded); taylor's gradients come from the evaluator's first training batches
+    at the search's seed, so they match the search's when the data is the same."""
+    importance = alloc.importance or "l1"
+    cfg = EvaluatorConfig(importance=importance, seed=int(alloc.provenance.get("seed", 0)))
+    return element_scores(loaded.model, graph, importance, loaded.data.train, cfg)

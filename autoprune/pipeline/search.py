@@ -24,8 +24,7 @@ from autoprune.cost.projection import ProjectionConfig, snap
 from autoprune.errors import UsageError
 from autoprune.export.program import model_metrics
 from autoprune.export.quant import calibrate_activations
-from autoprune.graph.importance import score_units
-from autoprune.graph.masking import select_kept
+from autoprune.graph.importance import top_k
 from autoprune.graph.units import Granularity, UnitGraph
 from autoprune.pipeline.finish import finish_run
 from autoprune.pipeline.load import (
@@ -47,7 +46,7 @@ from autoprune.rundir import staged_run_dir
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem, SearchResult
 from autoprune.search.base import SearchContext
 from autoprune.search.bit_space import BitSpace, smallest_bits
-from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
+from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator, element_scores
 from autoprune.train.checkpoint import save_checkpoint
 from autoprune.train.loop import TrainConfig, set_seed
 
@@ -167,6 +166,7 @@ def price(cfg: SearchRun) -> Priced:
 def build_method(cfg: SearchRun) -> SearchMethod:
     """The registered search method with its options checked; --bits needs one that picks bits."""
     method: SearchMethod = SEARCH_METHODS.build(cfg.method, cfg.method_options)
+    method.check_granularity(cfg.granularity)  # erk allocates weights only: say so before work
     if cfg.bits is not None and not method.supports_bits:
         bit_methods = sorted(
             n for n in SEARCH_METHODS.names() if SEARCH_METHODS.get(n).supports_bits
@@ -201,10 +201,15 @@ def search_stage(
     if method.needs_evaluator:
         evaluate = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg.evaluator)
     context = SearchContext(loaded.model, graph, loaded.data.train, loaded.data.val)
+    # One importance for the proxy, the heuristics, the bit pricing and a --no-prune export.
+    importance = cfg.evaluator.importance
+    scores = evaluate.scores if evaluate is not None else element_scores(
+        loaded.model, graph, importance, loaded.data.train, cfg.evaluator)  # fmt: skip
+    counts = None if cfg.bits is None else KernelCounts(priced.cost_model, scores)
     problem = SearchProblem(
         priced.cost_model, priced.limits, evaluate, cfg.seed, cfg.projection, workdir=stage,
-        progress=cfg.progress, context=context, bits=cfg.bits,
-        kernel_counts=_kernel_counts(cfg, loaded.model, priced.cost_model, evaluate),
+        progress=cfg.progress, context=context, bits=cfg.bits, kernel_counts=counts,
+        importance=importance, scores=scores,
     )  # fmt: skip
     result = method.search(problem)
     timings["search"] = time.perf_counter() - t
@@ -227,7 +232,7 @@ def allocation_of(
         predicted=predicted, dense=priced.dense_costs, method=cfg.method, seed=cfg.seed,
         dataset=cfg.dataset, checkpoint=checkpoint,
         extra={"proxy_accuracy": result.score, "trials": len(result.trials), **bit_info},
-        bits=result.bits,
+        bits=result.bits, importance=searched.problem.importance,
     )  # fmt: skip
 
 
@@ -251,7 +256,9 @@ def train_stage(
     if bits is not None and counts is not None:
         match = PricedKernels.at(counts, keep, loaded.model)
     if backend is None:
-        kept = select_kept(model, graph, keep, cfg.backend_cfg.importance)
+        # the elements the proxy scored: the search's importance, not the backend's
+        scores = searched.problem.element_scores()
+        kept = [top_k(s, int(k)) for s, k in zip(scores, keep, strict=True)]
         if bits is not None:  # no backend trained activation scales: calibrate them here
             if match is not None:
                 kept, bits = match(kept, model, bits)
@@ -265,17 +272,6 @@ def train_stage(
     if bits is not None:  # the kept kernels' bits (permuted to what the search priced)
         allocation.set_bits(bits)
     return model, kept, history
-
-
-def _kernel_counts(
-    cfg: SearchRun, model: nn.Module, cost_model: CostModel, evaluate: MaskEvaluator | None
-) -> KernelCounts | None:
-    """With bits: nonzeros per kernel as the evaluator keeps them (its scores; l1 without one)."""
-    if cfg.bits is None:
-        return None
-    if evaluate is not None:
-        return KernelCounts(cost_model, evaluate.scores)
-    return KernelCounts(cost_model, score_units(model, cost_model.graph.units))
 
 
 def _write_trials(stage: Path, result: SearchResult) -> None:
