@@ -1,12 +1,14 @@
 """The run directory's file names and its staging: nothing half-written ever lands at `out`.
 
 A run writes into `.NAME.partial` beside `out` and renames it to `out` when it finishes; an
-interrupted one keeps that folder for `--resume`.
+interrupted one keeps that folder for `--resume`. Under torchrun only rank 0 writes there; the
+other ranks run the same stages into a throwaway folder.
 """
 
 from __future__ import annotations
 
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +27,17 @@ def staged_run_dir(
     Ctrl-C it is kept (as `.NAME.partial` beside `out`) so that `resume=True` can continue from the
     per-epoch checkpoints in it.
     """
+    from autoprune.train import distributed
+
+    distributed.barrier()  # every rank has checked `out` before rank 0 stages into it
+    if not distributed.is_writer():
+        with tempfile.TemporaryDirectory(prefix=".autoprune-rank-") as scratch:
+            if resume and partial_dir(out).is_dir():  # resume from rank 0's epoch checkpoints
+                shutil.copytree(partial_dir(out), scratch, dirs_exist_ok=True)
+            distributed.barrier()
+            yield Path(scratch)
+        return
+    distributed.barrier()  # the other ranks have copied what a resumed run continues from
     final = Path(out)
     final.parent.mkdir(parents=True, exist_ok=True)
     stage = partial_dir(final)

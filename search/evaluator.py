@@ -27,6 +27,7 @@ from autoprune.graph.units import UnitGraph
 from autoprune.quant.bits import BitAllocation
 from autoprune.quant.fake import add_weight_quant, quantised_inputs
 from autoprune.train.data import DataSplits, make_loader
+from autoprune.train.device import current
 from autoprune.train.loop import EvalResult, evaluate
 
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -162,6 +163,12 @@ class MaskEvaluator:
             accumulate_gradients(self.model, self._train_batches[: self._grad_batches])
         self.scores = score_units(self.model, graph.units, self.cfg.importance)
         self.model.zero_grad(set_to_none=True)
+        # The dense copy stays on the CPU (slimming traces there); each candidate is moved to
+        # the runtime's --device for its fine-tune, BatchNorm batches and scoring.
+        self.device = current().device
+        self._train_batches = [(x.to(self.device), y.to(self.device))
+                               for x, y in self._train_batches]  # fmt: skip
+        self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
         val_data = list(make_loader(val, batch_size=self.cfg.batch_size, shuffle=False))
         if self.cfg.val_limit is not None:
             val_data = _limit(val_data, self.cfg.val_limit)
@@ -222,6 +229,7 @@ class MaskEvaluator:
             model = slim(model, self.graph, kept)
         else:
             apply_masks(model, element_masks(model, self.graph, kept))
+        model.to(self.device)
         if self.cfg.finetune_steps:
             self._finetune(model)
         if bits is not None:

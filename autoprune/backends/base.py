@@ -35,6 +35,8 @@ class BackendConfig:
     # pruned network then learns the dense one's soft outputs as well as the labels.
     distill: float = 0.0
     distill_temperature: float = 4.0
+    augment: bool = False  # the dataset's standard augmentation (autoprune.train.augment)
+    label_smoothing: float = 0.0  # cross-entropy against smoothed labels in both phases
     optimizer: str = "sgd"
     importance: str = "l1"  # ranks elements where a backend needs an initial choice
     seed: int = 0

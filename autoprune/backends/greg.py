@@ -39,8 +39,8 @@ class Greg(MaskTrainer):
         scores = score_units(model, self.graph.units, cfg.importance)
         self.kept = [top_keep(s, k) for s, k in zip(scores, keep, strict=True)]
         masks = umap.masks(keep_vectors(umap.sizes, self.kept, param_dtype(model)))
-        self.pruned = {key: 1.0 - m for key, m in masks.items()}
         self.params = umap.parameters(model)
+        self.pruned = {key: (1.0 - m).to(self.params[key].device) for key, m in masks.items()}
         growths = max(1.0, opts.ramp * self.total_steps / opts.every)
         self.delta = opts.ceiling / growths
         self.penalty_now = 0.0

@@ -44,7 +44,7 @@ class Hspg(MaskTrainer):
         self.params = umap.parameters(model)
         norms = self._norms()
         self.mean_norm = [float(n.mean().clamp_min(1e-12)) for n in norms]
-        self.zero = [torch.zeros(len(n), dtype=torch.bool) for n in norms]
+        self.zero = [torch.zeros(len(n), dtype=torch.bool, device=n.device) for n in norms]
         self.every = max(1, int(opts.ramp * self.total_steps / max(1, opts.refreshes)))
         self._rank(0)
 
@@ -59,7 +59,7 @@ class Hspg(MaskTrainer):
         self.candidate = []
         for norm, k in zip(self._norms(), self.keep, strict=True):
             top = top_keep(norm, cubic_keep(len(norm), k, progress))
-            c = torch.ones(len(norm), dtype=torch.bool)
+            c = torch.ones(len(norm), dtype=torch.bool, device=norm.device)
             c[top] = False
             self.candidate.append(c)
         self._coef()
@@ -108,6 +108,7 @@ class Hspg(MaskTrainer):
         return {"zero": self.zero, "candidate": self.candidate}
 
     def load_state(self, state: dict[str, Any]) -> None:
-        self.zero = [t.clone() for t in state["zero"]]
-        self.candidate = [t.clone() for t in state["candidate"]]
+        device = next(iter(self.params.values())).device  # resumed states load on the CPU
+        self.zero = [t.to(device, copy=True) for t in state["zero"]]
+        self.candidate = [t.to(device, copy=True) for t in state["candidate"]]
         self._coef()

@@ -25,7 +25,9 @@ from autoprune.errors import UsageError
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors, remove_masks
 from autoprune.graph.units import UnitGraph
 from autoprune.quant.fake import add_act_quant, add_weight_quant, on_levels
+from autoprune.train.augment import recipe_record, training_batches
 from autoprune.train.data import DataSplits, make_loader
+from autoprune.train.device import on_device
 from autoprune.train.loop import Distill, evaluate, set_seed, train_epoch
 
 PHASES = ("prune", "finetune")
@@ -81,6 +83,24 @@ class MaskTrainer(Backend):
         on_epoch_end: EpochCallback | None = None,
         resume: dict[str, Any] | None = None,
     ) -> BackendResult:
+        # On the runtime's device (--device) throughout: the backend's state is made there; the
+        # trained model and its kept indices come back to where the model was.
+        with on_device(model):
+            res = self._run(model, graph, keep, data, cfg, on_epoch_end, resume)
+        res.kept = [k.cpu() for k in res.kept]
+        res.info["recipe"] |= recipe_record(cfg.augment, data.spec.name, data.input_size)
+        return res
+
+    def _run(
+        self,
+        model: nn.Module,
+        graph: UnitGraph,
+        keep: np.ndarray,
+        data: DataSplits,
+        cfg: BackendConfig,
+        on_epoch_end: EpochCallback | None,
+        resume: dict[str, Any] | None,
+    ) -> BackendResult:
         set_seed(cfg.seed)
         steps = max(1, math.ceil(len(data.train) / cfg.batch_size))  # type: ignore[arg-type]
         opts, keeps = self._bind(model, graph, keep, cfg, steps)
@@ -102,7 +122,7 @@ class MaskTrainer(Backend):
                 _restore(model, opt, resume)
                 self.load_state(resume["backend"])
             self._phase(model, data, cfg, opt, "prune", start, history, on_epoch_end)
-            kept = [k.to(torch.int64) for k in self.final_kept(model)]
+            kept = [k.to(torch.int64).cpu() for k in self.final_kept(model)]
             start = 0
         else:
             kept = [torch.as_tensor(k, dtype=torch.int64) for k in resume["kept"]]  # type: ignore[index]
@@ -192,11 +212,12 @@ class MaskTrainer(Backend):
             scheduler = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(phase, first, total))
             lr = opt.param_groups[0]["lr"]
             # A fresh seeded order per epoch, so a resumed run sees the batches it would have.
-            loader = make_loader(data.train, batch_size=cfg.batch_size, shuffle=True,
-                                 seed=cfg.seed * 100_003 + offset + epoch)  # fmt: skip
+            loader = training_batches(data, batch_size=cfg.batch_size, augment=cfg.augment,
+                                      seed=cfg.seed * 100_003 + offset + epoch)  # fmt: skip
             hooks = self.hooks() if phase == "prune" else {}
             stats = train_epoch(model, loader, opt, scheduler=scheduler, step_offset=first,
                                 distill=self.distill, progress=cfg.progress,
+                                label_smoothing=cfg.label_smoothing,
                                 desc=f"{self.name} {phase} {epoch + 1}/{epochs}",
                                 **hooks)  # fmt: skip
             v = evaluate(model, val)
@@ -256,7 +277,7 @@ def _check_keep(graph: UnitGraph, keep: np.ndarray) -> list[int]:
 def _recipe(cfg: BackendConfig) -> dict[str, Any]:
     """The training settings a run was made with, for its metrics.json."""
     names = ("epochs", "finetune_epochs", "batch_size", "lr", "finetune_lr", "weight_decay",
-             "optimizer", "seed")  # fmt: skip
+             "optimizer", "seed", "label_smoothing")  # fmt: skip
     return {name: getattr(cfg, name) for name in names}
 
 

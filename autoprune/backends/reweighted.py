@@ -135,7 +135,7 @@ class _Gates:
         """Hold the `targets[u]` highest gates of each unit on until the next call."""
         held = []
         for a, k in zip(self.aux, targets, strict=True):
-            on = torch.zeros(a.shape, dtype=torch.bool)
+            on = torch.zeros(a.shape, dtype=torch.bool, device=a.device)
             on[top_keep(a.detach(), k)] = True
             held.append(on)
         self.held = held

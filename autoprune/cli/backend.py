@@ -11,7 +11,8 @@ from autoprune.errors import UsageError
 BACKEND_FLAGS = {"epochs": "epochs", "finetune_epochs": "finetune_epochs", "lr": "lr",
                  "finetune_lr": "finetune_lr", "distill": "distill", "batch_size": "batch_size",
                  "weight_decay": "weight_decay", "importance": "importance",
-                 "seed": "seed"}  # fmt: skip
+                 "seed": "seed", "augment": "augment",
+                 "label_smoothing": "label_smoothing"}  # fmt: skip
 
 
 def backend_args(p: argparse.ArgumentParser) -> None:
@@ -27,6 +28,7 @@ def backend_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--finetune-lr", type=float, help="learning rate of fine-tuning (default: --lr)")
     default_from(g.add_argument("--batch-size", type=int, help="images per step"), "backend")
     weight_decay_arg(g, "backend")
+    recipe_args(g, "backend")
     default_from(g.add_argument("--distill", type=float, metavar="ALPHA",
                                 help="distil the dense model's outputs into the pruned one with "
                                      "weight ALPHA in [0, 1] (0: off)"), "backend")  # fmt: skip
@@ -41,6 +43,16 @@ def weight_decay_arg(p: Any, config: str) -> None:
     """--weight-decay, showing the default of `config` (train or backend)."""
     text = "L2 weight decay of the SGD / AdamW steps"
     default_from(p.add_argument("--weight-decay", type=float, metavar="WD", help=text), config)
+
+
+def recipe_args(p: Any, config: str) -> None:
+    """--augment and --label-smoothing (autoprune.train.augment lists each dataset's recipe)."""
+    p.add_argument("--augment", action="store_true", default=None, help="train with the "
+                   "dataset's standard augmentation (cifar10: crop + flip; mnist-like: shifts; "
+                   "imagefolder: random-resized crop + flip)")  # fmt: skip
+    default_from(p.add_argument("--label-smoothing", type=float, metavar="EPS",
+                                help="cross-entropy against labels smoothed by EPS"),
+                 config)  # fmt: skip
 
 
 def backend_options(pairs: list[str]) -> dict[str, str]:

@@ -4,10 +4,12 @@ help that lists what the registries hold, and what commands print."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import importlib
 import json
-from collections.abc import Mapping
+import os
+from collections.abc import Iterator, Mapping
 from typing import Any, ClassVar
 
 from autoprune.cost.budgets import format_value
@@ -126,18 +128,52 @@ class Command:
         raise NotImplementedError
 
 
+def runtime_args(p: argparse.ArgumentParser) -> None:
+    """--device, --amp, --workers: where and how a command computes (autoprune.train.device)."""
+    g = p.add_argument_group("device")
+    g.add_argument("--device", help="auto | cpu | cuda | cuda:N | mps (default: auto, CUDA when "
+                   "available; under torchrun each process takes cuda:LOCAL_RANK)")  # fmt: skip
+    g.add_argument("--amp", choices=["bf16", "fp16"], help="mixed precision: bf16 (CPU and CUDA) "
+                   "or fp16 (CUDA only, with a GradScaler) (default: float32)")  # fmt: skip
+    g.add_argument("--workers", type=int, metavar="N", help="DataLoader processes decoding "
+                   "folder datasets (imagefolder) (default: 0, in the main process)")  # fmt: skip
+
+
+@contextlib.contextmanager
+def runtime_for(args: argparse.Namespace) -> Iterator[None]:
+    """The command's runtime (its --device / --amp / --workers) while it runs; under torchrun
+    the processes other than rank 0 print nothing (they only train)."""
+    if not hasattr(args, "device"):  # a command that computes nothing on a device
+        yield
+        return
+    from autoprune.train.device import Runtime, use_runtime
+
+    runtime = Runtime(**given(args, {"device": "device", "amp": "amp", "workers": "workers"}))
+    with contextlib.ExitStack() as stack:
+        if int(os.environ.get("RANK", "0")) > 0:
+            args.quiet = True
+            devnull = stack.enter_context(open(os.devnull, "w"))
+            stack.enter_context(contextlib.redirect_stdout(devnull))
+        stack.enter_context(use_runtime(runtime))
+        yield
+
+
 def common_args(p: argparse.ArgumentParser, *, model_required: bool = False) -> None:
     model_arg(p, required=model_required)
     names_from(
         p.add_argument("--dataset", default="digits", help="dataset (default: digits)"), "dataset"
     )
     p.add_argument("--data-dir", help="folder holding the dataset (torchvision layout)")
+    p.add_argument("--weights", metavar="NAME", help="torchvision's pretrained weights (DEFAULT, "
+                   "IMAGENET1K_V1, ...) from the local hub cache ($TORCH_HOME/hub/checkpoints); "
+                   "never downloaded")  # fmt: skip
     p.add_argument("--input-size", type=parse_size, help="CxHxW; default: the model's own")
     p.add_argument("--limit", type=int, help="use at most N samples per split (quick runs)")
     p.add_argument("--seed", type=int, help="seed of every random choice of the run (default 0)")
     p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+    runtime_args(p)
 
 
 def finish(args: argparse.Namespace, metrics: dict[str, Any], out: str) -> None:

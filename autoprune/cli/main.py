@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from autoprune import __version__
-from autoprune.cli.backend import backend_args, backend_cfg, weight_decay_arg
+from autoprune.cli.backend import backend_args, backend_cfg, recipe_args, weight_decay_arg
 from autoprune.cli.base import (
     Command,
     HelpFormatter,
@@ -20,6 +20,8 @@ from autoprune.cli.base import (
     model_arg,
     names_from,
     parse_size,
+    runtime_args,
+    runtime_for,
 )
 from autoprune.cli.search import add_search_arguments
 from autoprune.cli.tools import Bench, Dashboard, Eval, Export, LatencyTableCmd
@@ -46,7 +48,8 @@ A five-minute tour on the embedded digits data (seconds each):
 # flag dest -> TrainConfig field, for `train` and for the dense training of `search`
 TRAIN_FLAGS = {"epochs": "epochs", "lr": "lr", "batch_size": "batch_size",
                "optimizer": "optimizer", "weight_decay": "weight_decay",
-               "seed": "seed"}  # fmt: skip
+               "seed": "seed", "augment": "augment", "label_smoothing": "label_smoothing",
+               "warmup_epochs": "warmup_epochs"}  # fmt: skip
 
 
 class Train(Command):
@@ -60,6 +63,12 @@ class Train(Command):
         default_from(names_from(p.add_argument("--optimizer", help="optimiser"), "optimizer"),
                      "train")  # fmt: skip
         weight_decay_arg(p, "train")
+        recipe_args(p, "train")
+        default_from(p.add_argument("--warmup-epochs", type=float, metavar="E", help="linear "
+                                    "learning-rate warm-up before the schedule"),
+                     "train")  # fmt: skip
+        p.add_argument("--checkpoint", help="start from these weights: an autoprune checkpoint "
+                       "or a plain state dict (.pth / .pt) of --model")  # fmt: skip
         p.add_argument("--out", required=True, help="run directory to write")
 
     def run(self, args: argparse.Namespace) -> int:
@@ -70,7 +79,8 @@ class Train(Command):
         metrics = run_train(TrainRun(model=args.model, dataset=args.dataset, out=args.out,
                                      data_dir=args.data_dir, input_size=args.input_size,
                                      train=cfg, limit=args.limit, progress=not args.quiet,
-                                     overwrite=args.force))  # fmt: skip
+                                     overwrite=args.force, checkpoint=args.checkpoint,
+                                     weights=args.weights))  # fmt: skip
         if args.json:
             print(json.dumps(metrics, indent=2, default=float))
         else:
@@ -178,10 +188,12 @@ class Search(Command):
                 "no budget given; pass e.g. --budget-flops 50% (or -params, -size, -bops, -latency)"
             )
         resolve_defaults(args)
-        dense = TrainConfig(**given(args, {"dense_epochs": "epochs", "seed": "seed"}))
+        dense = TrainConfig(**given(args, {"dense_epochs": "epochs", "seed": "seed",
+                                           "augment": "augment",
+                                           "label_smoothing": "label_smoothing"}))  # fmt: skip
         cfg = SearchRun(
             dataset=args.dataset, out=args.out, budgets=budgets, model=args.model,
-            data_dir=args.data_dir, checkpoint=args.checkpoint,
+            data_dir=args.data_dir, checkpoint=args.checkpoint, weights=args.weights,
             input_size=args.input_size, method_options=method_options(args),
             evaluator=evaluator_config(args), resume=args.study is not None,
             no_prune=args.no_prune, backend_cfg=backend_cfg(args),
@@ -229,6 +241,7 @@ class Prune(Command):
         p.add_argument("--quiet", action="store_true", help="no progress bars or tables")
         p.add_argument("--json", action="store_true", help="print machine-readable JSON")
         p.add_argument("--force", action="store_true", help="replace an existing --out directory")
+        runtime_args(p)
         backend_args(p)
         p.add_argument("--out", required=True, help="run directory to write")
 
@@ -275,7 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return args._command.run(args)
+        with runtime_for(args):
+            return args._command.run(args)
     except AutoPruneError as e:
         msg = " ".join(str(e).split())
         print(f"autoprune {args.command}: error: {msg}", file=sys.stderr)

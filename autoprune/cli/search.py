@@ -158,7 +158,8 @@ def resolve_defaults(args: argparse.Namespace) -> None:
 
         args.method = next(f.default for f in dataclasses.fields(SearchRun) if f.name == "method")
     if args.dense_epochs is None:
-        args.dense_epochs = 0 if args.checkpoint else DENSE_EPOCHS_WITHOUT_CHECKPOINT
+        pretrained = args.checkpoint or args.weights  # trained already: no dense epochs
+        args.dense_epochs = 0 if pretrained else DENSE_EPOCHS_WITHOUT_CHECKPOINT
     if args.out is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.out = f"runs/search-{args.model or 'checkpoint'}-{args.dataset}-{stamp}"

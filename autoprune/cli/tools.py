@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from autoprune.cli.base import Command, echo, parse_size
+from autoprune.cli.base import Command, echo, parse_size, runtime_args
 from autoprune.cost.budgets import format_value
 from autoprune.errors import UsageError
 
@@ -19,6 +19,7 @@ class Eval(Command):
         p.add_argument("--data-dir")
         p.add_argument("--limit", type=int)
         p.add_argument("--json", action="store_true")
+        runtime_args(p)
 
     def run(self, args: argparse.Namespace) -> int:
         from autoprune.pipeline.evaluate_run import evaluate_run
@@ -57,6 +58,7 @@ class LatencyTableCmd(Command):
         p.add_argument("--out", help="JSON file to write (default: latency-MODEL-CxHxW.json)")
         p.add_argument("--quiet", action="store_true")
         p.add_argument("--json", action="store_true")
+        runtime_args(p)
 
     def run(self, args: argparse.Namespace) -> int:
         import torch

@@ -36,6 +36,7 @@ from autoprune.errors import UsageError
 from autoprune.graph.masking import slim
 from autoprune.graph.units import UnitGraph
 from autoprune.rundir import partial_dir
+from autoprune.train.device import current
 
 TABLE_FILE = "latency_table.json"
 MISS_TOLERANCE = 0.10  # `search` warns when the measured latency exceeds its budget by more
@@ -85,6 +86,7 @@ def measure_table(
     cfg = cfg or LatencyConfig()
     if graph.granularity != "channel":
         raise UsageError("a latency table needs channel units (--granularity channel)")
+    device = current().device  # timed where the run computes (--device)
     threads = cfg.timing.threads or torch.get_num_threads()
     t0 = time.perf_counter()
     info: dict[str, Any] = {
@@ -105,7 +107,7 @@ def measure_table(
                 if lay.depthwise
                 else _grid(lo_in[i], hi_in[i], cfg.fractions, multiple)
             )
-            secs = time_layer(mod, shape, outs, ins, lay.depthwise, cfg.batch, cfg.timing)
+            secs = time_layer(mod, shape, outs, ins, lay.depthwise, cfg.batch, cfg.timing, device)
             what = f"{type(mod).__name__} input {list(shape)}"
             layers.append(LayerTiming(lay.name, outs, ins, secs, lay.depthwise, what))
             if progress:
@@ -115,7 +117,7 @@ def measure_table(
                 print(f"  {lay.name}: {grid} widths, dense {dense}", file=sys.stderr, flush=True)
         g = graph
         table = LatencyTable(g.model_name, g.input_size, g.signature, cfg.batch, threads, layers,
-                             0.0, 0.0, info)  # fmt: skip
+                             0.0, 0.0, info, device=str(device))  # fmt: skip
         _fit_rest(table, model, graph, cost_model, cfg)
     info.update(machine_after=machine_info(threads), others_cores=others.cores,
                 seconds_to_measure=round(time.perf_counter() - t0, 2))  # fmt: skip
@@ -179,6 +181,12 @@ def register_latency(
     cost_model: CostModel, table: LatencyTable, *, source: str = "latency table"
 ) -> LatencyPredictor:
     """Check that `table` belongs to the cost model's network and add the `latency` metric."""
+    here = current().device
+    if torch.device(table.device).type != here.type:
+        raise UsageError(
+            f"{source} was measured on {table.device} and this run computes on {here}; "
+            f"measure one there with `autoprune latency-table --device {here.type}`"
+        )
     if table.signature != cost_model.graph.signature:
         size = "x".join(map(str, table.input_size))
         raise UsageError(
@@ -253,10 +261,11 @@ def _cached(
             table = LatencyTable.load(path)
         except UsageError:
             continue
-        fits = (table.signature, table.batch, table.threads) == (
+        fits = (table.signature, table.batch, table.threads, table.device) == (
             graph.signature,
             cfg.batch,
             threads,
+            str(current().device),
         )
         if fits and table.info.get("fractions") == list(cfg.fractions):
             return table

@@ -60,6 +60,7 @@ class LatencyTable:
     rest_per_activation: float
     info: dict[str, Any] = field(default_factory=dict)
     layer_scale: float = 1.0
+    device: str = "cpu"  # where it was timed (--device); tables from before this field: the CPU
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -86,6 +87,7 @@ class LatencyTable:
                 float(d["rest_per_activation"]),
                 dict(d.get("info", {})),
                 float(d.get("layer_scale", 1.0)),
+                str(d.get("device", "cpu")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(

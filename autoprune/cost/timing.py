@@ -82,12 +82,16 @@ def compare_latency(
     batch: int = 1,
     cfg: TimingConfig | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each named model on one (batch, *input_size) input, interleaved."""
-    x = torch.rand(batch, *input_size)
+    """Median seconds of each named model on one (batch, *input_size) input, interleaved, on
+    the runtime's --device (the models go there for the timing and come back)."""
+    from autoprune.train.device import on_device
+
     names = list(models)
     modes = {n: m.training for n, m in models.items()}
     try:
-        medians = interleaved_medians([forward_fn(models[n], x) for n in names], cfg)
+        with on_device(*models.values()) as device:
+            x = torch.rand(batch, *input_size, device=device)
+            medians = interleaved_medians([forward_fn(models[n], x) for n in names], cfg)
     finally:
         for n, m in models.items():
             m.train(modes[n])
@@ -169,8 +173,10 @@ def time_layer(
     depthwise: bool,
     batch: int,
     timing: TimingConfig,
+    device: torch.device | None = None,
 ) -> list[list[float]]:
-    """Median seconds at each grid point of a layer like `mod` (depthwise: in follows out)."""
+    """Median seconds at each grid point of a layer like `mod` (depthwise: in follows out), on
+    `device` (default the CPU)."""
     points = (
         list(zip(out_widths, in_widths, strict=True))
         if depthwise
@@ -178,12 +184,12 @@ def time_layer(
     )
     fns = []
     for o, i in points:
-        layer = probe_layer(mod, o, i, depthwise)
+        layer = probe_layer(mod, o, i, depthwise).to(device)
         # A conv's input is (N, C, *spatial); a linear's is (N, *leading, features).
         x = (
-            torch.randn(batch, i, *shape[1:])
+            torch.randn(batch, i, *shape[1:], device=device)
             if isinstance(mod, CONV_TYPES)
-            else torch.randn(batch, *shape[:-1], i)
+            else torch.randn(batch, *shape[:-1], i, device=device)
         )
         fns.append(lambda layer=layer, x=x: layer(x))
     medians = interleaved_medians(fns, timing)

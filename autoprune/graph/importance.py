@@ -47,8 +47,8 @@ def _scores(model: nn.Module, unit: Unit, tensor_of: TensorOf) -> torch.Tensor:
         t = tensor_of(model.get_submodule(unit.name.removesuffix(".weight")))
         if t is None:
             raise RuntimeError(f"no score for {unit.name}: run a backward pass first (taylor)")
-        return t.flatten().double()
-    score = torch.zeros(unit.size, dtype=torch.float64)
+        return t.flatten().double().cpu()
+    score = torch.zeros(unit.size, dtype=torch.float64)  # scores live on the CPU, any --device
     for mem in unit.members:
         module = _module(model, mem.module)
         if module is None:  # a free parameter (a layer-scale gamma): its producers score it
@@ -63,7 +63,7 @@ def _scores(model: nn.Module, unit: Unit, tensor_of: TensorOf) -> torch.Tensor:
             continue  # a grouped conv's input slice is not indexed by channel
         else:
             per = t.transpose(0, 1).reshape(t.shape[1], -1).sum(dim=1)
-        score.index_add_(0, torch.tensor(mem.root_idxs), per[torch.tensor(mem.idxs)])
+        score.index_add_(0, torch.tensor(mem.root_idxs), per.cpu()[torch.tensor(mem.idxs)])
     return score
 
 

@@ -19,7 +19,7 @@ from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.errors import CheckpointError, UsageError
 from autoprune.graph.units import Granularity, UnitGraph, trace_units
 from autoprune.models import build_model, default_input_size
-from autoprune.train.checkpoint import load_checkpoint
+from autoprune.train.checkpoint import fit_state, read_weights
 from autoprune.train.data import DataSplits, load_dataset, make_loader
 from autoprune.train.loop import set_seed
 
@@ -37,7 +37,9 @@ class Loaded:
     num_classes: int
     data: DataSplits
     dataset: str
-    checkpoint: str | None
+    checkpoint: str | None  # an autoprune checkpoint it came from (None: fresh, --weights or a
+    # plain state dict, which a search saves as its own dense checkpoint)
+    fresh: tuple[str, ...] = ()  # keys --weights left untrained (a classifier of another size)
 
 
 def load_model_and_data(
@@ -50,16 +52,21 @@ def load_model_and_data(
     limit: int | None = None,
     download: bool = False,
     seed: int = 0,
+    weights: str | None = None,
 ) -> Loaded:
     """Build (or restore from a dense checkpoint) a model and load its dataset at its input size.
 
     The model is initialised from `seed` (Python, NumPy and torch are seeded right before it is
     built), so the same seed gives the same initial weights whatever ran before in the process.
+    `checkpoint` may also be a plain state dict of `model`; `weights` names torchvision's
+    pretrained weights (autoprune.models.pretrained).
     """
     meta: dict[str, Any] = {}
     state = None
+    if checkpoint is not None and weights is not None:
+        raise UsageError("pass --checkpoint or --weights, not both")
     if checkpoint is not None:
-        state, meta = load_checkpoint(checkpoint)
+        state, meta = read_weights(checkpoint, model)
         if meta.get("kind", CHECKPOINT_KIND_DENSE) != CHECKPOINT_KIND_DENSE:
             raise CheckpointError(
                 f"checkpoint {checkpoint!r} is already pruned; search on the dense one"
@@ -69,7 +76,7 @@ def load_model_and_data(
                 f"checkpoint {checkpoint!r} holds {meta['model']!r}, not {model!r}"
             )
         model = str(meta["model"])
-        input_size = tuple(meta["input_size"])
+        input_size = tuple(meta["input_size"]) if "input_size" in meta else input_size
     if model is None:
         raise UsageError("no model given; pass --model NAME (see `autoprune profile --help`)")
     size = tuple(input_size) if input_size else default_input_size(model)
@@ -77,14 +84,17 @@ def load_model_and_data(
     num_classes = int(meta.get("num_classes", data.spec.num_classes))
     set_seed(seed)
     net = build_model(model, num_classes=num_classes, input_size=size)  # type: ignore[arg-type]
+    fresh: list[str] = []
     if state is not None:
-        try:
-            net.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"checkpoint {checkpoint!r} does not fit {model!r}: {str(e).splitlines()[0]}"
-            ) from None
-    return Loaded(net, model, size, num_classes, data, dataset, checkpoint)  # type: ignore[arg-type]
+        fit_state(net, state, source=f"checkpoint {checkpoint!r} of {model!r}")
+        if meta.get("plain"):  # a plain state dict: the run saves its own dense checkpoint
+            checkpoint = None
+    if weights is not None:
+        from autoprune.models.pretrained import load_pretrained
+
+        fresh = load_pretrained(net, model, weights)
+    return Loaded(net, model, size, num_classes, data, dataset, checkpoint,  # type: ignore[arg-type]
+                  tuple(fresh))  # fmt: skip
 
 
 def checkpoint_meta(loaded: Loaded, kind: str, seed: int, **extra: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from autoprune.pipeline.load import Loaded, eval_loader
 from autoprune.quant.bit_match import PricedKernels
 from autoprune.quant.bits import BitAllocation
 from autoprune.search.evaluator import EvaluatorConfig
+from autoprune.train.augment import training_batches
 from autoprune.train.data import make_loader
 from autoprune.train.loop import TrainConfig, fit, set_seed
 
@@ -28,9 +29,8 @@ def train_dense(loaded: Loaded, train: TrainConfig, progress: bool) -> None:
     if train.epochs <= 0:
         return
     set_seed(train.seed)
-    loader = make_loader(
-        loaded.data.train, batch_size=train.batch_size, shuffle=True, seed=train.seed
-    )
+    loader = training_batches(loaded.data, batch_size=train.batch_size, seed=train.seed,
+                              augment=train.augment)  # fmt: skip
     fit(loaded.model, loader, eval_loader(loaded.data.val), train, progress=progress)
 
 

@@ -18,8 +18,8 @@ from autoprune.pipeline.load import (
     refuse_existing,
 )
 from autoprune.rundir import staged_run_dir
+from autoprune.train.augment import recipe_record, training_batches
 from autoprune.train.checkpoint import save_checkpoint
-from autoprune.train.data import make_loader
 from autoprune.train.loop import TrainConfig, fit, set_seed
 
 
@@ -32,6 +32,8 @@ class TrainRun:
     input_size: tuple[int, int, int] | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     limit: int | None = None
+    checkpoint: str | None = None  # start from these weights (autoprune's, or a plain .pth)
+    weights: str | None = None  # or from torchvision's pretrained weights (DEFAULT, ...)
     progress: bool = True
     overwrite: bool = False
 
@@ -40,13 +42,13 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
     """Dense training: checkpoint.pt, model.pt2 and metrics.json in cfg.out."""
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
                                  input_size=cfg.input_size, limit=cfg.limit,
-                                 seed=cfg.train.seed)  # fmt: skip
+                                 seed=cfg.train.seed, checkpoint=cfg.checkpoint,
+                                 weights=cfg.weights)  # fmt: skip
     refuse_existing(cfg.out, cfg.overwrite)
     set_seed(cfg.train.seed)
     t0 = time.perf_counter()
-    train_loader = make_loader(
-        loaded.data.train, batch_size=cfg.train.batch_size, shuffle=True, seed=cfg.train.seed
-    )
+    train_loader = training_batches(loaded.data, batch_size=cfg.train.batch_size,
+                                    seed=cfg.train.seed, augment=cfg.train.augment)  # fmt: skip
     history = fit(
         loaded.model, train_loader, eval_loader(loaded.data.val), cfg.train, progress=cfg.progress
     )
@@ -63,6 +65,7 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
             "dataset": loaded.dataset, "seed": cfg.train.seed, "threads": torch.get_num_threads(),
             "dense": dense, "final": dense,
             "history": history, "train_config": cfg.train.__dict__,
+            "recipe": recipe_record(cfg.train.augment, loaded.dataset, loaded.input_size),
             "wall_time_s": {"train": train_s},
         }  # fmt: skip
         write_json_atomic(stage / "metrics.json", metrics)

@@ -1,4 +1,5 @@
-"""Checkpoints: a state dict plus plain-typed metadata, written atomically, read safely.
+"""Checkpoints: a state dict plus plain-typed metadata, written atomically, read safely; and
+plain state dicts (a user's own .pth, torchvision's cached weights) loaded with a clear error.
 
 The file is a `torch.save` of `{"format": FORMAT, "state_dict": ..., "meta": ...}`. The metadata
 holds only str / int / float / bool / None / list / tuple / dict, so `torch.load(path,
@@ -22,7 +23,14 @@ FORMAT = "autoprune.checkpoint/v1"
 _REQUIRED_META = ("model", "num_classes", "input_size")
 _FIX = "retrain with `autoprune train` or point --checkpoint at a valid file"
 
-__all__ = ["FORMAT", "build_from_checkpoint", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT",
+    "build_from_checkpoint",
+    "fit_state",
+    "load_checkpoint",
+    "read_weights",
+    "save_checkpoint",
+]
 
 
 def _check_plain(value: Any, where: str) -> None:
@@ -70,13 +78,12 @@ def save_checkpoint(
         raise
 
 
-def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read a checkpoint written by `save_checkpoint`: `(state_dict, meta)`, tensors on the CPU."""
-    path = Path(path)
+def _read(path: Path) -> Any:
+    """torch.load(weights_only=True) onto the CPU, every failure a one-line CheckpointError."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; {_FIX}")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except OSError as err:
         raise CheckpointError(f"checkpoint {path} cannot be read ({err}); {_FIX}") from None
     except Exception as err:  # torch.load raises many types on damaged archives and pickles
@@ -84,16 +91,108 @@ def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]
         raise CheckpointError(
             f"checkpoint {path} is truncated or corrupt ({reason}); {_FIX}"
         ) from None
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise CheckpointError(
-            f"checkpoint {path} is not an autoprune checkpoint (no format {FORMAT!r}); {_FIX}"
-        )
+
+
+def _unpack(payload: dict[str, Any], path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
     state_dict, meta = payload.get("state_dict"), payload.get("meta")
     if not isinstance(state_dict, dict) or not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {path} lacks its state_dict or meta; {_FIX}")
     if not all(isinstance(t, Tensor) for t in state_dict.values()):
         raise CheckpointError(f"checkpoint {path} has a state_dict entry that is no tensor; {_FIX}")
     return state_dict, meta
+
+
+def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read a checkpoint written by `save_checkpoint`: `(state_dict, meta)`, tensors on the CPU."""
+    path = Path(path)
+    payload = _read(path)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} is not an autoprune checkpoint (no format {FORMAT!r}); {_FIX}"
+        )
+    return _unpack(payload, path)
+
+
+def _plain_state(payload: Any) -> dict[str, Tensor] | None:
+    """The tensors of a plain state dict: the dict itself, or under a training script's usual
+    "state_dict" / "model" key; DistributedDataParallel's "module." prefix removed."""
+    for candidate in (payload, *(payload.get(k) for k in _NESTED if isinstance(payload, dict))):
+        if (
+            isinstance(candidate, dict)
+            and candidate
+            and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in candidate.items())
+        ):
+            if all(k.startswith("module.") for k in candidate):
+                return {k.removeprefix("module."): v for k, v in candidate.items()}
+            return dict(candidate)
+    return None
+
+
+_NESTED = ("state_dict", "model", "model_state_dict")
+
+
+def read_weights(path: str | Path, model: str | None) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """`(state_dict, meta)` of an autoprune checkpoint, or of a plain state dict (`.pth` / `.pt`:
+    the user's own training, or a file of torchvision's hub cache) holding `model`.
+
+    A plain file has no meta, so `model` must name its network; meta is then `{"model": model,
+    "plain": True}` (input size and classes come from the run). Read with weights_only=True.
+    """
+    path = Path(path)
+    payload = _read(path)
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        return _unpack(payload, path)
+    state = _plain_state(payload)
+    if state is None:
+        raise CheckpointError(
+            f"checkpoint {path} is neither an autoprune checkpoint nor a state dict of tensors; "
+            f"{_FIX} (or a .pth holding model.state_dict())"
+        )
+    if model is None:
+        raise CheckpointError(
+            f"checkpoint {path} is a plain state dict ({len(state)} tensors) that does not say "
+            "which network it holds; pass --model NAME with it"
+        )
+    return state, {"model": model, "plain": True}
+
+
+def fit_state(
+    model: nn.Module, state: Mapping[str, Tensor], *, source: str, head_classes: int | None = None
+) -> list[str]:
+    """Load `state` into `model` strictly; the first key that is missing, extra or of another
+    shape is a one-line CheckpointError naming it.
+
+    With `head_classes` (pretrained weights for that many classes on a model built for another
+    number), keys whose first dim is `head_classes` in the file and differs in the model (the
+    classifier) start fresh instead; their names are returned.
+    """
+    own = model.state_dict()
+    fresh = []
+    for key, t in own.items():  # the model's order: the first bad key is the earliest layer's
+        if key not in state:
+            if key.endswith("num_batches_tracked"):  # older BatchNorm files lack it; torch fills 0
+                continue
+            raise CheckpointError(f"{source} does not fit: it lacks {key!r} "
+                                  f"(shape {_shape(t)} in the model)")  # fmt: skip
+        found = state[key]
+        if found.shape == t.shape:
+            continue
+        head = head_classes is not None and found.dim() == t.dim() > 0
+        if head and found.shape[0] == head_classes and found.shape[1:] == t.shape[1:]:
+            fresh.append(key)
+            continue
+        raise CheckpointError(f"{source} does not fit: {key!r} is {_shape(found)} there and "
+                              f"{_shape(t)} in the model")  # fmt: skip
+    extra = [k for k in state if k not in own]
+    if extra:
+        more = f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""
+        raise CheckpointError(f"{source} does not fit: {extra[0]!r}{more} is not in the model")
+    model.load_state_dict({k: v for k, v in state.items() if k not in fresh}, strict=False)
+    return fresh
+
+
+def _shape(t: Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
 
 
 def build_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:

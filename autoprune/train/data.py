@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Dataset
 
 from autoprune.errors import DataError, UsageError
 from autoprune.registry import Registry
@@ -248,34 +248,34 @@ DATASETS.register("cifar10")(
 
 @DATASETS.register("imagefolder")
 def _imagefolder(req: _Request) -> DataSplits:
-    from torchvision import datasets, transforms
+    from torchvision import datasets
+
+    from autoprune.train.folder import FolderImages  # decoded per batch by DataLoader workers
 
     layout = "train/ and val/ (or test/) class subfolders"
     root = _root(req, "imagefolder", layout)
     held_dir = next((root / d for d in ("test", "val") if (root / d).is_dir()), None)
     if not (root / "train").is_dir() or held_dir is None:
         raise DataError(f"{root} lacks {layout}; point --data-dir at such a folder")
-    channels, height, width = req.input_size
     spec = DataSpec("imagefolder", 0, 3, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-    mean, std = _adapted_stats(spec, channels)
-    steps: list[Any] = [transforms.Resize((height, width))]
-    if channels == 1:
-        steps.append(transforms.Grayscale(1))
-    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    transform = transforms.Compose(steps)
-    train = datasets.ImageFolder(str(root / "train"), transform=transform)
-    held = datasets.ImageFolder(str(held_dir), transform=transform)
+    mean, std = _adapted_stats(spec, req.input_size[0])
+    train = datasets.ImageFolder(str(root / "train"))
+    held = datasets.ImageFolder(str(held_dir))
     if held.classes != train.classes:
         raise DataError(f"{held_dir} and {root / 'train'} hold different class folders; align them")
     spec = DataSpec("imagefolder", len(train.classes), 3, spec.mean, spec.std)
     kept, carved = _carve(np.asarray(train.targets), req.val_fraction)
     test_idx = _cap(np.arange(len(held)), req.limit, shuffle=True)
+
+    def images(folder: Any, idx: np.ndarray) -> FolderImages:
+        return FolderImages([folder.samples[i] for i in idx], req.input_size, mean, std)
+
     return DataSplits(
         spec=spec,
         input_size=req.input_size,
-        train=Subset(train, _cap(kept, req.limit).tolist()),
-        val=Subset(train, _cap(carved, req.limit).tolist()),
-        test=Subset(held, test_idx.tolist()),
+        train=images(train, _cap(kept, req.limit)),
+        val=images(train, _cap(carved, req.limit)),
+        test=images(held, test_idx),
         mean=mean,
         std=std,
     )

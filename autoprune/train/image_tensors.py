@@ -120,6 +120,12 @@ def make_loader(
         return TensorLoader(
             dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
         )
+    from autoprune.train.folder import FolderImages, FolderLoader  # --workers, pinned memory
+
+    if isinstance(dataset, FolderImages):
+        return FolderLoader(
+            dataset, batch_size=batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
     # num_workers=0: the machines this runs on share a few cores between several jobs.
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(

@@ -3,6 +3,11 @@
 Backends plug in through three hooks per batch, in this order, the way Torch-Pruning places
 its regulariser: `penalty()` is added to the loss, `after_backward(step)` edits gradients
 (regularisation), `after_step(step)` edits weights (projection onto masks).
+
+The loops compute where the runtime says (autoprune.train.device: --device, --amp): the model
+goes to the device for the epoch and back after, the forward pass runs under autocast (a
+GradScaler with fp16), and under torchrun each step trains on this rank's share of the batch
+with gradients averaged before the hooks see them (autoprune.train.distributed).
 """
 
 from __future__ import annotations
@@ -21,7 +26,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from autoprune.errors import AutoPruneError, UsageError
-from autoprune.registry import Registry
+from autoprune.train import distributed
+from autoprune.train.device import autocast, on_device, scaler_for
+from autoprune.train.optim import (
+    OPTIMIZERS,
+    SCHEDULES,
+    make_optimizer,
+    make_scheduler,
+    schedule_factor,
+)
 
 Batches = Iterable[tuple[Tensor, Tensor]]
 
@@ -35,6 +48,7 @@ __all__ = [
     "fit",
     "make_optimizer",
     "make_scheduler",
+    "schedule_factor",
     "set_seed",
     "train_epoch",
 ]
@@ -55,8 +69,12 @@ class TrainConfig:
     weight_decay: float = 5e-4  # the ResNet/VGG CIFAR value; pruning backends may add their own
     optimizer: str = "sgd"  # "sgd" | "adam"
     schedule: str = "cosine"  # "cosine" (per step, to zero) | "constant"
+    # linear ramp from ~0 to lr over these epochs first: large batches and pretrained weights
+    # need it (Goyal et al. 2017 warm up ImageNet for 5 epochs); off for the CIFAR recipe
+    warmup_epochs: float = 0.0
     seed: int = 0  # every run is seeded; recorded in allocation.json and metrics.json
     label_smoothing: float = 0.0  # off: published pruning baselines train without it
+    augment: bool = False  # the dataset's standard augmentation (autoprune.train.augment)
 
     def __post_init__(self) -> None:
         OPTIMIZERS.get(self.optimizer)
@@ -74,6 +92,10 @@ class TrainConfig:
             )
         if not 0 <= self.label_smoothing < 1:
             raise UsageError(f"label smoothing must be in [0, 1), got {self.label_smoothing!r}")
+        if not 0 <= self.warmup_epochs <= max(self.epochs, 0):
+            raise UsageError(
+                f"warm-up epochs must be in [0, epochs={self.epochs}], got {self.warmup_epochs!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -95,35 +117,6 @@ class EpochStats:
     seconds: float
 
 
-OPTIMIZERS: Registry[Callable[[Iterable[Tensor], TrainConfig], torch.optim.Optimizer]] = Registry(
-    "optimizer"
-)
-SCHEDULES: Registry[Callable[[int], Callable[[int], float]]] = Registry("schedule")
-
-
-@OPTIMIZERS.register("sgd")
-def _sgd(params: Iterable[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(
-        params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=False
-    )
-
-
-@OPTIMIZERS.register("adam")
-def _adam(params: Iterable[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Decoupled decay (AdamW): L2 inside Adam is rescaled per weight and barely regularises.
-    return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-@SCHEDULES.register("cosine")
-def _cosine(total_steps: int) -> Callable[[int], float]:
-    return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
-
-
-@SCHEDULES.register("constant")
-def _constant(total_steps: int) -> Callable[[int], float]:
-    return lambda step: 1.0
-
-
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -131,39 +124,31 @@ def set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def make_optimizer(params: Iterable[Tensor], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """The optimiser `cfg.optimizer` over `params`."""
-    return OPTIMIZERS.get(cfg.optimizer)(params, cfg)
-
-
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step learning-rate schedule spanning `cfg.epochs` epochs (step it every batch)."""
-    total = max(1, cfg.epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, SCHEDULES.get(cfg.schedule)(total))
-
-
-def _device(model: nn.Module) -> torch.device:
-    return next(model.parameters(), torch.empty(0)).device
-
-
 def evaluate(model: nn.Module, loader: Batches) -> EvalResult:
-    """Accuracy and loss of `model` over `loader`, in eval mode; the mode is restored after."""
-    device, was_training = _device(model), model.training
-    model.eval()
-    correct, loss_sum, n = 0, 0.0, 0
+    """Accuracy and loss of `model` over `loader`, in eval mode; the mode is restored after.
+
+    Runs on the runtime's device under its autocast; every rank evaluates all of `loader`.
+    """
+    was_training = model.training
+    correct, n = 0, 0
+    loss_sum: Tensor | float = 0.0
     try:
-        with torch.no_grad():
+        with on_device(model) as device, torch.no_grad():
+            model.eval()
+            hits: Tensor | int = 0
             for x, y in loader:
                 x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-                logits = model(x)
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(1) == y).sum())
+                with autocast():
+                    logits = model(x)
+                # summed on the device: one synchronisation per pass, not per batch
+                loss_sum = loss_sum + F.cross_entropy(logits.float(), y, reduction="sum").double()
+                hits = hits + (logits.argmax(1) == y).sum()
                 n += len(y)
+            correct = int(hits)
     finally:
         model.train(was_training)
-    return EvalResult(correct / n if n else 0.0, loss_sum / n if n else 0.0, n)
+    loss = float(loss_sum)
+    return EvalResult(correct / n if n else 0.0, loss / n if n else 0.0, n)
 
 
 def _progress(loader: Batches, show: bool, desc: str) -> Iterator[tuple[Tensor, Tensor]]:
@@ -207,39 +192,76 @@ def train_epoch(
     """One pass over `loader`; hooks get the global step (`step_offset` + batch index).
 
     The loss reported is the cross-entropy, also when `distill` trains on another objective.
+    Under torchrun the statistics are over every rank's examples.
     """
-    device, start = _device(model), time.perf_counter()
-    model.train()
-    loss_sum, correct, n, steps = 0.0, 0, 0, 0
-    for x, y in _progress(loader, progress, desc):
-        step = step_offset + steps
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise AutoPruneError(
-                f"training diverged: the loss is {loss_value} at step {step}; "
-                "lower the learning rate (--lr) or the regularisation strength"
-            )
-        if distill is not None:
-            loss = distill.objective(logits, x, loss)
-        total = loss + penalty() if penalty is not None else loss
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        if after_backward is not None:
-            after_backward(step)
-        optimizer.step()
-        if after_step is not None:
-            after_step(step)
-        if scheduler is not None:
-            scheduler.step()
-        loss_sum += loss_value * len(y)
-        correct += int((logits.detach().argmax(1) == y).sum())
-        n += len(y)
-        steps += 1
+    start = time.perf_counter()
+    scaler = scaler_for(optimizer)
+    shard = distributed.active() and not getattr(loader, "sharded", False)
+    teacher = [distill.teacher] if distill is not None else []
+    with on_device(model, *teacher) as device:
+        distributed.sync_model(model)  # every rank starts the epoch from rank 0's weights
+        model.train()
+        # Sums stay on the device; the loss is read back every step on the CPU (free there)
+        # and every CHECK_EVERY steps elsewhere, so a GPU is not stalled once per batch.
+        check = 1 if device.type == "cpu" else CHECK_EVERY
+        loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        correct = torch.zeros((), dtype=torch.int64, device=device)
+        n, steps = 0, 0
+        last: Tensor | None = None  # the latest loss not yet checked for divergence
+        for x, y in _progress(loader, progress, desc):
+            step = step_offset + steps
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            if shard:
+                x, y = distributed.shard(x, y)
+            optimizer.zero_grad(set_to_none=True)
+            if len(y):
+                with autocast():
+                    logits = model(x)
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
+                    objective = distill.objective(logits, x, loss) if distill else loss
+                total = objective + penalty() if penalty is not None else objective
+                (scaler.scale(total) if scaler is not None else total).backward()
+                loss_sum += loss.detach().double() * len(y)
+                correct += (logits.detach().argmax(1) == y).sum()
+                last = loss
+            distributed.average_gradients(optimizer, len(y))
+            if scaler is not None:
+                scaler.unscale_(optimizer)  # the hooks see (and edit) true gradients
+            if after_backward is not None:
+                after_backward(step)
+            if scaler is not None:
+                scaler.step(optimizer)  # skipped when fp16 gradients overflowed
+                scaler.update()
+            else:
+                optimizer.step()
+            if after_step is not None:
+                after_step(step)
+            if scheduler is not None:
+                scheduler.step()
+            n += len(y)
+            steps += 1
+            if last is not None and steps % check == 0:
+                _check_finite(last, step)
+                last = None
+        if last is not None:
+            _check_finite(last, step_offset + steps - 1)
+        distributed.sync_model(model, average_buffers=True)
+        loss_total, hits, seen = distributed.all_sum([float(loss_sum), float(correct), n], device)
     seconds = time.perf_counter() - start
-    return EpochStats(loss_sum / n if n else 0.0, correct / n if n else 0.0, steps, seconds)
+    return EpochStats(loss_total / seen if seen else 0.0, hits / seen if seen else 0.0, steps,
+                      seconds)  # fmt: skip
+
+
+CHECK_EVERY = 50  # steps between reading the loss back from an accelerator
+
+
+def _check_finite(loss: Tensor, step: int) -> None:
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise AutoPruneError(
+            f"training diverged: the loss is {value} at step {step}; "
+            "lower the learning rate (--lr) or the regularisation strength"
+        )
 
 
 def fit(
@@ -264,6 +286,20 @@ def fit(
         if reserved in train_epoch_kwargs:
             raise UsageError(f"fit() sets {reserved} itself; configure it through TrainConfig")
     set_seed(cfg.seed)
+    with on_device(model):  # the optimiser's state is made on the device, and stays there
+        return _fit(model, train_loader, val_loader, cfg, progress, on_epoch_end,
+                    train_epoch_kwargs)  # fmt: skip
+
+
+def _fit(
+    model: nn.Module,
+    train_loader: Batches,
+    val_loader: Batches | None,
+    cfg: TrainConfig,
+    progress: bool,
+    on_epoch_end: Callable[[int, dict[str, float]], None] | None,
+    train_epoch_kwargs: dict[str, Any],
+) -> list[dict[str, float]]:
     optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
     if not isinstance(train_loader, Sized) and cfg.schedule != "constant":
         raise UsageError(
