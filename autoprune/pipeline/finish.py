@@ -1,7 +1,9 @@
 """The last stage of search and prune: slim, export, measure, check every budget, write the run.
 
-The budgets are checked on what was exported (FlopCounterMode MACs, parameter counts, the
-artifact's bytes), not on the prediction; a broken budget writes nothing.
+Every budget is checked on what was exported, not on the prediction: FlopCounterMode MACs (at
+weight granularity the MACs of nonzero weights), nonzero parameters, 4 bytes per nonzero
+parameter and 32 x 32 bits per MAC for a float model, the artifact's bytes and BOPs with bits.
+A broken budget writes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from torch import nn
 
 from autoprune.allocation import Allocation, write_json_atomic
 from autoprune.cost.latency import latency_check
+from autoprune.cost.model import FP32
 from autoprune.cost.timing import measure_run_latency
 from autoprune.errors import BudgetBrokenError, CheckpointError
 from autoprune.export.program import compression, export_program, model_metrics
@@ -75,20 +78,20 @@ def finish_run(
     latency = measure_run_latency(dense_model, final_model, loaded.input_size, batch=latency_batch)
     dense_metrics = {**dense_metrics, "latency_s": latency["dense_s"]}
     final["latency_s"] = latency["final_s"]
+    # weight sparsity saves the multiplications of its zeros only: count those that remain
+    sparse = graph.granularity == "weight"
+    macs = nonzero_macs(final_model, loaded.input_size) if sparse else float(final["macs"] or 0)
     checks = {}
     for b in allocation.budgets:
         if b.metric == "latency":
             checks[b.metric] = latency_check(b, latency["dense_s"], latency["final_s"])
             continue
-        measured = _measured(final, b.metric, graph.granularity)
-        if measured is None:
-            continue
         limit = b.limit(allocation.dense[b.metric])
-        checks[b.metric] = {
-            "limit": limit,
-            "measured": measured,
-            "met": measured <= limit * (1 + 1e-9),
-        }
+        measured = _measured(final, b.metric, macs)
+        checks[b.metric] = {"limit": limit, "measured": measured,
+                            "met": measured <= limit * (1 + 1e-9)}  # fmt: skip
+        if sparse and b.metric in ("macs", "bops"):
+            checks[b.metric]["measured_on"] = "nonzero weights"
     if artifact is not None:
         checks |= artifact_checks(allocation.budgets, allocation.dense, artifact)
     _refuse_broken(checks)
@@ -121,13 +124,47 @@ def _refuse_broken(checks: dict[str, dict[str, Any]]) -> None:
         )
 
 
-def _measured(final: dict[str, Any], metric: str, granularity: str) -> float | None:
-    """The exported model's own count for a budget metric (nonzero counts for weight sparsity)."""
+def _measured(final: dict[str, Any], metric: str, macs: float) -> float:
+    """The exported float model's own count for a budget metric (docs/conventions.md): `macs`
+    as counted on it, nonzero parameters, 4 bytes per nonzero parameter, 32 x 32 bits per MAC.
+    With bits, size and BOPs are measured on the artifact instead (`artifact_checks`)."""
     if metric == "macs":
-        return None if granularity == "weight" else float(final["macs"])
+        return macs
     if metric == "params":
         return float(final["nonzero_params"])
-    return None
+    if metric == "size":
+        return float(final["size_bytes"])
+    if metric == "bops":
+        return macs * FP32 * FP32
+    raise KeyError(f"no measurement of budget metric {metric!r} on an exported model")
+
+
+def nonzero_macs(model: nn.Module, input_size: tuple[int, ...]) -> float:
+    """Multiply-accumulates of one sample that involve a nonzero weight of a conv or linear layer.
+
+    Each weight is applied once per output position of its layer (per input position for a
+    transposed conv), so a layer costs its nonzero weights times those positions; on a dense
+    model this is FlopCounterMode's count (tested), at weight sparsity it skips the zeros.
+    """
+    positions: dict[nn.Module, int] = {}
+
+    def record(mod: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        if isinstance(mod, nn.modules.conv._ConvTransposeNd):
+            positions[mod] = args[0].numel() // mod.in_channels
+        else:  # conv: (1, out_channels, *spatial); linear: (1, ..., out_features)
+            positions[mod] = out.numel() // int(mod.weight.shape[0])  # type: ignore[index]
+
+    layers = [m for m in model.modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    hooks = [m.register_forward_hook(record) for m in layers]
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *input_size))
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    return float(sum(int(torch.count_nonzero(m.weight)) * positions.get(m, 0) for m in layers))
 
 
 def load_pruned(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
