@@ -101,7 +101,7 @@ def _infer(model: Any, x: torch.Tensor) -> Any:
 
 def _program(model: nn.Module, size: tuple[int, ...], folder: Path, name: str) -> nn.Module:
     path = folder / f"{name}.pt2"
-    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path)
+    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path, fold_bn=True)
     return load_program(path)
 
 

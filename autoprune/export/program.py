@@ -81,12 +81,14 @@ def export_program(
     std: Sequence[float],
     path: Path,
     *,
-    fold_bn: bool = True,
+    fold_bn: bool = False,
 ) -> dict[str, Any]:
     """Write `model` wrapped in Normalized as a torch.export program with a dynamic batch.
 
     With `fold_bn` BatchNorm layers are folded into the convolutions before them (outputs equal
-    within FOLD_TOLERANCE). Returns what was done: {"bn_folded": count}.
+    within FOLD_TOLERANCE). Off for run directories: folding removes the BatchNorm parameters,
+    and a run's model.pt2 must count exactly the parameters its allocation predicted. Returns
+    what was done: {"bn_folded": count}.
     """
     folded = 0
     if fold_bn:

@@ -29,7 +29,8 @@ def test_folding_removes_every_conv_batchnorm_pair_and_keeps_outputs(tmp_path: P
     bns = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
     assert n == bns > 0
     assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
-    info = export_program(net, (3, 32, 32), [0.5] * 3, [0.25] * 3, tmp_path / "model.pt2")
+    path = tmp_path / "model.pt2"
+    info = export_program(net, (3, 32, 32), [0.5] * 3, [0.25] * 3, path, fold_bn=True)
     assert info == {"bn_folded": bns}
     x = torch.rand(3, 3, 32, 32)
     with torch.no_grad():
@@ -50,4 +51,5 @@ def test_a_model_torch_fx_cannot_trace_is_exported_unfolded(tmp_path: Path) -> N
 
     net = Branchy().eval()
     assert fold_batchnorm(net, (1, 8, 8)) == (net, 0)
-    assert export_program(net, (1, 8, 8), [0.0], [1.0], tmp_path / "m.pt2") == {"bn_folded": 0}
+    path = tmp_path / "m.pt2"
+    assert export_program(net, (1, 8, 8), [0.0], [1.0], path, fold_bn=True) == {"bn_folded": 0}
