@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import optuna
+import torch
 from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
 
 from autoprune.cost.budgets import format_value
@@ -15,10 +17,11 @@ from autoprune.errors import UsageError
 from autoprune.quant.bits import BitAllocation
 from autoprune.registry import Registry
 from autoprune.search.base import SearchProblem
+from autoprune.train.checkpoint import state_hash
 
 SamplerFactory = Callable[[int, int, bool], optuna.samplers.BaseSampler]  # (seed, trials, multi)
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
-IDENTITY_ATTR = "autoprune"  # study user attribute: what the study searches (model, budgets)
+IDENTITY_ATTR = "autoprune"  # study user attribute: what it searches and how it scores
 
 
 @dataclass(frozen=True)
@@ -133,7 +136,40 @@ def identity(problem: SearchProblem, spec: StudySpec) -> dict[str, Any]:
     }
     if problem.bits is not None:  # only then: studies searched before bits existed still match
         mine["bits"] = problem.bits.to_json()
-    return mine
+    return mine | scored_with(problem)
+
+
+def scored_with(problem: SearchProblem) -> dict[str, Any]:
+    """How the study's trials were scored: the evaluator's settings and the dense weights.
+
+    A trial's accuracy depends on both, so trials scored otherwise cannot be mixed with new ones.
+    """
+    cfg = getattr(problem.evaluate, "cfg", None)
+    configured = dataclasses.is_dataclass(cfg) and not isinstance(cfg, type)
+    evaluator = dataclasses.asdict(cfg) if configured else None  # type: ignore[arg-type]
+    model = problem.context.model if problem.context is not None else None
+    model = getattr(problem.evaluate, "model", None) if model is None else model
+    dense = state_hash(model.state_dict()) if isinstance(model, torch.nn.Module) else None
+    return {"evaluator": evaluator, "dense_weights": dense}
+
+
+def _differences(theirs: Mapping[str, Any], mine: Mapping[str, Any]) -> list[str]:
+    """What differs between a study's identity and this search's, named for the user."""
+    out = []
+    for key in sorted(mine.keys() | theirs.keys()):
+        old, new = theirs.get(key), mine.get(key)
+        if old == new:
+            continue
+        if key == "evaluator" and isinstance(old, dict) and isinstance(new, dict):
+            changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+            out += [
+                f"evaluator {k} {old.get(k)!r} (study) vs {new.get(k)!r} (now)" for k in changed
+            ]
+        elif key == "dense_weights":
+            out.append("the dense checkpoint (other weights)")
+        else:
+            out.append(key)
+    return out
 
 
 def check_study(
@@ -165,11 +201,10 @@ def check_study(
         study.set_metric_names(["val_accuracy"] + ([spec.cost_metric] if spec.cost_metric else []))
         _study_note(study, problem)
     elif theirs != mine:
-        diff = sorted(k for k in mine.keys() | theirs.keys() if mine.get(k) != theirs.get(k))
         raise UsageError(
-            f"study {spec.study!r} in {where} searched another problem "
-            f"(its {', '.join(diff)} differ); resume it with the same model and budgets, or "
-            "choose another --study"
+            f"study {spec.study!r} in {where} was searched or scored otherwise "
+            f"({'; '.join(_differences(theirs, mine))}); resume it with the model, budgets and "
+            "evaluator flags it was made with, or start afresh under another --study NAME"
         )
 
 

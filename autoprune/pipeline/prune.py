@@ -21,10 +21,10 @@ from autoprune.pipeline.load import (
     refuse_existing,
     trace,
 )
-from autoprune.pipeline.stages import run_backend
+from autoprune.pipeline.stages import refuse_other_training, run_backend
 from autoprune.quant.bit_match import PricedKernels
 from autoprune.quant.kernel_counts import KernelCounts
-from autoprune.rundir import staged_run_dir
+from autoprune.rundir import partial_dir, staged_run_dir
 from autoprune.search.evaluator import EvaluatorConfig, element_scores
 from autoprune.train.loop import set_seed
 
@@ -67,7 +67,10 @@ def run_prune(cfg: PruneRun) -> dict[str, Any]:
         match = PricedKernels.at(counts, alloc.keep, loaded.model)
     backend = BACKENDS.build(cfg.backend)
     BACKENDS.parse_options(cfg.backend, cfg.backend_cfg.options)  # wrong options fail now
-    if not cfg.resume:
+    if cfg.resume:
+        refuse_other_training(partial_dir(cfg.out), backend, loaded, alloc.keep, cfg.backend_cfg,
+                              bits)  # fmt: skip
+    else:
         refuse_existing(cfg.out, cfg.overwrite)
     set_seed(cfg.backend_cfg.seed)
     alloc.provenance["backend"] = cfg.backend

@@ -223,3 +223,16 @@ def build_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
             f"checkpoint {path} does not fit model {meta['model']!r} ({detail}); {_FIX}"
         ) from None
     return model, meta
+
+
+def state_hash(state: Mapping[str, Tensor]) -> str:
+    """A short hash of a state dict's names, dtypes, shapes and values: the same weights, the same
+    hash (what a resumed study or backend checks it started from)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
