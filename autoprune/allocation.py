@@ -10,8 +10,6 @@ replays on a freshly built model of the same signature and refuses any other.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +23,7 @@ from autoprune.errors import AllocationError
 from autoprune.graph.importance import IMPORTANCE
 from autoprune.graph.units import UnitGraph
 from autoprune.quant.bits import BitAllocation
+from autoprune.rundir import write_json_atomic
 
 SCHEMA = "autoprune.allocation/v1"
 
@@ -232,17 +231,3 @@ def _importance(name: Any, source: str) -> str | None:
     return name
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON so a reader never sees half a file (temp file + rename)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; run files are meant to be shared
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

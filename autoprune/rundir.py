@@ -7,11 +7,14 @@ other ranks run the same stages into a throwaway folder.
 
 from __future__ import annotations
 
+import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 STUDY_DB = "study.db"  # the default Optuna storage's file inside a search's work folder
 ARTIFACTS = "artifacts"  # the Optuna artifact store's folder inside a search's work folder
@@ -63,3 +66,19 @@ def partial_dir(out: str | Path) -> Path:
     """Where an unfinished run to `out` keeps its files (resumable with --resume)."""
     final = Path(out)
     return final.parent / f".{final.name}.partial"
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON so a reader never sees half a file (temp file + rename)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; run files are meant to be shared
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

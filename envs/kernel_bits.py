@@ -25,6 +25,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from autoprune.cost.kernel_counts import KernelCounts, priced
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps, project
 from autoprune.envs.layer_budget import (
@@ -38,7 +39,6 @@ from autoprune.envs.layer_budget import (
 )
 from autoprune.errors import BudgetError, UsageError
 from autoprune.quant.bits import BIT_CHOICES, FLOAT_BITS, BitAllocation
-from autoprune.quant.kernel_counts import KernelCounts, priced
 
 STATIC_FEATURES = 9  # index, is_conv, in, out, kernel, positions, layer MACs, weights, owns units
 DYNAMIC_FEATURES = 8  # MACs removed, still removable, previous action (4), keep floor, keep wall
@@ -51,7 +51,7 @@ class KernelBitsEnv(gym.Env[np.ndarray, np.ndarray]):
 
     `evaluate(keep, bits=BitAllocation)` scores an allocation (search.base.Evaluator); it is
     called once per episode, at the end. `importance` gives each layer's kernels an importance
-    (default: all equal); `kernel_counts` prices allocations exactly (autoprune.quant.kernel_counts;
+    (default: all equal); `kernel_counts` prices allocations exactly (autoprune.cost.kernel_counts;
     default: `CostModel.with_bits`'s estimate); `weight_bits` and `act_bits` the widths to choose
     from (one activation width fixes it; 32: float). `info` of every step holds the layer, its
     widths and walls; the last step's adds the allocation, bits, costs and accuracy.

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from autoprune.cost.kernel_counts import KernelCounts, priced
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.errors import UsageError
-from autoprune.quant.kernel_counts import KernelCounts, priced
 from autoprune.registry import Registry
 
 if TYPE_CHECKING:
@@ -62,7 +62,7 @@ class SearchProblem:
     context: SearchContext | None = None  # model and data; None where only costs are searched
     bits: BitSpace | None = None  # None: keeps only; else every method chooses bits from these
     # Nonzeros per kernel as the evaluator keeps elements: with it, allocations with bits are
-    # priced exactly (autoprune.quant.kernel_counts); without, by CostModel.with_bits's estimate.
+    # priced exactly (autoprune.cost.kernel_counts); without, by CostModel.with_bits's estimate.
     kernel_counts: KernelCounts | None = None
     # The one importance measure of this search: the evaluator masks by it, heuristics rank by it,
     # and the allocation records it so an export keeps the elements that were scored.

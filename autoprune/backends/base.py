@@ -47,7 +47,7 @@ class BackendConfig:
     bits: BitAllocation | None = None  # the allocation's bits: train quantisation-aware to them
     # With bits, once the pruning phase fixes the mask: (kept, model, bits) -> the kept elements
     # and bits to fine-tune with, so the artifact costs what the search priced
-    # (autoprune.quant.bit_match.PricedKernels); None keeps both as they are.
+    # (autoprune.cost.bit_match.PricedKernels); None keeps both as they are.
     match_priced: MatchPriced | None = None
 
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.report import write_readme
 from autoprune.bench.search import bench_command, search_dense, train_keep
@@ -27,6 +26,7 @@ from autoprune.cost.model import CostModel
 from autoprune.envs.layer_budget import largest_fitting
 from autoprune.graph.units import UnitGraph
 from autoprune.pipeline.load import load_model_and_data, trace
+from autoprune.rundir import write_json_atomic
 from autoprune.search import SearchProblem
 from autoprune.search.uniform import uniform_trial
 

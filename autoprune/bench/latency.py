@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoprune.allocation import write_json_atomic
 from autoprune.bench.latency_report import plot, readme
 from autoprune.cost.latency import LatencyConfig, measure_table, register_latency
 from autoprune.cost.model import CostModel
@@ -34,6 +33,7 @@ from autoprune.errors import BudgetError
 from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
+from autoprune.rundir import write_json_atomic
 
 
 @dataclass(frozen=True)

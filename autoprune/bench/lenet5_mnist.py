@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 
-from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.overhead import step_overhead
 from autoprune.bench.report import render_readme, write_gitignore, write_readme
@@ -32,6 +31,7 @@ from autoprune.errors import UsageError
 from autoprune.graph.units import Granularity
 from autoprune.pipeline.load import load_model_and_data, trace
 from autoprune.pipeline.train import TrainRun, run_train
+from autoprune.rundir import write_json_atomic
 from autoprune.train.loop import TrainConfig
 
 NAME = "lenet5-mnist"

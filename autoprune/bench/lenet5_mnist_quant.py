@@ -18,7 +18,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.lenet5_mnist import ADMM, MAX_DROP_POINTS
 from autoprune.bench.lenet5_mnist import NAME as DENSE_BENCH
@@ -31,6 +30,7 @@ from autoprune.pipeline.evaluate_run import evaluate_run
 from autoprune.pipeline.load import load_model_and_data, trace
 from autoprune.pipeline.train import TrainRun, run_train
 from autoprune.quant.bits import FLOAT_BITS, BitAllocation
+from autoprune.rundir import write_json_atomic
 from autoprune.train.loop import TrainConfig
 
 NAME = "lenet5-mnist-quant"

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.allocation import Allocation
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.report import write_readme
 from autoprune.bench.runner import COMMAND_FILE, RunSpec
@@ -36,6 +36,7 @@ from autoprune.pipeline.load import load_model_and_data, resolve_limits, trace
 from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.pipeline.search import SearchRun, run_search
 from autoprune.pipeline.train import TrainRun, run_train
+from autoprune.rundir import write_json_atomic
 from autoprune.search.evaluator import MaskEvaluator
 
 NAME = "search-lenet5-mnist"

@@ -24,7 +24,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.allocation import write_json_atomic
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
@@ -34,6 +33,7 @@ from autoprune.export.program import export_program, load_program
 from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
+from autoprune.rundir import write_json_atomic
 
 NAME = "speed"
 ROUND_TO = 8  # the grid whose widths this CPU's convolutions run fastest (see README)

@@ -25,6 +25,8 @@ _WHERE = {
     "LatencyConfig": "autoprune.cost.latency",
     "LatencyTable": "autoprune.cost.latency_table",
     "table_for": "autoprune.cost.latency",
+    "KernelCounts": "autoprune.cost.kernel_counts",
+    "PricedKernels": "autoprune.cost.bit_match",
     "count_macs": "autoprune.cost.measure",
     "count_params": "autoprune.cost.measure",
     "count_nonzero_params": "autoprune.cost.measure",

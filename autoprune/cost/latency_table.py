@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from sklearn.isotonic import isotonic_regression
 
-from autoprune.allocation import write_json_atomic
 from autoprune.cost.model import CostModel
 from autoprune.errors import UsageError
+from autoprune.rundir import write_json_atomic
 
 SCHEMA = "autoprune.latency/v1"
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.allocation import Allocation
 from autoprune.cost.latency import latency_check
 from autoprune.cost.model import FP32
 from autoprune.cost.timing import measure_run_latency
@@ -26,6 +26,7 @@ from autoprune.graph.masking import slim
 from autoprune.graph.units import UnitGraph, trace_units
 from autoprune.models import build_model
 from autoprune.pipeline.load import CHECKPOINT_KIND_PRUNED, Loaded, checkpoint_meta, eval_loader
+from autoprune.rundir import write_json_atomic
 from autoprune.train.checkpoint import load_checkpoint, save_checkpoint
 
 

@@ -10,6 +10,8 @@ import torch
 
 from autoprune.allocation import Allocation
 from autoprune.backends import BACKENDS, BackendConfig
+from autoprune.cost.bit_match import PricedKernels
+from autoprune.cost.kernel_counts import KernelCounts
 from autoprune.errors import UsageError
 from autoprune.export.program import model_metrics
 from autoprune.graph.units import UnitGraph
@@ -22,8 +24,6 @@ from autoprune.pipeline.load import (
     trace,
 )
 from autoprune.pipeline.stages import refuse_other_training, run_backend
-from autoprune.quant.bit_match import PricedKernels
-from autoprune.quant.kernel_counts import KernelCounts
 from autoprune.rundir import partial_dir, staged_run_dir
 from autoprune.search.evaluator import EvaluatorConfig, element_scores
 from autoprune.train.loop import set_seed

@@ -15,9 +15,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from autoprune.allocation import Allocation, write_json_atomic
+from autoprune.allocation import Allocation
 from autoprune.backends import BACKENDS, BackendConfig
+from autoprune.cost.bit_match import PricedKernels
 from autoprune.cost.budgets import Budget
+from autoprune.cost.kernel_counts import KernelCounts
 from autoprune.cost.latency import TABLE_FILE, LatencyConfig, LatencyTable, attach_latency
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, snap
@@ -40,9 +42,7 @@ from autoprune.pipeline.load import (
 from autoprune.pipeline.report import write_search_report
 from autoprune.pipeline.stages import calibration_batches, run_backend, train_dense
 from autoprune.pipeline.staging import forget_stale_backend, refuse_interrupted, restore_dense
-from autoprune.quant.bit_match import PricedKernels
-from autoprune.quant.kernel_counts import KernelCounts
-from autoprune.rundir import staged_run_dir
+from autoprune.rundir import staged_run_dir, write_json_atomic
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem, SearchResult
 from autoprune.search.base import SearchContext
 from autoprune.search.bit_space import BitSpace, smallest_bits

@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from autoprune.backends.base import BackendConfig, BackendResult
+from autoprune.cost.bit_match import PricedKernels
 from autoprune.errors import UsageError
 from autoprune.pipeline.load import Loaded, eval_loader
-from autoprune.quant.bit_match import PricedKernels
 from autoprune.quant.bits import BitAllocation
 from autoprune.search.evaluator import EvaluatorConfig
 from autoprune.train.augment import training_batches

@@ -8,7 +8,6 @@ from typing import Any
 
 import torch
 
-from autoprune.allocation import write_json_atomic
 from autoprune.export.program import export_program, model_metrics
 from autoprune.pipeline.load import (
     CHECKPOINT_KIND_DENSE,
@@ -17,7 +16,7 @@ from autoprune.pipeline.load import (
     load_model_and_data,
     refuse_existing,
 )
-from autoprune.rundir import staged_run_dir
+from autoprune.rundir import staged_run_dir, write_json_atomic
 from autoprune.train.augment import recipe_record, training_batches
 from autoprune.train.checkpoint import save_checkpoint
 from autoprune.train.loop import TrainConfig, fit, set_seed

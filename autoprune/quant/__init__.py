@@ -1,8 +1,9 @@
 """Bits: kernel-wise bit allocations, fake quantisation, and the packed model.apq artifact.
 
 `BitAllocation` holds weight bits per kernel and activation bits per layer and the exact byte
-count of the artifact; `fake` quantises during training; `artifact` writes and reads model.apq;
-`kernel_counts` and `bit_match` make a backend's kept kernels cost what the search priced.
+count of the artifact; `fake` quantises during training; `artifact` writes and reads model.apq
+(autoprune.cost.kernel_counts and cost.bit_match price kernels and make a backend's kept
+kernels cost what the search priced).
 """
 
 from autoprune._lazy import lazy_exports
@@ -20,8 +21,6 @@ _WHERE = {
     "write_artifact": "autoprune.quant.artifact",
     "load_artifact": "autoprune.quant.artifact",
     "ARTIFACT": "autoprune.quant.artifact",
-    "KernelCounts": "autoprune.quant.kernel_counts",
-    "PricedKernels": "autoprune.quant.bit_match",
 }
 __all__ = sorted(_WHERE)
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

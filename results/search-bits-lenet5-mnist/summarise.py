@@ -14,7 +14,7 @@ import torch
 from autoprune.allocation import Allocation
 from autoprune.pipeline.load import load_model_and_data, trace
 from autoprune.quant.bits import artifact_bytes
-from autoprune.quant.kernel_counts import KernelCounts
+from autoprune.cost.kernel_counts import KernelCounts
 from autoprune.search.evaluator import MaskEvaluator
 
 HERE = Path(__file__).resolve().parent

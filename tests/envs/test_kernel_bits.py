@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from stable_baselines3.common.env_checker import check_env as sb3_check_env
 
+from autoprune.cost.kernel_counts import KernelCounts, priced
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps, project
 from autoprune.envs import KERNEL_BITS, KernelBitsEnv
@@ -23,7 +24,6 @@ from autoprune.graph.importance import score_units
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
 from autoprune.quant.bits import BIT_CHOICES, BitAllocation
-from autoprune.quant.kernel_counts import KernelCounts, priced
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.bit_space import BitSpace, smallest_bits
 from autoprune.search.testing import SyntheticEvaluator

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from autoprune.cli.main import main
+from autoprune.cost.kernel_counts import KernelCounts
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.errors import UsageError
@@ -20,7 +21,6 @@ from autoprune.graph.units import trace_units
 from autoprune.models import build_model
 from autoprune.quant.bits import BIT_CHOICES, BitAllocation
 from autoprune.quant.fake import on_levels
-from autoprune.quant.kernel_counts import KernelCounts
 from autoprune.search import SEARCH_METHODS, SearchProblem
 from autoprune.search.base import SearchContext, SearchMethod, SearchResult
 from autoprune.search.bit_space import (

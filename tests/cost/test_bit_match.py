@@ -23,7 +23,9 @@ from autoprune.backends.base import BACKENDS, BackendConfig
 from autoprune.backends.common import param_dtype
 from autoprune.backends.loop import MaskTrainer
 from autoprune.cli.main import main
+from autoprune.cost.bit_match import PricedKernels, kept_counts, match_rows
 from autoprune.cost.budgets import Budget
+from autoprune.cost.kernel_counts import KernelCounts, priced
 from autoprune.errors import BudgetBrokenError
 from autoprune.graph.importance import kernel_importance, score_units
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors
@@ -31,9 +33,7 @@ from autoprune.pipeline import finish as runs
 from autoprune.pipeline.load import CHECKPOINT_KIND_DENSE, Loaded, load_model_and_data, trace
 from autoprune.pipeline.load import checkpoint_meta as _meta
 from autoprune.pipeline.prune import PruneRun, run_prune
-from autoprune.quant.bit_match import PricedKernels, kept_counts, match_rows
 from autoprune.quant.bits import BitAllocation, artifact_bytes
-from autoprune.quant.kernel_counts import KernelCounts, priced
 from autoprune.train.checkpoint import save_checkpoint
 
 LIMIT = 96

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from autoprune.cost.kernel_counts import KernelCounts, priced
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.graph.importance import score_units, top_k
@@ -17,7 +18,6 @@ from autoprune.graph.masking import apply_masks, element_masks, remove_masks
 from autoprune.graph.units import UnitGraph, trace_units
 from autoprune.models import build_model
 from autoprune.quant.bits import BIT_CHOICES, BitAllocation, artifact_bytes
-from autoprune.quant.kernel_counts import KernelCounts, priced
 
 SIZES = {"lenet5": (1, 28, 28), "resnet20": (3, 32, 32)}
 

@@ -1,7 +1,7 @@
 """Once a backend fixes its mask: the kept kernels take the bits and nonzeros the search priced.
 
 A search with bits prices the artifact (bytes of model.apq, BOPs) for the kernels its evaluator
-keeps (`autoprune.quant.kernel_counts`). A backend may keep other kernels, and where a layer's
+keeps (`autoprune.cost.kernel_counts`). A backend may keep other kernels, and where a layer's
 kernels have different bits (rl/KernelBits spreads them by importance) the file then costs more than
 the search promised. `PricedKernels` makes the promise hold by construction:
 
@@ -23,10 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from autoprune.cost.kernel_counts import KernelCounts
 from autoprune.cost.model import CostModel
 from autoprune.graph.units import UnitGraph
 from autoprune.quant.bits import BitAllocation
-from autoprune.quant.kernel_counts import KernelCounts
 
 
 def kept_counts(cost_model: CostModel, kept: Sequence[Tensor]) -> dict[str, list[int]]:
