@@ -107,6 +107,20 @@ class Registry(Generic[T]):
         return sorted(self._items)
 
 
+class RegisteredName:
+    """A class attribute that answers the name its class is registered under in a registry.
+
+    `name = RegisteredName(lambda: BACKENDS)` beside `@BACKENDS.register("admm")` makes both
+    `Admm.name` and `Admm().name` "admm" without writing the name twice.
+    """
+
+    def __init__(self, registry: Callable[[], Registry[Any]]) -> None:
+        self._registry = registry
+
+    def __get__(self, obj: object, owner: type) -> str:
+        return self._registry().name_of(owner)
+
+
 _SCALARS: tuple[type, ...] = (bool, int, float, str)
 
 
@@ -139,4 +153,4 @@ def _convert(kind: str, name: str, key: str, value: Any, hint: Any) -> Any:
         ) from None
 
 
-__all__ = ["Registry"]
+__all__ = ["RegisteredName", "Registry"]

@@ -15,7 +15,7 @@ from autoprune.cost.kernel_counts import KernelCounts, priced
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.errors import UsageError
-from autoprune.registry import Registry
+from autoprune.registry import RegisteredName, Registry
 
 if TYPE_CHECKING:
     import torch
@@ -152,7 +152,7 @@ class SearchResult:
 class SearchMethod(ABC):
     """A strategy that proposes allocations; it owns its loop and returns the best one."""
 
-    name: ClassVar[str]
+    name = RegisteredName(lambda: SEARCH_METHODS)  # the name it is registered under
     needs_evaluator: ClassVar[bool] = True
     supports_bits: ClassVar[bool] = False  # chooses bits when the problem has a BitSpace
     granularities: ClassVar[tuple[str, ...]] = ("channel", "weight")  # what it can allocate

@@ -64,7 +64,6 @@ HISTORY_POINTS = 20  # rows of the trajectory kept in the result (metrics.json s
 class DSA(SearchMethod):
     """Gradient descent on per-unit keep ratios through soft masks, budgets by dual ascent."""
 
-    name = "dsa"
     # Learns from training batches; the evaluator picks its start and guards its result (without
     # one it starts from uniform and returns what it learned).
     needs_evaluator = True

@@ -150,7 +150,6 @@ class GlobalRanking(Heuristic):
     grows with its fan-in) and `none` at weight granularity (global magnitude pruning).
     """
 
-    name = "global"
     normalise: str | None = None
 
     def __post_init__(self) -> None:
@@ -179,7 +178,6 @@ class LAMP(GlobalRanking):
     """Global ranking by LAMP scores (Lee et al. 2021); at channel granularity on the channels'
     importance, the analogue Torch-Pruning's LAMP importance uses."""
 
-    name = "lamp"
     normalise: str | None = "lamp"
 
     def __post_init__(self) -> None:
@@ -192,7 +190,6 @@ class LAMP(GlobalRanking):
 class ERK(Heuristic):
     """Erdős–Rényi-Kernel densities scaled to the budget (weight granularity)."""
 
-    name = "erk"
     granularities = ("weight",)
     needs_weights = False  # shapes only
     power: float = 1.0  # RigL's erk_power_scale: 0 gives uniform densities

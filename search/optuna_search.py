@@ -52,7 +52,6 @@ class OptunaSearch(SearchMethod):
     allocation; with several workers trials interleave and up to `n_jobs - 1` extra may finish.
     """
 
-    name = "optuna"
     supports_bits = True  # per-layer categorical widths beside the keep ratios
     trials: int = 20
     sampler: str | None = None  # None: tpe, or nsga2 with multi_objective

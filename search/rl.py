@@ -53,7 +53,6 @@ class RLSearch(SearchMethod):
     activation width and a mean weight width spread over the kernels by their L1 importance.
     """
 
-    name = "rl"
     supports_bits = True
     episodes: int = 200
     agent: str = "ddpg"

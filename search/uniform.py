@@ -46,7 +46,6 @@ def uniform_trial(problem: SearchProblem, number: int = 0) -> Trial:
 class Uniform(SearchMethod):
     """One ratio for every unit, scaled by the projection until the binding budget is tight."""
 
-    name = "uniform"
     needs_evaluator = False
     supports_bits = True
 
@@ -60,7 +59,6 @@ class Uniform(SearchMethod):
 class RandomSearch(SearchMethod):
     """Independent uniform ratios per unit, projected onto the budgets; the best of `trials`."""
 
-    name = "random"
     trials: int = 20
     supports_bits = True
 

@@ -13,7 +13,7 @@ from torch import nn
 
 from autoprune.graph.units import UnitGraph
 from autoprune.quant.bits import BitAllocation
-from autoprune.registry import Registry
+from autoprune.registry import RegisteredName, Registry
 from autoprune.train.data import DataSplits
 
 MatchPriced = Callable[
@@ -74,10 +74,7 @@ EpochCallback = Callable[[int, dict[str, Any]], None]
 class Backend(ABC):
     """Trains a dense model until every unit keeps exactly its `keep` elements, then fine-tunes."""
 
-    @property
-    def name(self) -> str:
-        """The name this backend is registered under in BACKENDS."""
-        return BACKENDS.name_of(type(self))
+    name = RegisteredName(lambda: BACKENDS)  # the name it is registered under
 
     @abstractmethod
     def run(
