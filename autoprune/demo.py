@@ -27,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"1/2  training dense LeNet-5 on digits -> {dense_dir}")
     run_train(
         TrainRun(
-            "lenet5", "digits", dense_dir, train=TrainConfig(epochs=20, lr=0.01), overwrite=True
+            model="lenet5",
+            dataset="digits",
+            out=dense_dir,
+            train=TrainConfig(epochs=20, lr=0.01),
+            overwrite=True,
         )
     )
     print(

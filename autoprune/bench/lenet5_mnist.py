@@ -117,10 +117,10 @@ def lenet5_mnist(cfg: BenchConfig) -> dict[str, Any]:
     if not (dense_dir / "metrics.json").is_file() or (cfg.force and not cfg.only):
         run_train(
             TrainRun(
-                "lenet5",
-                dataset,
-                str(dense_dir),
-                data_dir,
+                model="lenet5",
+                dataset=dataset,
+                out=str(dense_dir),
+                data_dir=data_dir,
                 train=dense_train,
                 progress=cfg.progress,
                 overwrite=True,

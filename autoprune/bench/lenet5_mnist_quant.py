@@ -117,8 +117,9 @@ def lenet5_mnist_quant(cfg: BenchConfig) -> dict[str, Any]:
             raise UsageError(
                 f"{dense_dir}/checkpoint.pt is missing; run `autoprune bench {DENSE_BENCH}` first"
             )
-        run_train(TrainRun("lenet5", dataset, str(dense_dir), train=TrainConfig(epochs=1, seed=0),
-                           progress=cfg.progress, overwrite=True))  # fmt: skip
+        run_train(TrainRun(model="lenet5", dataset=dataset, out=str(dense_dir),
+                           train=TrainConfig(epochs=1, seed=0), progress=cfg.progress,
+                           overwrite=True))  # fmt: skip
     dense_ckpt = str(dense_dir / "checkpoint.pt")
     run_specs(specs, wanted, out=out, dense_ckpt=dense_ckpt, dataset=dataset, data_dir=data_dir,
               force=cfg.force, progress=cfg.progress)  # fmt: skip

@@ -91,8 +91,9 @@ def search_dense(out: Path, recipe: Recipe, data_dir: str | None, cfg: Any) -> s
     shared = SHARED_DENSE / "checkpoint.pt"
     if own.is_file() or cfg.quick or not shared.is_file():
         if not own.is_file():
-            train = TrainRun("lenet5", recipe.dataset, str(own.parent), data_dir,
-                             train=recipe.dense, progress=cfg.progress, overwrite=True)  # fmt: skip
+            train = TrainRun(model="lenet5", dataset=recipe.dataset, out=str(own.parent),
+                             data_dir=data_dir, train=recipe.dense, progress=cfg.progress,
+                             overwrite=True)  # fmt: skip
             run_train(train)
         return str(own)
     return str(shared)

@@ -22,7 +22,7 @@ from autoprune.train.checkpoint import save_checkpoint
 from autoprune.train.loop import TrainConfig, fit, set_seed
 
 
-@dataclass
+@dataclass(kw_only=True)
 class TrainRun:
     model: str
     dataset: str
