@@ -260,7 +260,8 @@ def _check_finite(loss: Tensor, step: int) -> None:
     if not math.isfinite(value):
         raise AutoPruneError(
             f"training diverged: the loss is {value} at step {step}; "
-            "lower the learning rate (--lr) or the regularisation strength"
+            "lower the learning rate (--lr), warm it up (--warmup-epochs 1) or lower the "
+            "regularisation strength"
         )
 
 
