@@ -175,13 +175,13 @@ def _root(req: _Request, name: str, layout: str) -> Path:
     if req.data_dir is None and not req.download:
         raise DataError(
             f"dataset {name!r} reads its files from a data directory and none was given; pass "
-            f"--data-dir pointing at a folder with {layout}, or --download when online"
+            f"--data-dir pointing at a folder with {layout}"
         )
     root = Path(req.data_dir) if req.data_dir is not None else Path("data")
     if not req.download and not root.is_dir():
         raise DataError(
             f"data directory {root} does not exist; pass --data-dir pointing at a folder with "
-            f"{layout}, or --download when online"
+            f"{layout}"
         )
     return root
 
@@ -201,7 +201,7 @@ def _torchvision_set(
         except (RuntimeError, OSError, ValueError, EOFError, AssertionError) as err:
             raise DataError(
                 f"cannot read {name} under {root / layout} ({err}); pass --data-dir pointing at a "
-                f"folder with {layout}, or --download when online"
+                f"folder with {layout}"
             ) from None
         tensors = []
         for ds in sets:
@@ -220,7 +220,7 @@ def _idx_set(
 ) -> Callable[[_Request], DataSplits]:
     """A loader of an MNIST-like set: four IDX files in `data_dir/class_name/raw` or `data_dir`.
 
-    `--download` lets torchvision fetch them into `data_dir/class_name/raw` first.
+    `download=True` (Python API only) fetches them into `data_dir/class_name/raw` first.
     """
     layout = f"{class_name}/raw or the four IDX files"
 
