@@ -3,7 +3,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-all lint typecheck clean
+.PHONY: demo test test-all lint typecheck gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -27,6 +27,10 @@ lint: $(STAMP)
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy autoprune
+
+# needs CUDA: LeNet-5 demo + resnet18 fake-data search in bf16, budgets re-checked -> results/gpu-check/
+gpu-check: $(STAMP)
+	PY=$(PY) scripts/gpu-check.sh
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

@@ -55,6 +55,7 @@ from autoprune.search.dsa_masks import (
 from autoprune.search.evaluator import accumulate_gradients
 from autoprune.search.starts import best_start
 from autoprune.train.data import make_loader
+from autoprune.train.device import current, on_device
 
 HISTORY_POINTS = 20  # rows of the trajectory kept in the result (metrics.json stays small)
 
@@ -101,7 +102,8 @@ class DSA(SearchMethod):
         remove_masks(model, bake=True)
         start = best_start(problem)  # its widths are `uniform --bits`'s, the same everywhere
         bits = start.bits
-        ratios, history, multipliers = self._optimise(problem, ctx, model, start)
+        with on_device(model):  # a copy, trained on the runtime's --device
+            ratios, history, multipliers = self._optimise(problem, ctx, model, start)
         keep = problem.project(ratios, bits)
         score = problem.score(keep, bits) if problem.evaluate is not None else None
         info: dict[str, Any] = {
@@ -138,7 +140,9 @@ class DSA(SearchMethod):
             if self.train_weights
             else None
         )
-        batches = _cycle(ctx.train, self.batch_size, problem.seed)
+        device = current().device
+        batches = ((x.to(device), y.to(device))
+                   for x, y in _cycle(ctx.train, self.batch_size, problem.seed))  # fmt: skip
         gen = torch.Generator().manual_seed(problem.seed)
         soft = SoftMasks(model, ctx.graph)
         history: list[dict[str, Any]] = []

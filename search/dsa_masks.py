@@ -76,7 +76,7 @@ class _WeightGate(nn.Module):
 
     def forward(self, w: Tensor) -> Tensor:
         m = self._owner[0].values[self.unit]
-        return w if m is None else w * m.to(w.dtype).view_as(w)
+        return w if m is None else w * m.to(w.device, w.dtype).view_as(w)
 
 
 class SoftMasks:
@@ -111,7 +111,7 @@ class SoftMasks:
             for u, rows, elements in parts:
                 v = self.values[u]
                 if v is not None:
-                    gate = gate.index_put((rows,), v[elements].to(out.dtype))
+                    gate = gate.index_put((rows,), v[elements].to(out.device, out.dtype))
             shape = [1] * out.dim()
             shape[dim] = -1
             return out * gate.view(shape)
