@@ -140,7 +140,9 @@ class UnitMap:
 
     def reduce(self, tensors: dict[ParamKey, torch.Tensor]) -> list[torch.Tensor]:
         """Per unit, per element: the sum of `tensors` over the slices that element owns."""
-        scores = [torch.zeros(n, dtype=torch.float64) for n in self.sizes]
+        # on the device of `tensors` (backends call this every step on --device)
+        device = next(iter(tensors.values())).device if tensors else torch.device("cpu")
+        scores = [torch.zeros(n, dtype=torch.float64, device=device) for n in self.sizes]
         for key, pieces in self.slices.items():
             t = tensors[key].detach().double()
             for piece in pieces:
@@ -150,7 +152,8 @@ class UnitMap:
                 assert piece.elements is not None
                 rows = t.movedim(self.axes.get(key, 0), 0)
                 per_row = rows.reshape(rows.shape[0], -1).sum(dim=1)
-                scores[piece.unit].index_add_(0, piece.elements, per_row[piece.rows])
+                index, rows = piece.elements.to(device), piece.rows.to(device)
+                scores[piece.unit].index_add_(0, index, per_row[rows])
         return scores
 
     def parameters(self, model: nn.Module) -> dict[ParamKey, torch.Tensor]:
@@ -169,7 +172,7 @@ def keep_vectors(
     """0/1 vectors, one per unit, with ones at the kept indices."""
     vectors = []
     for n, idx in zip(sizes, kept, strict=True):
-        v = torch.zeros(n, dtype=dtype)
+        v = torch.zeros(n, dtype=dtype, device=idx.device)
         v[idx] = 1.0
         vectors.append(v)
     return vectors

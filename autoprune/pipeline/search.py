@@ -47,6 +47,8 @@ from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem, Search
 from autoprune.search.base import SearchContext
 from autoprune.search.bit_space import BitSpace, smallest_bits
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator, element_scores
+from autoprune.train import distributed
+from autoprune.train.augment import recipe_record
 from autoprune.train.checkpoint import save_checkpoint
 from autoprune.train.loop import TrainConfig, set_seed
 
@@ -61,6 +63,7 @@ class SearchRun:
     model: str | None = None
     data_dir: str | None = None
     checkpoint: str | None = None
+    weights: str | None = None  # torchvision's pretrained weights (DEFAULT, IMAGENET1K_V1, ...)
     input_size: tuple[int, int, int] | None = None
     method: str = "optuna"  # the default search; uniform and the heuristics need no evaluator
     method_options: dict[str, Any] = field(default_factory=dict)
@@ -136,6 +139,10 @@ def run_search(cfg: SearchRun) -> dict[str, Any]:
             "search": {"trials": len(result.trials), "proxy_accuracy": result.score,
                        "seconds": timings["search"], **result.info},
             "history": history, "wall_time_s": timings,
+            "recipe": {"dense": recipe_record(cfg.dense_train.augment, cfg.dataset,
+                                              loaded.input_size),
+                       "backend": recipe_record(cfg.backend_cfg.augment, cfg.dataset,
+                                                loaded.input_size)},
         }  # fmt: skip
         batch = priced.latency.batch if priced.latency else 1
         metrics = finish_run(stage, loaded, priced.graph, allocation, model, kept,
@@ -151,7 +158,13 @@ def price(cfg: SearchRun) -> Priced:
     """Load, trace and price: the budgets as limits, refused when infeasible."""
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,
                                  checkpoint=cfg.checkpoint, input_size=cfg.input_size,
-                                 limit=cfg.limit, seed=cfg.seed)  # fmt: skip
+                                 limit=cfg.limit, seed=cfg.seed, weights=cfg.weights)  # fmt: skip
+    if loaded.fresh and cfg.dense_train.epochs == 0:
+        raise UsageError(
+            f"--weights {cfg.weights} of {loaded.name} are for another number of classes than "
+            f"{cfg.dataset}'s {loaded.num_classes}, so {', '.join(loaded.fresh)} start untrained; "
+            "pass --dense-epochs N to train them before the search ranks anything"
+        )
     graph, cost_model = trace(loaded, cfg.granularity)
     latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model,
                              table_path=cfg.latency_table, run_dir=cfg.out, cfg=cfg.latency,
@@ -179,8 +192,8 @@ def build_method(cfg: SearchRun) -> SearchMethod:
 
 def dense_stage(cfg: SearchRun, loaded: Loaded, stage: Path, timings: dict[str, float]) -> str:
     """The dense checkpoint the allocation names: the given one, or one trained (and kept) here."""
-    if cfg.checkpoint is not None:
-        return str(Path(cfg.checkpoint).resolve())
+    if loaded.checkpoint is not None:  # an autoprune checkpoint (a plain state dict is saved)
+        return str(Path(loaded.checkpoint).resolve())
     t = time.perf_counter()
     if not (cfg.resume and restore_dense(loaded.model, stage)):
         train_dense(loaded, cfg.dense_train, cfg.progress)
@@ -211,7 +224,7 @@ def search_stage(
         progress=cfg.progress, context=context, bits=cfg.bits, kernel_counts=counts,
         importance=importance, scores=scores,
     )  # fmt: skip
-    result = method.search(problem)
+    result = distributed.agree(method.search(problem))  # under torchrun: rank 0's, everywhere
     timings["search"] = time.perf_counter() - t
     keep = np.asarray(result.keep, dtype=np.int64)
     if result.bits is None:  # --round-to: on the keep grid whichever way the method chose it
