@@ -16,12 +16,14 @@ NAMES = (
     "search-lenet5-mnist",
     "search-lenet5-mnist-landscape",
     "speed",
+    "torchvision-coverage",
 )
 
 
 def load_benchmarks() -> Registry[Benchmark]:
     """The registry with every built-in benchmark registered."""
     from autoprune.bench import (  # noqa: F401  (each registers its benchmark)
+        coverage,
         landscape,
         lenet5_mnist,
         lenet5_mnist_quant,

@@ -1,8 +1,8 @@
 """Units of a model and what is done to them: tracing, importance, masks, physical slimming.
 
 `trace_units` finds the allocation units once (coupled channel groups, or one weight tensor per
-layer); importance measures rank their elements; masks apply an allocation through
-parametrizations and `slim` cuts the model to it.
+layer), each channel unit verified or frozen with its reason; importance measures rank their
+elements; masks apply an allocation through parametrizations and `slim` cuts the model to it.
 """
 
 from autoprune._lazy import lazy_exports
@@ -11,6 +11,8 @@ _WHERE = {
     "trace_units": "autoprune.graph.units",
     "UnitGraph": "autoprune.graph.units",
     "Unit": "autoprune.graph.units",
+    "FrozenUnit": "autoprune.graph.units",
+    "prunable_share": "autoprune.graph.verify",
     "Layer": "autoprune.graph.units",
     "Granularity": "autoprune.graph.units",
     "GRANULARITIES": "autoprune.graph.units",

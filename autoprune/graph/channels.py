@@ -1,15 +1,26 @@
-"""Channel units of a traced model: torch-pruning's groups as `Unit`s, or frozen with a reason.
+"""Channel units of a traced model: torch-pruning's groups, tied and split into `Unit`s (see
+`autoprune.graph.ties`), or frozen with a reason.
 
-A group becomes a unit when the cost model can price every slice in it (conv / linear layers,
-norm modules, free parameters with a channel dim); otherwise it is frozen, never an error.
+A unit is kept when the cost model can price every slice in it (conv / linear layers, norm
+modules, free parameters with a channel dim); otherwise it is frozen, never an error.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 from torch import nn
 
-from autoprune.graph.tracing import build_dependency_graph, members, one_line, root_groups
-from autoprune.graph.units import FrozenUnit, Unit, UnitGraph
+from autoprune.graph.ties import RawUnit, Tie, tied_units
+from autoprune.graph.tracing import (
+    Graph,
+    build_dependency_graph,
+    item_dim,
+    members,
+    one_line,
+    root_groups,
+)
+from autoprune.graph.units import CONV_TYPES, FrozenUnit, UnitGraph
 
 
 def channel_units(model: nn.Module, graph: UnitGraph) -> None:
@@ -22,7 +33,6 @@ def channel_units(model: nn.Module, graph: UnitGraph) -> None:
         return
     modules = dict(model.named_modules())
     names: dict = {m: n for n, m in modules.items()}
-    layer_names = {lay.name for lay in graph.layers}
     # Parameters used directly in forward (a layer-scale gamma, a position embedding): torch-
     # pruning slices them along `dim`; they are priced like norm parameters, per channel.
     for param, dim in dg.unwrapped_parameters:
@@ -32,15 +42,41 @@ def channel_units(model: nn.Module, graph: UnitGraph) -> None:
         channels = int(param.shape[dim])
         graph.norms[name] = (channels, param.numel() // channels)
         graph.other_params -= param.numel()
+    raw: list[RawUnit] = []
+    ties: list[Tie] = []
     for rg in root_groups(model, dg, graph.classifier):
         if rg.group is None:
             graph.frozen.append(FrozenUnit(rg.root, rg.size, str(rg.error)))
             continue
-        mems = members(rg.group, dg, names)
-        unpriced = [m.module for m in mems if m.module not in layer_names | set(graph.norms)]
+        for item in rg.group:
+            rule = _tie_rule(item.dep.target.module, item_dim(dg, item), dg)
+            if rule is not None:
+                space = (id(item.dep.target.module), item_dim(dg, item))
+                ties += [(space, rule(i), len(raw), r)
+                         for i, r in zip(item.idxs, item.root_idxs, strict=True)]  # fmt: skip
+        raw.append(RawUnit(rg.root, rg.size, tuple(members(rg.group, dg, names))))
+    priced = {lay.name for lay in graph.layers} | set(graph.norms)
+    for unit in tied_units(raw, ties):
+        unpriced = [m.module for m in unit.members if m.module not in priced]
         if unpriced:
             kind = type(modules[unpriced[0]]).__name__ if unpriced[0] in modules else "parameter"
-            graph.frozen.append(FrozenUnit(rg.root, rg.size,
+            graph.frozen.append(FrozenUnit(unit.name, unit.size,
                 f"prunes {unpriced[0]} ({kind}), which the cost model cannot price"))  # fmt: skip
-            continue
-        graph.units.append(Unit(rg.root, "channel", rg.size, tuple(mems)))
+        else:
+            graph.units.append(unit)
+
+
+def _tie_rule(module: Any, dim: str, dg: Graph) -> Any:
+    """How the channels of one slice are tied: a function local index -> class, or None."""
+    if isinstance(module, CONV_TYPES) and module.groups > 1:
+        if module.groups == module.in_channels == module.out_channels:
+            return None  # depthwise: channel i in, channel i out, nothing shared
+        width = (module.in_channels if dim == "in" else module.out_channels) // module.groups
+        return lambda i: i % width  # the same position in every group
+    if isinstance(module, nn.GroupNorm) and module.num_groups < module.num_channels:
+        size = module.num_channels // module.num_groups
+        return lambda i: i // size  # whole groups
+    if isinstance(module, nn.Module) and module in dg.ties:
+        width = dg.ties[module]
+        return lambda i: i % width  # the same position in every shuffled group or chunk
+    return None

@@ -1,4 +1,4 @@
-"""Apply an allocation to a model: element masks (parametrize) or physical slimming (torch-pruning).
+"""Apply an allocation to a model: element masks (parametrize) or physical slimming.
 
 A channel unit is masked by zeroing every parameter slice that *produces* its channels (conv and
 linear output rows, their biases, norm scales and shifts), so a masked model computes exactly what
@@ -13,13 +13,13 @@ from typing import cast
 
 import numpy as np
 import torch
-import torch_pruning as tp
 from torch import nn
 from torch.nn.utils import parametrize
 
 from autoprune.graph.importance import score_units, top_k
-from autoprune.graph.tracing import build_dependency_graph
-from autoprune.graph.units import CONV_TYPES, UnitGraph
+from autoprune.graph.renorm import forget, renormalise
+from autoprune.graph.slimming import slim_channels
+from autoprune.graph.units import UnitGraph
 
 
 class ElementMask(nn.Module):
@@ -196,11 +196,14 @@ def apply_masks(model: nn.Module, masks: dict[tuple[str, str], torch.Tensor]) ->
         parametrize.register_parametrization(
             module, pname, ElementMask(m.to(getattr(module, pname).device))
         )
+        if pname == "weight":
+            renormalise(module)  # a LayerNorm: statistics over the kept channels only
 
 
 def remove_masks(model: nn.Module, *, bake: bool) -> None:
     """Drop every parametrization; with `bake` the masked (zeroed) values stay in the weights."""
     for module in model.modules():
+        forget(module)
         if parametrize.is_parametrized(module):
             for pname in list(cast(nn.ModuleDict, module.parametrizations).keys()):
                 parametrize.remove_parametrizations(module, pname, leave_parametrized=bake)
@@ -215,38 +218,13 @@ def mask_model(
     return kept
 
 
-def slim(
-    model: nn.Module,
-    graph: UnitGraph,
-    kept: Sequence[torch.Tensor],
-    dg: tp.DependencyGraph | None = None,
-) -> nn.Module:
-    """Physically apply kept indices: channels removed (torch-pruning), or weights zeroed.
-
-    `dg` is a dependency graph already traced on `model` (see `tracing.copy_with_graph`).
-    """
+def slim(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor]) -> nn.Module:
+    """Physically apply kept indices: channels removed (`graph.slimming`), or weights zeroed."""
     remove_masks(model, bake=False)
     if graph.granularity == "weight":
         with torch.no_grad():
             for (mod_name, pname), m in element_masks(model, graph, kept).items():
                 getattr(model.get_submodule(mod_name), pname).mul_(m)
         return model
-    was_training = model.training
-    model.eval()
-    dg = dg or build_dependency_graph(model, graph.input_size)
-    for unit, idx in zip(graph.units, kept, strict=True):
-        alive = torch.zeros(unit.size, dtype=torch.bool)
-        alive[idx] = True
-        dead = torch.nonzero(~alive).flatten().tolist()
-        if not dead:
-            continue
-        root = model.get_submodule(unit.name)
-        fn = (
-            tp.prune_conv_out_channels
-            if isinstance(root, CONV_TYPES)
-            else tp.prune_linear_out_channels
-        )
-        group = dg.get_pruning_group(root, fn, idxs=dead)
-        group.prune()
-    model.train(was_training)
+    slim_channels(model, graph, kept)
     return model

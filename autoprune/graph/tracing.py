@@ -1,26 +1,26 @@
 """Channel groups from torch-pruning's dependency graph, one root at a time, failures kept apart.
 
 torch-pruning traces the autograd graph of one forward pass and, from each conv / linear layer,
-collects every slice of every module that must shrink with that layer's outputs. Its own
-`get_all_groups` is a generator that dies on the first group it cannot build (a reshape whose
-index mapping divides by zero, a split it cannot place); here each root is tried alone, so one
-bad root becomes one frozen unit with its reason and the rest of the model stays prunable.
+collects every slice of every module that must shrink with that layer's outputs
+(`autoprune.graph.tp_graph` builds that graph with its channel maps corrected). Its own
+`get_all_groups` is a generator that dies on the first group it cannot build; here each root is
+tried alone, so one bad root becomes one frozen unit with its reason.
 """
 
 from __future__ import annotations
 
-import copy
-import types
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
-from autoprune.graph.units import CONV_TYPES, LINEAR_TYPES, Member, example_input
+from autoprune.graph.tp_graph import Graph, build_dependency_graph
+from autoprune.graph.units import CONV_TYPES, LINEAR_TYPES, Member
+
+__all__ = ["Graph", "RootGroup", "build_dependency_graph", "members", "one_line", "root_groups"]
 
 
 def one_line(err: BaseException) -> str:
@@ -28,42 +28,6 @@ def one_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
     text = text if len(text) <= 160 else text[:157] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__
-
-
-def build_dependency_graph(
-    model: nn.Module, input_size: tuple[int, int, int]
-) -> tp.DependencyGraph:
-    """torch-pruning's dependency graph of `model` (in eval mode) on the fixed example input."""
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings(), torch.enable_grad():
-            warnings.simplefilter("ignore")  # "unwrapped parameters detected" and the like
-            return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input(input_size), verbose=False
-            )
-    finally:
-        model.train(was_training)
-
-
-def copy_with_graph(
-    model: nn.Module, dg: tp.DependencyGraph
-) -> tuple[nn.Module, tp.DependencyGraph]:
-    """Deep copies of `model` and its dependency graph that refer to each other.
-
-    Tracing costs a forward pass with autograd; a copy costs a memcpy. The autograd nodes the
-    graph keeps (read-only shape records) and torch-pruning's pruner singletons (compared by
-    identity) are shared, not copied.
-    """
-    memo: dict[int, object] = {}
-    for node in dg.module2node.values():
-        memo[id(node.grad_fn)] = node.grad_fn
-    for pruner in [*dg.REGISTERED_PRUNERS.values(), *dg.CUSTOMIZED_PRUNERS.values()]:
-        memo[id(pruner)] = pruner
-    for value in vars(dg).values():  # it keeps torch-pruning's `ops` module as an attribute
-        if isinstance(value, types.ModuleType):
-            memo[id(value)] = value
-    return copy.deepcopy((model, dg), memo)
 
 
 @dataclass(frozen=True)
@@ -76,7 +40,7 @@ class RootGroup:
     error: str | None = None
 
 
-def root_groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> Iterator[RootGroup]:
+def root_groups(model: nn.Module, dg: Graph, classifier: str) -> Iterator[RootGroup]:
     """Every prunable channel group of `model`, named by its root layer, in graph order.
 
     Mirrors torch-pruning's `get_all_groups` (a layer already pruned as a member of an earlier
@@ -112,17 +76,18 @@ def root_groups(model: nn.Module, dg: tp.DependencyGraph, classifier: str) -> It
             yield RootGroup(names[module], size, group)
 
 
-def members(group: tp.dependency.Group, dg: tp.DependencyGraph, names: dict) -> list[Member]:
+def item_dim(dg: Graph, item: Any) -> Literal["out", "in"]:
+    return "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
+
+
+def members(group: tp.dependency.Group, dg: Graph, names: dict) -> list[Member]:
     """The module slices of one group (torch-pruning's pseudo-modules for adds and cats skipped)."""
     seen: dict[tuple[str, str], Member] = {}
     for item in group:
         mod = item.dep.target.module
         if mod not in names:  # torch-pruning's pseudo-modules for adds, concats, flattens
             continue
-        dim: Literal["out", "in"] = (
-            "out" if dg.is_out_channel_pruning_fn(item.dep.handler) else "in"
-        )
-        key = (names[mod], dim)
+        key = (names[mod], item_dim(dg, item))
         if key not in seen:
-            seen[key] = Member(names[mod], dim, tuple(item.idxs), tuple(item.root_idxs))
+            seen[key] = Member(key[0], key[1], tuple(item.idxs), tuple(item.root_idxs))
     return list(seen.values())

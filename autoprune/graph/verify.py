@@ -30,7 +30,7 @@ from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.graph.masking import apply_masks, element_masks, slim
-from autoprune.graph.tracing import build_dependency_graph, copy_with_graph, one_line
+from autoprune.graph.tracing import one_line
 from autoprune.graph.units import FrozenUnit, UnitGraph
 from autoprune.graph.verify_cache import load_verdict, store_verdict, verdict_key
 
@@ -92,7 +92,6 @@ class _Verifier:
         self.base = randomized(model)
         gen = torch.Generator().manual_seed(SEED)
         self.x = torch.randn(1, *graph.input_size, generator=gen)
-        self.dg = build_dependency_graph(self.base, graph.input_size)
         self.sizes = np.array(graph.sizes, dtype=np.int64)
         self.levels = {
             "half": np.maximum(self.sizes // 2, min_keeps(self.sizes, ProjectionConfig())),
@@ -141,7 +140,7 @@ class _Verifier:
         # a random subset, not a prefix: an index mapping that is off by a permutation shows
         kept = [torch.sort(torch.randperm(int(n), generator=gen)[: int(k)]).values
                 for n, k in zip(self.sizes[list(subset)], keep, strict=True)]  # fmt: skip
-        work, dg = copy_with_graph(self.base, self.dg)
+        work = copy.deepcopy(self.base)
         try:
             apply_masks(work, element_masks(work, sub, kept))
             with torch.no_grad():
@@ -149,7 +148,7 @@ class _Verifier:
         except Exception as err:
             return f"masking fails: {one_line(err)}"
         try:
-            slim(work, sub, kept, dg)
+            slim(work, sub, kept)
         except Exception as err:
             return f"slimming fails: {one_line(err)}"
         try:
@@ -216,3 +215,20 @@ def prunable_share(cost_model: CostModel) -> dict[str, float]:
     empty = cost_model.costs(np.zeros_like(cost_model.dense_keep))
     return {m: 1.0 - getattr(empty, m) / getattr(dense, m) if getattr(dense, m) else 0.0
             for m in ("macs", "params")}  # fmt: skip
+
+
+def unit_summary(graph: UnitGraph, cost_model: CostModel) -> str:
+    """One line: how many units are prunable, what share of the dense cost they control, and
+    how many are frozen (`autoprune profile` lists each with its reason)."""
+    share = prunable_share(cost_model)
+    n = len(graph.units)
+    text = (
+        f"{n} prunable unit{'s' * (n != 1)} control {100 * share['macs']:.1f}% of the dense "
+        f"MACs and {100 * share['params']:.1f}% of the params"
+    )
+    if graph.frozen:
+        text += (
+            f"; {len(graph.frozen)} frozen (first: {graph.frozen[0].name}: "
+            f"{graph.frozen[0].reason}; `autoprune profile` lists them all)"
+        )
+    return text

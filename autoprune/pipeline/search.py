@@ -6,6 +6,7 @@ stages); `run_search` only sequences them inside the staged run directory.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,11 +24,12 @@ from autoprune.cost.kernel_counts import KernelCounts
 from autoprune.cost.latency import TABLE_FILE, LatencyConfig, LatencyTable, attach_latency
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, snap
-from autoprune.errors import UsageError
+from autoprune.errors import BudgetError, UsageError
 from autoprune.export.program import model_metrics
 from autoprune.export.quant import calibrate_activations
 from autoprune.graph.importance import top_k
 from autoprune.graph.units import Granularity, UnitGraph
+from autoprune.graph.verify import unit_summary
 from autoprune.pipeline.finish import finish_run
 from autoprune.pipeline.load import (
     CHECKPOINT_KIND_DENSE,
@@ -170,9 +172,17 @@ def price(cfg: SearchRun) -> Priced:
                              table_path=cfg.latency_table, run_dir=cfg.out, cfg=cfg.latency,
                              progress=cfg.progress)  # fmt: skip
     smallest = None if cfg.bits is None else cost_model.with_bits(smallest_bits(graph, cfg.bits))
-    limits, dense_costs = resolve_limits(
-        cfg.budgets, cost_model, cfg.projection, smallest_model=smallest
-    )
+    units = unit_summary(graph, cost_model)
+    if cfg.progress and graph.granularity == "channel":
+        print(units, file=sys.stderr, flush=True)
+    try:
+        limits, dense_costs = resolve_limits(
+            cfg.budgets, cost_model, cfg.projection, smallest_model=smallest
+        )
+    except BudgetError as err:
+        if not graph.frozen:
+            raise
+        raise BudgetError(f"{err}; {units}") from None  # what makes the floor that high
     return Priced(loaded, graph, cost_model, limits, dense_costs, latency)
 
 
