@@ -11,6 +11,7 @@ from autoprune.registry import Registry
 # What `autoprune bench --help` lists without importing the benchmarks (they import torch);
 # a test checks it against the registry.
 NAMES = (
+    "alloc-lenet5-weight",
     "lenet5-mnist",
     "lenet5-mnist-quant",
     "search-lenet5-mnist",
@@ -23,6 +24,7 @@ NAMES = (
 def load_benchmarks() -> Registry[Benchmark]:
     """The registry with every built-in benchmark registered."""
     from autoprune.bench import (  # noqa: F401  (each registers its benchmark)
+        alloc_lenet5,
         coverage,
         landscape,
         lenet5_mnist,

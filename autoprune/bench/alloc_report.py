@@ -1,0 +1,148 @@
+"""The allocation benchmark's numbers: paired differences over seeds, proxy rank correlation, and
+the README that shows them (autoprune.bench.alloc_lenet5 runs; this only reads its rows)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from autoprune.bench.search_report import spearman
+
+HEURISTICS = ("erk", "global", "lamp")
+SEARCHES = ("optuna", "rl", "dsa")
+
+
+def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
+    """Mean of a - b over the seeds both have, and two standard errors of that mean."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return None
+    d = np.array([a[s] - b[s] for s in seeds])
+    two_se = 2 * float(d.std(ddof=1)) / math.sqrt(len(d)) if len(d) > 1 else None
+    return {"n": len(d), "mean": float(d.mean()), "two_se": two_se}
+
+
+def beyond(diff: dict[str, Any] | None, sign: int) -> bool | None:
+    """Whether the paired difference is beyond noise in direction `sign` (+1 above, -1 below)."""
+    if diff is None or diff["two_se"] is None:
+        return None
+    return bool(sign * diff["mean"] > diff["two_se"])
+
+
+def _methods(rows: list[dict[str, Any]], order: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        m = out.setdefault(r["method"], {"acc": {}, "proxy": [], "search_s": [], "ratio": [],
+                                         "met": True})  # fmt: skip
+        m["acc"][r["seed"]] = r["test_accuracy"]
+        m["proxy"].append(r["proxy_accuracy"])
+        m["ratio"].append(r["compression"])
+        m["met"] = m["met"] and r["budget_met"]
+        if r["search_s"] is not None:
+            m["search_s"].append(r["search_s"])
+    rank = {name: i for i, name in enumerate(order)}
+    return dict(sorted(out.items(), key=lambda kv: rank.get(kv[0], len(rank))))
+
+
+def _mean(values: list[Any]) -> float | None:
+    kept = [float(v) for v in values if v is not None]
+    return float(np.mean(kept)) if kept else None
+
+
+def summarise_point(point: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
+    """One budget: per method the mean over seeds and the paired differences with uniform and
+    with the best heuristic (by mean final accuracy); the proxy's Spearman over all rows."""
+    methods = _methods(point["rows"], order)
+    heur = [h for h in HEURISTICS if h in methods]
+    best_h = max(heur, key=lambda h: np.mean(list(methods[h]["acc"].values()))) if heur else None
+    table = []
+    for name, m in methods.items():
+        vs_u = paired(m["acc"], methods["uniform"]["acc"]) if "uniform" in methods else None
+        vs_h = paired(m["acc"], methods[best_h]["acc"]) if best_h else None
+        table.append({
+            "method": name, "seeds": sorted(m["acc"]),
+            "test_accuracy": _mean(list(m["acc"].values())),
+            "proxy_accuracy": _mean(m["proxy"]), "search_s": _mean(m["search_s"]),
+            "compression": _mean(m["ratio"]), "budget_met": m["met"],
+            "vs_uniform": vs_u, "vs_best_heuristic": vs_h,
+        })  # fmt: skip
+    rows = [r for r in point["rows"] if r["proxy_accuracy"] is not None]
+    rho = spearman([r["proxy_accuracy"] for r in rows], [r["test_accuracy"] for r in rows])
+    searches = [t for t in table if t["method"] in SEARCHES and t["test_accuracy"] is not None]
+    best_s = max(searches, key=lambda t: t["test_accuracy"]) if searches else None
+    checks = {
+        "best_search": None if best_s is None else best_s["method"],
+        "best_heuristic": best_h,
+        "search_beats_uniform": None if best_s is None else beyond(best_s["vs_uniform"], +1),
+        "search_below_best_heuristic": None if best_s is None else beyond(
+            best_s["vs_best_heuristic"], -1),
+        "searches_below_uniform": [t["method"] for t in searches
+                                   if beyond(t["vs_uniform"], -1)],
+    }  # fmt: skip
+    return {"point": point["point"], "dataset": point["dataset"], "ratio": point["ratio"],
+            "methods": table, "spearman": rho, "spearman_n": len(rows),
+            "checks": checks}  # fmt: skip
+
+
+def summarise(points: list[dict[str, Any]], order: tuple[str, ...]) -> dict[str, Any]:
+    """Every budget, the commits that trained its runs and the dense checkpoints they name."""
+    rows = [r for p in points for r in p["rows"]]
+    return {
+        "points": [summarise_point(p, order) for p in points if p["rows"]],
+        "trained_at": sorted({r["code"] for r in rows if r["code"]}),
+        "checkpoints": sorted({r["checkpoint"] for r in rows if r["checkpoint"]}),
+    }
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _diff(d: dict[str, Any] | None) -> str:
+    if d is None:
+        return "-"
+    noise = "" if d["two_se"] is None else f" ± {100 * d['two_se']:.2f}"
+    return f"{100 * d['mean']:+.2f}{noise} pts (n={d['n']})"
+
+
+def _num(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def render_readme(summary: dict[str, Any]) -> str:
+    """The README: one table per budget, then the checks the issue asks for."""
+    out = [
+        f"# {summary['benchmark']}" + (" (quick mode: digits)" if summary["quick"] else ""),
+        "",
+        "Written by `autoprune bench`; every number is read from the run directories here.",
+        f"Reproduce with `{summary['command']}`.",
+        "",
+        f"Runs trained at commit: {', '.join(summary['trained_at']) or '-'}. "
+        f"Table rendered at: {summary['rendered_at']}.",
+        f"Dense checkpoints named by the allocations: {', '.join(summary['checkpoints']) or '-'}.",
+        "",
+        "Final test accuracy is the mean over seeds; differences are paired by seed (search and",
+        "backend seed alike), with two standard errors of the mean difference.",
+    ]
+    for p in summary["points"]:
+        out += ["", f"## {p['point']}", "",
+                "| method | seeds | test accuracy | vs uniform | vs best heuristic | proxy | "
+                "search s | compression | budget met |",
+                "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+        for t in p["methods"]:
+            out.append(
+                f"| {t['method']} | {len(t['seeds'])} | {_pct(t['test_accuracy'])} | "
+                f"{_diff(t['vs_uniform'])} | {_diff(t['vs_best_heuristic'])} | "
+                f"{_pct(t['proxy_accuracy'])} | {_num(t['search_s'], '.1f')} | "
+                f"{_num(t['compression'], '.1f')}x | {'yes' if t['budget_met'] else 'NO'} |"
+            )
+        c = p["checks"]
+        out += ["", f"Proxy Spearman over {p['spearman_n']} allocations: "
+                f"{_num(p['spearman'], '.2f')}. Best heuristic: {c['best_heuristic'] or '-'}; "
+                f"best search: {c['best_search'] or '-'}, beats uniform beyond noise: "
+                f"{c['search_beats_uniform']}, below the best heuristic beyond noise: "
+                f"{c['search_below_best_heuristic']}; searches below uniform beyond noise: "
+                f"{', '.join(c['searches_below_uniform']) or 'none'}."]  # fmt: skip
+    return "\n".join(out) + "\n"
