@@ -229,5 +229,3 @@ def _importance(name: Any, source: str) -> str | None:
             "regenerate it"
         )
     return name
-
-
