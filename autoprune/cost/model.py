@@ -186,7 +186,9 @@ class CostModel:
 
     def costs(self, keep: Sequence[int] | np.ndarray) -> Costs:
         macs, weights, rest = self.layer_costs(keep)
-        total_macs, total_w = float(macs.sum()), float(weights.sum())
+        # + what verification measured that no layer prices (attention matmuls): a constant
+        total_macs = float(macs.sum()) + self.graph.unpriced_macs
+        total_w = float(weights.sum())
         if self.bits is not None:
             out, _ = self.layer_widths(keep)
             if self.graph.granularity == "channel":

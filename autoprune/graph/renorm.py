@@ -22,13 +22,17 @@ def _renormalised(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor
     if mask is None or bool((mask != 0).all()):
         return output
     x = args[0]
+    # channels last (nn.LayerNorm), or at dim 1 for a subclass that permutes (LayerNorm2d)
+    moved = x.shape[-1] != mask.numel() and x.dim() > 2 and x.shape[1] == mask.numel()
+    x = x.movedim(1, -1) if moved else x
     alive = (mask != 0).to(x.dtype)
     n = alive.sum()
     mean = (x * alive).sum(-1, keepdim=True) / n
     centred = (x - mean) * alive
     y = centred / torch.sqrt(centred.square().sum(-1, keepdim=True) / n + module.eps)
     y = y * module.weight  # masked: zero on the dead channels
-    return y + module.bias if module.bias is not None else y
+    y = y + module.bias if module.bias is not None else y
+    return y.movedim(-1, 1) if moved else y
 
 
 def renormalise(module: nn.Module) -> None:

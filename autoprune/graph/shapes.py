@@ -108,3 +108,39 @@ def _reshaped(
                 return None
             dims += [d for d in rn if new[d] != 1 or len(rn) == 1]
     return tuple(dims) or None
+
+
+class FunctionalCalls(TorchFunctionMode):
+    """A layer's weight used by a functional call outside that layer's own forward (Swin's
+    attention runs `F.linear(x, self.qkv.weight, ...)`) counts as a call of the layer: its
+    forward hooks run, so the cost model and torch-pruning see the layer like any other."""
+
+    _FUNCTIONS = ("linear", "conv1d", "conv2d", "conv3d")
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.owner = {id(m.weight): m for m in model.modules()
+                      if isinstance(getattr(m, "weight", None), nn.Parameter)}  # fmt: skip
+        self.running: set[int] = set()
+        self.handles: list[Any] = []
+        for m in set(self.owner.values()):
+            self.handles.append(m.register_forward_pre_hook(lambda m, _: self.running.add(id(m))))
+            self.handles.append(
+                m.register_forward_hook(lambda m, _i, _o: self.running.discard(id(m)))
+            )
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        super().__exit__(*exc)
+
+    def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if getattr(func, "__name__", "") in self._FUNCTIONS and isinstance(out, torch.Tensor):
+            weight = args[1] if len(args) > 1 else kwargs.get("weight")
+            module = self.owner.get(id(weight))
+            if module is not None and id(module) not in self.running:
+                for hook in list(module._forward_hooks.values()):
+                    hook(module, (args[0],), out)
+        return out

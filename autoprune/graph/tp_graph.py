@@ -13,8 +13,10 @@ records the real shape of every op's output during that same forward pass and us
   inference calls first);
 * a channel concat gets its offsets from its inputs' recorded widths, a split its sizes from
   its autograd node and its consumers in the order of the outputs they read;
-* a channel shuffle is mapped as the permutation it is; any reshape torch-pruning still cannot
-  map becomes a barrier: a group that crosses it fails alone, with the op's name.
+* a reshape or slice that leaves channels whole (a window partition, a spatial slice) is the
+  identity on channels (torch-pruning read some as flattens and multiplied index lists through
+  them: Swin and MaxViT grew past 18 GB); a channel shuffle is mapped as the permutation it
+  is; any other reshape becomes a barrier: a group that crosses it fails alone, with the op.
 
 `ties` records where a slimmed model divides channels evenly again (a chunk, a shuffle), so the
 same positions must go from every part (`autoprune.graph.ties`).
@@ -31,7 +33,7 @@ from torch import nn
 from torch_pruning import _helpers, ops
 from torch_pruning.dependency import index_mapping, shape_infer
 
-from autoprune.graph.shapes import ChannelDims, RecordShapes, Shapes
+from autoprune.graph.shapes import ChannelDims, FunctionalCalls, RecordShapes, Shapes
 from autoprune.graph.units import example_input
 
 
@@ -76,7 +78,7 @@ class Graph(tp.DependencyGraph):
         self.shapes, self.dims = {}, {}
 
         def forward(net: nn.Module, x: torch.Tensor) -> Any:
-            with RecordShapes(self.shapes, self.dims):
+            with RecordShapes(self.shapes, self.dims), FunctionalCalls(net):
                 return net(x)
 
         self.module2node = self._trace(model, example_inputs, forward, output_transform=None)
@@ -93,14 +95,43 @@ class Graph(tp.DependencyGraph):
             if node.type == ops.OPTYPE.RESHAPE:
                 self._map_shuffle(node)
         for node in nodes:
-            if node.type != ops.OPTYPE.RESHAPE:
-                continue
-            try:
-                index_mapping.update_reshape_index_mapping(self, node)
-            except Exception as err:  # torch-pruning cannot map it: fence it off
-                _set_mapping(node, _Barrier, f"reshape {node.grad_fn.name()} not mapped ({err})")
+            if node.type == ops.OPTYPE.SLICE and self._along_channels(node) is False:
+                node.type = ops.OPTYPE.ELEMENTWISE  # a slice of space or tokens keeps channels
+            if node.type == ops.OPTYPE.RESHAPE:
+                self._map_reshape(node)
         index_mapping.update_index_mapping(self)
         return self
+
+    def _along_channels(self, node: Any) -> bool | None:
+        """Whether a slice cuts the channel dim of its input (None: channels unknown there)."""
+        fn = node.grad_fn
+        source = self.dims.get(fn.next_functions[0]) if fn.next_functions else None
+        shape = tuple(getattr(fn, "_saved_self_sym_sizes", ()))
+        if source is None or not shape:
+            return None
+        return int(fn._saved_dim) % len(shape) in source
+
+    def _map_reshape(self, node: Any) -> None:
+        """A reshape that leaves the channel dim whole is the identity on channels (a window
+        partition, tokens flattened); one that merges channels with the dims after them is a
+        flatten (torch-pruning's mapping); anything else, or a mapping that fails, a barrier."""
+        fn = node.grad_fn
+        before = self.dims.get(fn.next_functions[0]) if fn.next_functions else None
+        after = self.dims.get((fn, 0))
+        old = tuple(getattr(fn, "_saved_self_sym_sizes", ()))
+        new = self.shapes.get((fn, 0), ())
+        whole = before and after and len(before) == len(after) == 1 and old and new
+        if whole and old[before[0]] == new[after[0]]:  # type: ignore[index]
+            node.type = ops.OPTYPE.ELEMENTWISE
+            return
+        if before is not None and (len(before) != 1 or after is not None):
+            _set_mapping(node, _Barrier, f"a reshape from {list(old)} to {list(new)} that "
+                         "splits or moves channels")  # fmt: skip
+            return
+        try:
+            index_mapping.update_reshape_index_mapping(self, node)
+        except Exception as err:  # torch-pruning cannot map it: fence it off
+            _set_mapping(node, _Barrier, f"reshape {fn.name()} not mapped ({err})")
 
     # --- exact channel counts for torch-pruning's own inference -------------------------------
     def _recorded_channels(self, module_or_node: Any) -> int | None:

@@ -31,8 +31,8 @@ from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.graph.masking import apply_masks, element_masks, slim
 from autoprune.graph.tracing import one_line
-from autoprune.graph.units import FrozenUnit, UnitGraph
-from autoprune.graph.verify_cache import load_verdict, store_verdict, verdict_key
+from autoprune.graph.units import FrozenUnit, UnitGraph, no_fastpath
+from autoprune.graph.verify_cache import Verdict, load_verdict, store_verdict, verdict_key
 
 # Relative to the largest output magnitude: a slimmed conv differs from its masked twin by float
 # rounding only (about 1e-6 here); a real mismatch (a norm over pruned channels, a shuffled group)
@@ -48,9 +48,11 @@ def verify_units(model: nn.Module, graph: UnitGraph) -> None:
     key = verdict_key(model, graph)
     verdict = load_verdict(key)
     if verdict is None:
-        verdict = _Verifier(model, graph).failures()
+        verifier = _Verifier(model, graph)
+        verdict = Verdict(verifier.failures(), verifier.unpriced_macs)
         store_verdict(key, verdict)
-    failed = dict(verdict)
+    graph.unpriced_macs = verdict.unpriced_macs
+    failed = dict(verdict.frozen)
     graph.frozen = graph.frozen + [
         FrozenUnit(u.name, u.size, failed[u.name]) for u in graph.units if u.name in failed
     ]
@@ -97,13 +99,13 @@ class _Verifier:
             "half": np.maximum(self.sizes // 2, min_keeps(self.sizes, ProjectionConfig())),
             "smallest": min_keeps(self.sizes, ProjectionConfig()),
         }
-        dense = CostModel(graph).costs(self.sizes)
-        # What the cost model does not see at all (attention matmuls, a functional linear with a
-        # free weight) is a constant offset here; units are judged on the change they make.
-        self.offset = (
-            _run(self.base, self.x)[1] - round(dense.macs),
-            count_params(self.base) - round(dense.params),
-        )
+        dense = CostModel(dataclasses.replace(graph, unpriced_macs=0.0)).costs(self.sizes)
+        # What no priced layer sees (attention matmuls, nn.MultiheadAttention's projections) is
+        # measured here once; a unit passes only if it leaves that part alone, so it stays a
+        # constant of the cost model (`UnitGraph.unpriced_macs`).
+        self.unpriced_macs = float(_run(self.base, self.x)[1] - round(dense.macs))
+        self.graph = dataclasses.replace(graph, unpriced_macs=self.unpriced_macs)
+        self.params_offset = count_params(self.base) - round(dense.params)
 
     def failures(self) -> list[tuple[str, str]]:
         """(unit name, reason) of every unit that fails at some level."""
@@ -165,8 +167,8 @@ class _Verifier:
             predicted = CostModel(sub).costs(keep)
         except Exception as err:
             return f"pricing fails: {one_line(err)}"
-        macs = measured_macs - self.offset[0]
-        params = count_params(slimmed) - self.offset[1]
+        macs = measured_macs
+        params = count_params(slimmed) - self.params_offset  # zero, unless a parameter is shared
         if round(predicted.macs) != macs:
             return f"priced at {predicted.macs:,.0f} MACs, the slimmed model measures {macs:,}"
         if round(predicted.params) != params:
@@ -176,7 +178,7 @@ class _Verifier:
 
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[object, int]:
     """The output of one sample and its MACs, as FlopCounterMode counts them (`count_macs`)."""
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), no_fastpath(), FlopCounterMode(display=False) as counter:
         y = model(x)
     return y, counter.get_total_flops() // 2
 

@@ -14,6 +14,7 @@ import inspect
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -22,7 +23,16 @@ from torch import nn
 
 from autoprune.graph.units import UnitGraph
 
-Verdict = list[tuple[str, str]]  # (unit name, reason) of every failed unit
+
+@dataclass(frozen=True)
+class Verdict:
+    """What verification found: (unit name, reason) of every failed unit, and the MACs no
+    priced layer accounts for (`UnitGraph.unpriced_macs`)."""
+
+    frozen: list[tuple[str, str]]
+    unpriced_macs: float = 0.0
+
+
 _MEMORY: dict[str, Verdict] = {}
 
 
@@ -65,29 +75,30 @@ def verdict_key(model: nn.Module, graph: UnitGraph) -> str:
 
 def load_verdict(key: str) -> Verdict | None:
     if key in _MEMORY:
-        return list(_MEMORY[key])
+        return _MEMORY[key]
     folder = cache_dir()
     path = folder / f"{key}.json" if folder is not None else None
     if path is None or not path.is_file():
         return None
     try:
-        rows = json.loads(path.read_text())
-        verdict = [(str(name), str(reason)) for name, reason in rows]
-    except (OSError, ValueError, TypeError):  # a torn or foreign file: verify again
+        data = json.loads(path.read_text())
+        frozen = [(str(name), str(reason)) for name, reason in data["frozen"]]
+        verdict = Verdict(frozen, float(data["unpriced_macs"]))
+    except (OSError, ValueError, TypeError, KeyError):  # a torn or foreign file: verify again
         return None
     _MEMORY[key] = verdict
-    return list(verdict)
+    return verdict
 
 
 def store_verdict(key: str, verdict: Verdict) -> None:
-    _MEMORY[key] = list(verdict)
+    _MEMORY[key] = verdict
     folder = cache_dir()
     if folder is None:
         return
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile("w", dir=folder, suffix=".tmp", delete=False) as f:
-            json.dump(verdict, f)
+            json.dump({"frozen": verdict.frozen, "unpriced_macs": verdict.unpriced_macs}, f)
         Path(f.name).replace(folder / f"{key}.json")
     except OSError:  # a read-only home: the memory cache still holds it
         pass

@@ -3,7 +3,8 @@
 Each stands for a pattern torchvision or a user's model has: grouped convolutions with groups
 wider than one channel, chunk / cat with a depthwise branch, channel shuffle, squeeze-excite,
 weight sharing, a free channel parameter, GroupNorm, LayerNorm over channels (ConvNeXt-style
-permuted blocks), flatten into a linear layer, and transformer encoder layers.
+permuted blocks), flatten into a linear layer, Swin-style windows with a layer used
+functionally, and transformer encoder layers.
 """
 
 from __future__ import annotations
@@ -214,6 +215,25 @@ class TinyViT(nn.Module):
         return self.head(self.norm(self.encoder(x))[:, 0])
 
 
+class Windowed(nn.Module):
+    """Swin-style: channels-last windows (view / permute / reshape that keep the channel dim
+    whole) and a layer used functionally, `F.linear(x, self.proj.weight, ...)`."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 2, stride=2)
+        self.norm = nn.LayerNorm(16)
+        self.proj = nn.Linear(16, 24)
+        self.head = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x).permute(0, 2, 3, 1)  # (N, H, W, C)
+        n, h, w, c = x.shape
+        windows = x.view(n, h // 2, 2, w // 2, 2, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, 4, c)
+        y = nn.functional.linear(self.norm(windows), self.proj.weight, self.proj.bias)
+        return self.head(torch.relu(y).reshape(n, -1, y.shape[-1]).mean(1))
+
+
 class Unverifiable(nn.Module):
     """Two units no tracer can see through, beside an ordinary one (the stem).
 
@@ -239,5 +259,5 @@ class Unverifiable(nn.Module):
 # every model here, by class name (`awkward:Grouped`): each takes num_classes (and input_size)
 MODELS = (
     "Grouped", "ChunkCat", "Shuffle", "SENet", "Shared", "FreeScale", "GroupNormNet", "ConvNeXt",
-    "FlattenLinear", "TinyViT",
+    "FlattenLinear", "Windowed", "TinyViT",
 )  # fmt: skip

@@ -23,30 +23,33 @@ from autoprune.graph.masking import apply_masks, element_masks, select_kept, sli
 from autoprune.graph.units import trace_units
 
 SIZE = (3, 16, 16)
-# What stays frozen, and why: nn.MultiheadAttention's projections and attention matmuls are
-# outside the cost model (it prices conv / linear modules and norms), so every unit that prunes
-# one is kept whole. Everything else is prunable.
-FROZEN = {"TinyViT": {"encoder.layers.0.linear1", "encoder.layers.1.linear1",
-                      "encoder.layers.1.linear2"}}  # fmt: skip
-PRUNABLE = [m for m in awkward.MODELS if m not in FROZEN]
+# What stays frozen, and why: nn.MultiheadAttention's projections (and the head layout its
+# attention scale depends on) are outside the cost model, so the residual stream that feeds
+# it is kept whole; the MLP hidden widths stay prunable, the attention's MACs a priced constant.
+FROZEN = {"TinyViT": {"encoder.layers.1.linear2"}}
+# the budget each model can meet: the ViT's frozen stream and attention are 57% of its MACs
+BUDGET = {"TinyViT": 0.7}
 
 
 @pytest.mark.parametrize("name", awkward.MODELS)
 def test_units_are_prunable_or_frozen_as_documented(name: str) -> None:
     graph = trace_units(getattr(awkward, name)(), SIZE, "channel", name)
     assert {f.name for f in graph.frozen} == FROZEN.get(name, set())
-    if name in PRUNABLE:
-        assert graph.units and all(u.size >= 2 for u in graph.units)
+    assert graph.units and all(u.size >= 2 for u in graph.units)
+    if name in FROZEN:
+        assert all("MultiheadAttention" in f.reason for f in graph.frozen)
+        assert graph.unpriced_macs > 0  # the attention matmuls, priced as a constant
 
 
-@pytest.mark.parametrize("name", PRUNABLE)
+@pytest.mark.parametrize("name", awkward.MODELS)
 def test_half_the_macs_slims_to_exactly_the_priced_model(name: str) -> None:
     model = getattr(awkward, name)().eval()
     graph = trace_units(model, SIZE, "channel", name)
     cm = CostModel(graph)
     dense = cm.costs(cm.dense_keep)
     assert dense.macs == count_macs(model, SIZE) and dense.params == count_params(model)
-    keep = project(np.full(len(graph.units), 0.5), cm, {"macs": 0.5 * dense.macs})
+    budget = BUDGET.get(name, 0.5) * dense.macs
+    keep = project(np.full(len(graph.units), 0.5), cm, {"macs": budget})
     assert (keep < cm.sizes).any()
     kept = select_kept(model, graph, keep)
     x = torch.randn(2, *SIZE, generator=torch.Generator().manual_seed(1))
@@ -56,7 +59,7 @@ def test_half_the_macs_slims_to_exactly_the_priced_model(name: str) -> None:
     with torch.no_grad():
         want, got = masked(x), slimmed(x)
     assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
-    assert count_macs(slimmed, SIZE) == cm.costs(keep).macs <= 0.5 * dense.macs
+    assert count_macs(slimmed, SIZE) == cm.costs(keep).macs <= budget
     assert count_params(slimmed) == cm.costs(keep).params
 
 
@@ -77,20 +80,21 @@ def test_group_norm_loses_whole_groups() -> None:
     assert (slimmed.norm.num_groups, slimmed.norm.num_channels) == (2, 12)
 
 
-def _search(tmp: Path, name: str, method: str, *extra: str) -> dict:
+def _search(tmp: Path, name: str, method: str, budget: str, *extra: str) -> dict:
     out = tmp / f"{name}-{method}"
     args = ["search", "--model", f"awkward:{name}", "--dataset", "fake", "--input-size",
-            "3x16x16", "--method", method, "--budget-flops", "50%", "--no-prune", "--quiet",
+            "3x16x16", "--method", method, "--budget-flops", budget, "--no-prune", "--quiet",
             "--limit", "64", "--out", str(out), *extra]  # fmt: skip
     assert main(args) == 0
     return dict(json.loads((out / "metrics.json").read_text()))
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", PRUNABLE)
+@pytest.mark.parametrize("name", awkward.MODELS)
 def test_uniform_and_optuna_exports_are_priced_exactly(tmp_path: Path, name: str) -> None:
+    share = BUDGET.get(name, 0.5)
     for method, extra in (("uniform", ()), ("optuna", ("--trials", "4"))):
-        metrics = _search(tmp_path, name, method, *extra)
+        metrics = _search(tmp_path, name, method, f"{100 * share:g}%", *extra)
         assert metrics["final"]["macs"] == metrics["predicted"]["macs"]
         assert metrics["final"]["params"] == metrics["predicted"]["params"]
-        assert metrics["final"]["macs"] <= 0.5 * metrics["dense"]["macs"]
+        assert metrics["final"]["macs"] <= share * metrics["dense"]["macs"]
