@@ -168,16 +168,18 @@ def test_an_interrupted_search_is_kept_refused_without_study_and_resumed(
         "--out",
         str(out),
     ]
-    real = evaluator.MaskEvaluator._score
+    # the third trial is interrupted: evaluate, not _score, so a trial whose allocation an
+    # earlier one already scored (a cache hit) counts as well
+    real = evaluator.MaskEvaluator.evaluate
     calls = {"n": 0}
 
-    def interrupt_third(self: Any, keep: Any) -> Any:
+    def interrupt_third(self: Any, keep: Any, bits: Any = None) -> Any:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
-        return real(self, keep)
+        return real(self, keep, bits)
 
-    monkeypatch.setattr(evaluator.MaskEvaluator, "_score", interrupt_third)
+    monkeypatch.setattr(evaluator.MaskEvaluator, "evaluate", interrupt_third)
     assert main(argv) == 130
     stage = partial_dir(out)
     assert (
@@ -192,7 +194,7 @@ def test_an_interrupted_search_is_kept_refused_without_study_and_resumed(
     assert main(argv) == 2  # not resumed by accident, not discarded either
     assert "--study autoprune" in capsys.readouterr().err and stage.is_dir()
 
-    monkeypatch.setattr(evaluator.MaskEvaluator, "_score", real)
+    monkeypatch.setattr(evaluator.MaskEvaluator, "evaluate", real)
     assert main([*argv, "--study", "autoprune"]) == 0
     trials = _trials(f"sqlite:///{out / 'study.db'}", "autoprune", TrialState.COMPLETE)
     assert kept <= {_done(t) for t in trials} and len(trials) == 5 and not stage.exists()
