@@ -56,14 +56,21 @@ def channel_units(model: nn.Module, graph: UnitGraph) -> None:
                          for i, r in zip(item.idxs, item.root_idxs, strict=True)]  # fmt: skip
         raw.append(RawUnit(rg.root, rg.size, tuple(members(rg.group, dg, names))))
     priced = {lay.name for lay in graph.layers} | set(graph.norms)
+    owner: dict[tuple[str, str, int], str] = {}  # each slice belongs to one unit at most
     for unit in tied_units(raw, ties):
         unpriced = [m.module for m in unit.members if m.module not in priced]
+        shared = [(m.module, owner[(m.module, m.dim, i)]) for m in unit.members for i in m.idxs
+                  if (m.module, m.dim, i) in owner]  # fmt: skip
         if unpriced:
             kind = type(modules[unpriced[0]]).__name__ if unpriced[0] in modules else "parameter"
-            graph.frozen.append(FrozenUnit(unit.name, unit.size,
-                f"prunes {unpriced[0]} ({kind}), which the cost model cannot price"))  # fmt: skip
+            reason = f"prunes {unpriced[0]} ({kind}), which the cost model cannot price"
+        elif shared:  # torch-pruning traced two groups through the same channels
+            reason = f"shares channels of {shared[0][0]} with unit {shared[0][1]}"
         else:
             graph.units.append(unit)
+            owner |= {(m.module, m.dim, i): unit.name for m in unit.members for i in m.idxs}
+            continue
+        graph.frozen.append(FrozenUnit(unit.name, unit.size, reason))
 
 
 def _tie_rule(module: Any, dim: str, dg: Graph) -> Any:

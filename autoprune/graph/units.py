@@ -221,6 +221,13 @@ def trace_units(
     model.eval()
     try:
         layers, order = _record_layers(model, example_input(input_size))
+    except Exception as err:  # the user's model refuses this input: say so on one line
+        shape = "x".join(map(str, input_size))
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise UsageError(
+            f"model {model_name!r} fails on a {shape} input ({type(err).__name__}: {first}); "
+            "pass the input size it expects"
+        ) from None
     finally:
         model.train(was_training)
     if not layers:

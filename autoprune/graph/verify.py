@@ -48,8 +48,13 @@ def verify_units(model: nn.Module, graph: UnitGraph) -> None:
     key = verdict_key(model, graph)
     verdict = load_verdict(key)
     if verdict is None:
-        verifier = _Verifier(model, graph)
-        verdict = Verdict(verifier.failures(), verifier.unpriced_macs)
+        try:
+            verifier = _Verifier(model, graph)
+        except Exception as err:  # the copy or its dense pass fails: nothing can be checked
+            reason = f"verification fails: {one_line(err)}"
+            verdict = Verdict([(u.name, reason) for u in graph.units])
+        else:
+            verdict = Verdict(verifier.failures(), verifier.unpriced_macs)
         store_verdict(key, verdict)
     graph.unpriced_macs = verdict.unpriced_macs
     failed = dict(verdict.frozen)

@@ -11,6 +11,7 @@ import torch
 
 from autoprune.cli.main import main
 from autoprune.cost.model import CostModel
+from autoprune.errors import UsageError
 from autoprune.graph import verify, verify_cache
 from autoprune.graph.units import trace_units
 from autoprune.graph.verify import prunable_share, randomized
@@ -85,3 +86,8 @@ def test_randomized_copy_leaves_the_model_alone() -> None:
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert not torch.equal(copy.conv.weight, model.conv.weight)
     assert not copy.training
+
+
+def test_a_model_that_refuses_the_input_is_a_one_line_usage_error() -> None:
+    with pytest.raises(UsageError, match=r"fails on a 3x8x8 input \(RuntimeError: .*\); pass"):
+        trace_units(awkward.FlattenLinear(), (3, 8, 8), "channel", "flat")  # built for 16x16
