@@ -25,6 +25,7 @@ from autoprune.errors import UsageError
 from autoprune.graph.masking import UnitMap, apply_masks, keep_vectors, remove_masks
 from autoprune.graph.units import UnitGraph
 from autoprune.quant.fake import add_act_quant, add_weight_quant, on_levels
+from autoprune.train import distributed
 from autoprune.train.augment import recipe_record, training_batches
 from autoprune.train.data import DataSplits, make_loader
 from autoprune.train.device import on_device
@@ -54,6 +55,11 @@ class MaskTrainer(Backend):
 
     def penalty(self) -> Tensor | None:
         return None
+
+    def trainables(self) -> list[Tensor]:
+        """Tensors outside the model that the hooks step from their gradients (gates): under
+        torchrun their gradients are averaged across ranks like the model's."""
+        return []
 
     def after_backward(self, step: int) -> None:
         return None
@@ -122,7 +128,8 @@ class MaskTrainer(Backend):
                 _restore(model, opt, resume)
                 self.load_state(resume["backend"])
             self._phase(model, data, cfg, opt, "prune", start, history, on_epoch_end)
-            kept = [k.to(torch.int64).cpu() for k in self.final_kept(model)]
+            # rank 0's choice on every rank under torchrun (the ranks' gates agree; now surely)
+            kept = distributed.agree([k.to(torch.int64).cpu() for k in self.final_kept(model)])
             start = 0
         else:
             kept = [torch.as_tensor(k, dtype=torch.int64) for k in resume["kept"]]  # type: ignore[index]
@@ -190,7 +197,8 @@ class MaskTrainer(Backend):
         """The pruning phase's hooks, as keyword arguments of `train_epoch`."""
         has_penalty = type(self).penalty is not MaskTrainer.penalty
         return {"penalty": self.penalty if has_penalty else None,
-                "after_backward": self.after_backward, "after_step": self.after_step}  # fmt: skip
+                "after_backward": self.after_backward, "after_step": self.after_step,
+                "trainables": self.trainables()}  # fmt: skip
 
     def _phase(
         self,

@@ -251,6 +251,9 @@ class Reweighted(MaskTrainer):
     def final_kept(self, model: nn.Module) -> list[Tensor]:
         return [top_keep(a.detach(), k) for a, k in zip(self.gates.aux, self.keep, strict=True)]
 
+    def trainables(self) -> list[Tensor]:
+        return list(self.gates.aux)  # aux_opt steps them in after_step
+
     def epoch_metrics(self, model: nn.Module) -> dict[str, Any]:
         g = self.gates
         on = [int(o.sum()) for o in g.on()]

@@ -14,6 +14,7 @@ from autoprune.backends.base import BackendConfig
 from autoprune.graph.units import UnitGraph
 from autoprune.pipeline.load import Loaded
 from autoprune.train.data import make_loader
+from autoprune.train.device import current
 from autoprune.train.loop import train_epoch
 
 
@@ -40,8 +41,8 @@ def step_overhead(
         batches.append((x, y))
         if len(batches) == steps:
             break
-    dense = copy.deepcopy(loaded.model)
-    masked = copy.deepcopy(loaded.model)
+    # throwaway copies on the runtime's --device: the backend's state is made where steps run
+    dense, masked = (copy.deepcopy(loaded.model).to(current().device) for _ in range(2))
     # The pruning phase as a real run schedules it, so periodic work (regulariser refreshes)
     # comes at its real rate.
     cfg = BackendConfig(epochs=epochs, progress=False)

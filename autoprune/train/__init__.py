@@ -2,7 +2,8 @@
 
 `load_dataset` reads a registered dataset (DATASETS) normalised at the model's input size with
 train / validation / test splits; `fit` is the loop `autoprune train` and every backend use;
-checkpoints are a state dict plus plain metadata, read with `weights_only=True`.
+checkpoints are a state dict plus plain metadata, read with `weights_only=True`; `Runtime` /
+`use_runtime` say where and how the loops compute (device, mixed precision, loader workers).
 """
 
 from autoprune._lazy import lazy_exports
@@ -20,6 +21,8 @@ _WHERE = {
     "SCHEDULES": "autoprune.train.loop",
     "save_checkpoint": "autoprune.train.checkpoint",
     "load_checkpoint": "autoprune.train.checkpoint",
+    "Runtime": "autoprune.train.device",
+    "use_runtime": "autoprune.train.device",
 }
 __all__ = sorted(_WHERE)
 __getattr__, __dir__ = lazy_exports(__name__, _WHERE)

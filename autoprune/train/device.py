@@ -17,13 +17,13 @@ from __future__ import annotations
 import os
 import re
 import weakref
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from autoprune.errors import UsageError
 
@@ -41,6 +41,7 @@ __all__ = [
     "on_device",
     "resolve_device",
     "scaler_for",
+    "unscale_outside",
     "use_runtime",
 ]
 
@@ -212,3 +213,18 @@ def on_device(*models: nn.Module) -> Iterator[torch.device]:
     finally:
         for m, home in away:
             m.to(home)
+
+
+def unscale_outside(trainables: Sequence[Tensor], scaler: Any) -> None:
+    """Unscale the gradients of tensors outside the optimiser (fp16); an overflowed step's are
+    zeroed, so a hook steps them by nothing, as the scaler skips the optimiser's step."""
+    grads = [t.grad for t in trainables if t.grad is not None]
+    if not grads:
+        return
+    inv = 1.0 / scaler.get_scale()
+    finite = all(bool(torch.isfinite(g).all()) for g in grads)
+    for g in grads:
+        if finite:
+            g.mul_(inv)
+        else:
+            g.zero_()  # not a multiplication by 0: inf x 0 is nan

@@ -36,6 +36,7 @@ __all__ = [
     "all_sum",
     "average_gradients",
     "barrier",
+    "grad_params",
     "init_from_env",
     "is_writer",
     "leave",
@@ -100,11 +101,12 @@ def shard(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return x[r::k], y[r::k]
 
 
-def _grad_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+def grad_params(optimizer: torch.optim.Optimizer) -> list[Tensor]:
+    """The tensors `optimizer` steps (those whose gradients a data-parallel step averages)."""
     return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
 
 
-def average_gradients(optimizer: torch.optim.Optimizer, n_local: int) -> None:
+def average_gradients(params: Sequence[Tensor], n_local: int) -> None:
     """Make every rank's gradients the one-process gradient of the global batch.
 
     Each rank's gradient is of its mean loss over `n_local` examples; the sum over ranks of
@@ -114,7 +116,6 @@ def average_gradients(optimizer: torch.optim.Optimizer, n_local: int) -> None:
     """
     if not active():
         return
-    params = _grad_params(optimizer)
     by_dtype: dict[torch.dtype, list[Tensor]] = {}
     for p in params:
         by_dtype.setdefault(p.dtype, []).append(p)

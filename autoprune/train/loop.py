@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,7 +27,8 @@ from tqdm.auto import tqdm
 
 from autoprune.errors import AutoPruneError, UsageError
 from autoprune.train import distributed
-from autoprune.train.device import autocast, on_device, scaler_for
+from autoprune.train.device import autocast, on_device, scaler_for, unscale_outside
+from autoprune.train.distill import Distill
 from autoprune.train.optim import (
     OPTIMIZERS,
     SCHEDULES,
@@ -41,6 +42,7 @@ Batches = Iterable[tuple[Tensor, Tensor]]
 __all__ = [
     "OPTIMIZERS",
     "SCHEDULES",
+    "Distill",
     "EpochStats",
     "EvalResult",
     "TrainConfig",
@@ -156,24 +158,6 @@ def _progress(loader: Batches, show: bool, desc: str) -> Iterator[tuple[Tensor, 
     return iter(tqdm(loader, total=total, desc=desc, disable=not show, leave=False))
 
 
-@dataclass(frozen=True)
-class Distill:
-    """Knowledge distillation from a frozen teacher (Hinton et al. 2015): the objective becomes
-    (1 - alpha) x cross-entropy + alpha x T^2 x KL(teacher || student) at temperature T."""
-
-    teacher: nn.Module
-    alpha: float
-    temperature: float = 4.0
-
-    def objective(self, logits: Tensor, x: Tensor, ce: Tensor) -> Tensor:
-        with torch.no_grad():
-            target = self.teacher(x)
-        t = self.temperature
-        kl = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(target / t, dim=1),
-                      log_target=True, reduction="batchmean")  # fmt: skip
-        return (1.0 - self.alpha) * ce + self.alpha * t * t * kl
-
-
 def train_epoch(
     model: nn.Module,
     loader: Batches,
@@ -186,17 +170,21 @@ def train_epoch(
     step_offset: int = 0,
     label_smoothing: float = 0.0,
     distill: Distill | None = None,
+    trainables: Sequence[Tensor] = (),
     progress: bool = True,
     desc: str = "",
 ) -> EpochStats:
     """One pass over `loader`; hooks get the global step (`step_offset` + batch index).
 
     The loss reported is the cross-entropy, also when `distill` trains on another objective.
-    Under torchrun the statistics are over every rank's examples.
+    Under torchrun the statistics are over every rank's examples, and the gradients of the
+    optimiser's parameters and of `trainables` (tensors a hook steps, e.g. a backend's gates)
+    are averaged across ranks before `after_backward`.
     """
     start = time.perf_counter()
     scaler = scaler_for(optimizer)
     shard = distributed.active() and not getattr(loader, "sharded", False)
+    averaged = [*distributed.grad_params(optimizer), *trainables]
     teacher = [distill.teacher] if distill is not None else []
     with on_device(model, *teacher) as device:
         distributed.sync_model(model)  # every rank starts the epoch from rank 0's weights
@@ -224,9 +212,10 @@ def train_epoch(
                 loss_sum += loss.detach().double() * len(y)
                 correct += (logits.detach().argmax(1) == y).sum()
                 last = loss
-            distributed.average_gradients(optimizer, len(y))
+            distributed.average_gradients(averaged, len(y))
             if scaler is not None:
                 scaler.unscale_(optimizer)  # the hooks see (and edit) true gradients
+                unscale_outside(trainables, scaler)
             if after_backward is not None:
                 after_backward(step)
             if scaler is not None:

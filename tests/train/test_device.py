@@ -27,6 +27,7 @@ from autoprune.train.device import (
     on_device,
     resolve_device,
     scaler_for,
+    unscale_outside,
     use_runtime,
 )
 from autoprune.train.loop import TrainConfig, evaluate, fit, schedule_factor
@@ -74,6 +75,20 @@ def test_fp16_needs_cuda_and_bf16_autocasts_on_the_cpu() -> None:
                                          "world_size": 1}  # fmt: skip
     with autocast():  # outside: the default runtime, float32
         assert layer(torch.randn(2, 4)).dtype is torch.float32
+
+
+def test_gradients_outside_the_optimiser_are_unscaled_or_dropped_on_overflow() -> None:
+    class Scaler:  # what unscale_outside asks of torch.amp.GradScaler
+        def get_scale(self) -> float:
+            return 4.0
+
+    gates = [torch.ones(3, requires_grad=True), torch.ones(2, requires_grad=True)]
+    gates[0].grad, gates[1].grad = torch.full((3,), 8.0), torch.full((2,), 2.0)
+    unscale_outside(gates, Scaler())
+    assert gates[0].grad.tolist() == [2.0] * 3 and gates[1].grad.tolist() == [0.5] * 2
+    gates[1].grad = torch.tensor([float("inf"), 1.0])
+    unscale_outside(gates, Scaler())  # an overflowed step: the hooks must not move the gates
+    assert gates[0].grad.tolist() == [0.0] * 3 and gates[1].grad.tolist() == [0.0] * 2
 
 
 def test_on_device_puts_modules_back_where_they_were() -> None:
