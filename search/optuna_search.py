@@ -37,6 +37,7 @@ from autoprune.search.base import (
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
 from autoprune.search.starts import start_trials
 from autoprune.search.study import SAMPLERS, StudySpec, check_study, open_storage, safe_url
+from autoprune.search.trial_gate import TrialGate
 from autoprune.search.trials import quiet_optuna, run_workers
 
 COST_METRICS = ("macs", "params", "size", "bops", "weights")
@@ -101,9 +102,12 @@ class OptunaSearch(SearchMethod):
         )
         before = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
         check_study(study, problem, spec, resume=self.study is not None)
-        if self.warm_start and self.n_jobs == 1 and not study.get_trials(deepcopy=False):
-            for params in warm_params(problem):
-                study.enqueue_trial(params)
+        if self.warm_start and self.n_jobs == 1:
+            # under the study's lock: search commands started together enqueue the starts once
+            with TrialGate(spec.storage, spec.study):
+                if not study.get_trials(deepcopy=False):
+                    for params in warm_params(problem):
+                        study.enqueue_trial(params)
         try:
             run_workers(spec, problem, study, self.n_jobs)
             return self._result(study, problem, spec, before)

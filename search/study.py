@@ -1,8 +1,12 @@
-"""Optuna plumbing of the search: storages, samplers, the study's identity check, trial notes."""
+"""Optuna plumbing of the search: samplers, the study's identity check, trial notes.
+
+Storages are in autoprune.search.storage (`open_storage`, `safe_url` are re-exported here).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -10,17 +14,20 @@ from typing import Any
 import numpy as np
 import optuna
 import torch
-from optuna.storages import BaseStorage, InMemoryStorage, RDBStorage
+from optuna.trial import FrozenTrial
 
 from autoprune.cost.budgets import format_value
 from autoprune.errors import UsageError
 from autoprune.quant.bits import BitAllocation
 from autoprune.registry import Registry
 from autoprune.search.base import SearchProblem
+from autoprune.search.storage import open_storage, safe_url
 from autoprune.train.checkpoint import state_hash
 
 SamplerFactory = Callable[[int, int, bool], optuna.samplers.BaseSampler]  # (seed, trials, multi)
 SAMPLERS: Registry[SamplerFactory] = Registry("sampler")
+__all__ = ["SAMPLERS", "StudySpec", "check_study", "open_storage", "safe_url", "study_sampler",
+           "trial_note"]  # fmt: skip
 IDENTITY_ATTR = "autoprune"  # study user attribute: what it searches and how it scores
 
 
@@ -71,56 +78,49 @@ def _qmc(seed: int, trials: int, multi: bool) -> optuna.samplers.BaseSampler:
     return optuna.samplers.QMCSampler(seed=seed, scramble=True)
 
 
-def open_storage(url: str | None, heartbeat_s: int) -> BaseStorage:
-    """An Optuna storage for `url` (None: in memory), with heartbeats so killed trials turn FAIL."""
-    if url is None:
-        return InMemoryStorage()
-    # SQLite locks the whole file per write; several workers wait for each other, not fail.
-    engine: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
-    try:
-        storage = RDBStorage(
-            url, engine_kwargs=engine, heartbeat_interval=heartbeat_s, grace_period=2 * heartbeat_s
-        )
-    except ImportError as e:
-        raise UsageError(
-            f"--storage {safe_url(url)}: its database driver is not installed ({e}); pip install it"
-        ) from None
-    except Exception as e:  # SQLAlchemy's errors for a malformed or unreachable URL
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise UsageError(
-            f"cannot open --storage {safe_url(url)} ({first}); pass a SQLAlchemy URL "
-            "like sqlite:///study.db or postgresql://user@host/db"
-        ) from None
-    if url.startswith("sqlite"):
-        _fast_sqlite(storage)
-    return storage
+def study_sampler(spec: StudySpec) -> optuna.samplers.BaseSampler:
+    """The spec's sampler, seeded per trial (QMC: once, its points are numbered in the study)."""
+    make = SAMPLERS.get(spec.sampler)
+    multi = spec.cost_metric is not None
+    if spec.sampler == "qmc":
+        return make(spec.seed, spec.trials, multi)
+    return TrialSeeded(lambda seed: make(seed, spec.trials, multi), spec.seed)
 
 
-def _fast_sqlite(storage: RDBStorage) -> None:
-    """WAL journal with normal sync: a commit survives the process being killed (only a power cut
-    could lose the last ones) and costs no fsync, and readers no longer block the writer."""
-    from sqlalchemy import event
+class TrialSeeded(optuna.samplers.BaseSampler):
+    """A sampler made afresh for each trial from (seed, trial number), which it then serves.
 
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
+    One seed per process would make every process that joins a study with the same --seed (other
+    machines, other commands) propose the same points; seeded by the trial's number, which the
+    storage gives out once, each trial draws its own, and one worker still repeats exactly.
+    Everything a sampler learns lives in the study's trials, so nothing is lost between trials.
+    """
 
-    event.listen(storage.engine, "connect", on_connect)
-    storage.engine.dispose()  # connections opened before the listener reconnect with it
+    def __init__(self, make: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._make, self._seed = make, seed
+        self._inner = make(seed)
 
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        mixed = int.from_bytes(hashlib.sha256(f"{self._seed}:{trial.number}".encode()).digest()[:4])
+        self._inner = self._make(mixed)
+        self._inner.before_trial(study, trial)
 
-def safe_url(url: str | None) -> str | None:
-    """`url` with any password hidden, fit to print or record."""
-    if url is None:
-        return None
-    try:
-        from sqlalchemy.engine import make_url
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> Any:
+        return self._inner.infer_relative_search_space(study, trial)
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparseable storage URL>"
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial, space: Any) -> Any:
+        return self._inner.sample_relative(study, trial, space)
+
+    def sample_independent(
+        self, study: optuna.Study, trial: FrozenTrial, name: str, distribution: Any
+    ) -> Any:
+        return self._inner.sample_independent(study, trial, name, distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: Any, values: Any) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
 
 
 def identity(problem: SearchProblem, spec: StudySpec) -> dict[str, Any]:

@@ -14,8 +14,11 @@ import os
 import queue
 import signal
 import socket
+import sys
 import tempfile
+import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,9 @@ from autoprune.errors import AutoPruneError, UsageError
 from autoprune.quant.bits import BitAllocation
 from autoprune.search.base import SearchProblem
 from autoprune.search.bit_space import fit_bits
-from autoprune.search.study import SAMPLERS, StudySpec, open_storage, trial_note
+from autoprune.search.storage import open_storage
+from autoprune.search.study import StudySpec, study_sampler, trial_note
+from autoprune.search.trial_gate import TrialGate
 
 
 def run_workers(spec: StudySpec, problem: SearchProblem, study: optuna.Study, n_jobs: int) -> None:
@@ -67,7 +72,16 @@ def run_workers(spec: StudySpec, problem: SearchProblem, study: optuna.Study, n_
             if p.is_alive():
                 p.terminate()
                 p.join()
-    failed = [f"worker {w} exit code {p.exitcode}" for w, p in enumerate(procs, 1) if p.exitcode]
+    # A worker killed by a signal (kill -9, a machine's OOM killer) loses only its running trial,
+    # which the others retried; the search failed only if the study fell short of its trials.
+    complete = len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    killed = [w for w, p in enumerate(procs, 1) if p.exitcode is not None and p.exitcode < 0]
+    failed = [f"worker {w} exit code {p.exitcode}" for w, p in enumerate(procs, 1)
+              if p.exitcode and (w not in killed or complete < spec.trials)]  # fmt: skip
+    for w in killed:
+        if complete >= spec.trials:
+            print(f"note: search worker {w} was killed (signal {-procs[w - 1].exitcode}); "
+                  "the other workers retried its trial", file=sys.stderr)  # fmt: skip
     if failed:
         raise AutoPruneError(
             f"search workers failed ({', '.join(failed)}); see their tracebacks above"
@@ -107,17 +121,19 @@ def _work(spec: StudySpec, problem: SearchProblem, worker: int, ready: Any) -> N
 
 
 def optimize(study: optuna.Study, problem: SearchProblem, spec: StudySpec, *, worker: int) -> None:
-    """Run trials until the study holds `spec.trials` completed ones."""
+    """Run trials until the study holds `spec.trials` completed ones, together with every other
+    worker on it: a trial starts only while completed + running ones fall short (`TrialGate`), and
+    a running trial whose worker died (no heartbeat for 2 x `heartbeat_s`) is failed and retried
+    with its parameters (`open_storage`), so each requested trial completes exactly once."""
     quiet_optuna()
-    study.sampler = SAMPLERS.get(spec.sampler)(
-        spec.seed + worker, spec.trials, spec.cost_metric is not None
-    )
-    objective = _Objective(problem, spec)
+    study.sampler = study_sampler(spec)
+    gate = TrialGate(spec.storage, spec.study)
+    objective = _Objective(problem, spec, started=gate.release)
 
-    def complete() -> int:
-        return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+    def count(state: TrialState) -> int:
+        return len(study.get_trials(deepcopy=False, states=(state,)))
 
-    done = complete()
+    done, waiting = count(TrialState.COMPLETE), Waiting(spec.heartbeat_s)
     with tqdm(
         total=spec.trials,
         initial=min(done, spec.trials),
@@ -125,19 +141,57 @@ def optimize(study: optuna.Study, problem: SearchProblem, spec: StudySpec, *, wo
         leave=False,
         disable=not (spec.progress and worker == 0),
     ) as bar:
-        while done < spec.trials:
-            study.optimize(objective, n_trials=1, catch=())
-            now = complete()
-            bar.update(min(now, spec.trials) - min(done, spec.trials))
-            done = now
+        try:
+            while done < spec.trials:
+                gate.acquire()  # both counts under the lock: a trial may have finished since
+                done, running = count(TrialState.COMPLETE), count(TrialState.RUNNING)
+                if done >= spec.trials:
+                    gate.release()
+                    break
+                if done + running >= spec.trials and not waiting.too_long(done, running):
+                    gate.release()  # the last trials are running elsewhere: wait for them
+                    waiting.pause(study)
+                else:
+                    study.optimize(objective, n_trials=1, catch=())  # releases the gate
+                    gate.release()
+                done = count(TrialState.COMPLETE)
+                bar.update(min(done, spec.trials) - bar.n)  # others' trials count too
+        finally:
+            gate.close()
+
+
+class Waiting:
+    """A worker waiting for the trials others run; it fails those whose worker died.
+
+    A running trial with no heartbeat at all (a tool that wrote the study without heartbeats)
+    never turns stale, so after a minute without progress the worker starts trials again.
+    """
+
+    def __init__(self, heartbeat_s: int) -> None:
+        self.poll_s = min(1.0, heartbeat_s / 4)
+        self.limit_s = max(60.0, 6.0 * heartbeat_s)
+        self._seen: tuple[int, int] | None = None
+        self._since = 0.0
+
+    def too_long(self, done: int, running: int) -> bool:
+        if self._seen != (done, running):
+            self._seen, self._since = (done, running), time.monotonic()
+        return time.monotonic() - self._since > self.limit_s
+
+    def pause(self, study: optuna.Study) -> None:
+        time.sleep(self.poll_s)
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial: FAIL, then retried
 
 
 class _Objective:
     """One trial: ratios -> projected keeps -> validation accuracy (and cost), all recorded."""
 
-    def __init__(self, problem: SearchProblem, spec: StudySpec) -> None:
+    def __init__(
+        self, problem: SearchProblem, spec: StudySpec, started: Callable[[], None] | None = None
+    ) -> None:
         self.problem = problem
         self.spec = spec
+        self.started = started  # called once the trial exists in the storage
         self.names = [u.name for u in problem.cost_model.graph.units]
         self.store = None
         if spec.artifact_dir is not None:
@@ -145,6 +199,10 @@ class _Objective:
             self.store = FileSystemArtifactStore(spec.artifact_dir)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        if self.started is not None:
+            self.started()
+        # which process runs it (--n-jobs, several machines), visible while it runs
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         p = self.problem
         lo = p.projection.min_ratio
         ratios = np.array([trial.suggest_float(n, lo, 1.0) for n in self.names])
@@ -168,7 +226,6 @@ class _Objective:
             "costs": costs,
             "val_accuracy": acc,
             "val_loss": loss,
-            "worker": f"{socket.gethostname()}:{os.getpid()}",  # which process ran it (--n-jobs)
         }
         if bits is not None:
             attrs["bits"] = bits.to_json()

@@ -23,3 +23,25 @@ def fresh(loaded: Loaded) -> Any:
     out = copy.copy(loaded)
     out.model = copy.deepcopy(loaded.model)
     return out
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Any:
+    """One PostgreSQL server for the session (tests/services.py); skips without the binaries."""
+    from services import PostgresServer, missing, postgres_bin
+
+    bindir = postgres_bin()
+    if bindir is None:
+        missing("PostgreSQL (initdb, pg_ctl: Debian's postgresql package)")
+    server = PostgresServer(bindir).start()  # type: ignore[arg-type]
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: Any, request: pytest.FixtureRequest) -> str:
+    """A SQLAlchemy URL of a fresh, empty database on the session's PostgreSQL server."""
+    import re
+
+    name = re.sub(r"\W", "_", request.node.name.lower())[:50] + f"_{id(request) % 10_000}"
+    return str(postgres_server.create_database(name))

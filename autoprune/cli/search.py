@@ -58,6 +58,11 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--n-jobs", type=int, help="optuna: worker processes sharing the study (default 1)"
     )
     g.add_argument(
+        "--heartbeat", dest="heartbeat_s", type=int, metavar="S",
+        help="optuna: a trial whose worker sends no heartbeat for 2 x S seconds is failed and "
+        "retried by the others (default 10)",
+    )  # fmt: skip
+    g.add_argument(
         "--no-warm-start",
         dest="warm_start",
         action="store_false",
@@ -117,6 +122,7 @@ def method_options(args: argparse.Namespace) -> dict[str, Any]:
         "storage": args.storage,
         "study": args.study,
         "n_jobs": args.n_jobs,
+        "heartbeat_s": args.heartbeat_s,
         "warm_start": args.warm_start,
         "steps": args.steps,
         "train_weights": args.train_weights,
