@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -22,7 +21,6 @@ from autoprune.cli.main import main
 from autoprune.cost.measure import count_macs
 from autoprune.errors import UsageError
 from autoprune.export.program import load_program
-from autoprune.pipeline.dashboard import BROWSERS
 from autoprune.rundir import partial_dir
 from autoprune.search.optuna_search import OptunaSearch
 from autoprune.search.testing import SyntheticEvaluator
@@ -234,12 +232,12 @@ def _finished_study(run: Path, trials: int) -> Path:
     return run
 
 
-@pytest.mark.skipif(
-    not any(shutil.which(b) for b in BROWSERS), reason="no headless Chromium on this machine"
-)
 def test_dashboard_screenshot_renders_the_finished_study(tmp_path: Path) -> None:
     from PIL import Image
+    from services import chromium, missing
 
+    if chromium() is None:  # skips here, fails in CI (.ci/run installs chromium)
+        missing("headless Chromium (Debian's chromium package)")
     run = _finished_study(tmp_path / "run", trials=3)
     png = tmp_path / "shots" / "dashboard.png"
     assert main(["dashboard", str(run), "--screenshot", str(png)]) == 0
