@@ -50,7 +50,8 @@ class OptunaSearch(SearchMethod):
 
     `trials` counts completed trials of the study, earlier sessions' included, so a resumed study
     runs only what is missing. With one worker and a fresh study the same seed gives the same
-    allocation; with several workers trials interleave and up to `n_jobs - 1` extra may finish.
+    allocation; with several workers trials interleave (the allocation can differ run to run)
+    and, on SQLite or PostgreSQL, exactly `trials` finish (autoprune.search.trial_gate).
     """
 
     supports_bits = True  # per-layer categorical widths beside the keep ratios
