@@ -45,16 +45,18 @@ def _row(r: dict[str, Any]) -> str:
     exact = {True: "yes", False: "**no**"}.get(bool(r.get("predicted_equals_measured")), "-")
     exact = exact if "predicted_equals_measured" in r else "-"
     peak = f"{r['peak_gb']:.2f}" if r.get("peak_gb") is not None else "-"
+    trace = f"{r['trace_s']} s, {r['trace_peak_gb']:.2f} GB" if "trace_s" in r else "-"
     note = r.get("error") or (f"{frozen[0]['name']}: {frozen[0]['reason']}" if frozen else "")
     return (
         f"| {r['model']} | {r.get('input', '-')} | {r.get('units', '-')} | {len(frozen)} | "
-        f"{ratio} | {exact} | {r.get('search_s', '-')} | {r.get('wall_s', '-')} | {peak} | "
-        f"{note.replace('|', '/')} |"
+        f"{ratio} | {exact} | {trace} | {r.get('search_s', '-')} | {r.get('wall_s', '-')} | "
+        f"{peak} | {note.replace('|', '/')} |"
     )
 
 
 def render(summary: dict[str, Any], budget: str) -> str:
     s, rows = summary["summary"], summary["runs"]
+    traced = [r["trace_peak_gb"] for r in rows if "trace_peak_gb" in r]
     failed = "".join(f"\n- {m}: {e}" for m, e in s["failed"].items()) or " none"
     lines = [
         "# torchvision coverage: uniform " + budget + " MACs, --no-prune, every classifier",
@@ -64,18 +66,22 @@ def render(summary: dict[str, Any], budget: str) -> str:
         f"--dataset fake --input-size 3xSxS --method uniform --budget-flops {budget} --no-prune` "
         "in its own process (peak resident memory from its rusage, capped at "
         f"{summary['limits']['memory_gb']:g} GB); the MAC ratio is FlopCounterMode on the exported "
-        "model.pt2 against an untouched torchvision model of the same input and classes.",
+        "model.pt2 against an untouched torchvision model of the same input and classes. "
+        "Tracing and verification run first in the worker (their peak memory is the first "
+        "column's); the search after them also evaluates the model on a few images.",
         "",
         f"- {s['models']} models; {s['exported']} exported; {s['budget_met']} with the budget met "
         f"({s['budget_tight']} of them at {100 * TIGHT:.0f}% or more of the dense MACs)",
         f"- predicted MACs = measured MACs on {s['predicted_equals_measured']} of {s['exported']}",
         f"- fully prunable (no frozen unit): {s['fully_prunable']}; with frozen units: "
         f"{len(s['with_frozen_units'])} ({', '.join(s['with_frozen_units']) or 'none'})",
+        f"- tracing + verification peak memory: at most {max(traced, default=0):.2f} GB",
         f"- failed:{failed}",
         "",
         "| model | input | prunable units | frozen | MACs exported / untouched | predicted = "
-        "measured | search s | wall s | peak GB | note (error, or the first frozen unit) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "measured | trace + verify (time, peak) | search s | wall s | peak GB | note (error, or "
+        "the first frozen unit) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *(_row(r) for r in rows),
         "",
     ]

@@ -17,9 +17,10 @@ model is its purpose, so it is imported lazily by `trace_units` rather than by t
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -29,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
-from autoprune.graph.masking import apply_masks, element_masks, slim
+from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
 from autoprune.graph.tracing import one_line
 from autoprune.graph.units import FrozenUnit, UnitGraph, no_fastpath
 from autoprune.graph.verify_cache import Verdict, load_verdict, store_verdict, verdict_key
@@ -147,23 +148,26 @@ class _Verifier:
         # a random subset, not a prefix: an index mapping that is off by a permutation shows
         kept = [torch.sort(torch.randperm(int(n), generator=gen)[: int(k)]).values
                 for n, k in zip(self.sizes[list(subset)], keep, strict=True)]  # fmt: skip
-        work = copy.deepcopy(self.base)
+        work = self.base  # masked, then slimmed in place and restored: no copy per check
         try:
             apply_masks(work, element_masks(work, sub, kept))
             with torch.no_grad():
                 y_mask = work(self.x)
         except Exception as err:
             return f"masking fails: {one_line(err)}"
-        try:
-            slim(work, sub, kept)
-        except Exception as err:
-            return f"slimming fails: {one_line(err)}"
-        try:
-            y_slim, macs = _run(work, self.x)
-        except Exception as err:
-            return f"the slimmed model fails: {one_line(err)}"
-        reason = _compare(y_mask, y_slim)
-        return reason if reason is not None else self._priced(sub, keep, work, macs)
+        finally:
+            remove_masks(work, bake=False)
+        with _restoring(work, sub):
+            try:
+                slim(work, sub, kept)
+            except Exception as err:
+                return f"slimming fails: {one_line(err)}"
+            try:
+                y_slim, macs = _run(work, self.x)
+            except Exception as err:
+                return f"the slimmed model fails: {one_line(err)}"
+            reason = _compare(y_mask, y_slim)
+            return reason if reason is not None else self._priced(sub, keep, work, macs)
 
     def _priced(
         self, sub: UnitGraph, keep: np.ndarray, slimmed: nn.Module, measured_macs: int
@@ -179,6 +183,26 @@ class _Verifier:
         if round(predicted.params) != params:
             return f"priced at {predicted.params:,.0f} params, the slimmed model has {params:,}"
         return None
+
+
+@contextlib.contextmanager
+def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[None]:
+    """Undo a slimming of `graph`'s units: every module it may touch gets back its attributes,
+    parameters and buffers (slimming replaces them; it never writes into them)."""
+    paths = {m.module for u in graph.units for m in u.members}
+    owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
+    saved = {}
+    for path in owners:
+        state = vars(model.get_submodule(path))
+        saved[path] = {k: dict(v) if k in ("_parameters", "_buffers") else v
+                       for k, v in state.items()}  # fmt: skip
+    try:
+        yield
+    finally:
+        for path, state in saved.items():
+            attrs = vars(model.get_submodule(path))
+            attrs.clear()
+            attrs.update(state)
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[object, int]:

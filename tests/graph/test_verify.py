@@ -91,3 +91,15 @@ def test_randomized_copy_leaves_the_model_alone() -> None:
 def test_a_model_that_refuses_the_input_is_a_one_line_usage_error() -> None:
     with pytest.raises(UsageError, match=r"fails on a 3x8x8 input \(RuntimeError: .*\); pass"):
         trace_units(awkward.FlattenLinear(), (3, 8, 8), "channel", "flat")  # built for 16x16
+
+
+def test_checks_slim_the_verification_copy_in_place_and_restore_it() -> None:
+    model = awkward.ChunkCat()
+    graph = trace_units(model, SIZE, "channel", "chunk", verify=False)
+    checker = verify._Verifier(model, graph)
+    before = {k: v.clone() for k, v in checker.base.state_dict().items()}
+    assert checker.check(list(range(len(graph.units))), "smallest") is None
+    after = checker.base.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert checker.base.group.in_channels == 24 and checker.base.dw[0].groups == 8
