@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from autoprune.bench.latency_report import plot, readme
+from autoprune.bench.report import write_readme
 from autoprune.cost.latency import LatencyConfig, measure_table, register_latency
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps, project
@@ -244,9 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 def write_report(out: Path, summary: dict[str, Any]) -> None:
     """README.md (with OUT/NOTES.md, hand-written, appended when present) and the plot."""
     plot(summary["results"], out / "predicted_vs_measured.png")
-    notes = out / "NOTES.md"
-    extra = "\n" + notes.read_text() if notes.is_file() else ""
-    (out / "README.md").write_text(readme(summary) + extra)
+    write_readme(out, readme(summary))
     print(f"wrote {out}/README.md, predicted_vs_measured.png")
 
 

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from autoprune.bench.base import BENCHMARKS, BenchConfig
+from autoprune.bench.report import write_readme
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
@@ -166,7 +167,7 @@ def speed(cfg: BenchConfig) -> dict[str, Any]:
         + (" --quick" if cfg.quick else "") + (f" --out {cfg.out}" if cfg.out else ""),
     }  # fmt: skip
     write_json_atomic(out / "speed.json", summary)
-    (out / "README.md").write_text(render(summary))
+    write_readme(out, render(summary))
     return summary
 
 
