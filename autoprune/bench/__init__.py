@@ -12,6 +12,7 @@ from autoprune.registry import Registry
 # a test checks it against the registry.
 NAMES = (
     "alloc-lenet5-weight",
+    "alloc-resnet20-fmnist",
     "lenet5-mnist",
     "lenet5-mnist-quant",
     "search-lenet5-mnist",
@@ -25,6 +26,7 @@ def load_benchmarks() -> Registry[Benchmark]:
     """The registry with every built-in benchmark registered."""
     from autoprune.bench import (  # noqa: F401  (each registers its benchmark)
         alloc_lenet5,
+        alloc_resnet20,
         coverage,
         landscape,
         lenet5_mnist,

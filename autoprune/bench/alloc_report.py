@@ -12,6 +12,7 @@ from autoprune.bench.search_report import spearman
 
 HEURISTICS = ("erk", "global", "lamp")
 SEARCHES = ("optuna", "rl", "dsa")
+LANDSCAPE = "landscape"  # runs named landscape-N-seedS: random allocations on the budget
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
@@ -54,7 +55,7 @@ def _mean(values: list[Any]) -> float | None:
 def summarise_point(point: dict[str, Any], order: tuple[str, ...]) -> dict[str, Any]:
     """One budget: per method the mean over seeds and the paired differences with uniform and
     with the best heuristic (by mean final accuracy); the proxy's Spearman over all rows."""
-    methods = _methods(point["rows"], order)
+    methods = _methods([r for r in point["rows"] if not _landscape(r)], order)
     heur = [h for h in HEURISTICS if h in methods]
     best_h = max(heur, key=lambda h: np.mean(list(methods[h]["acc"].values()))) if heur else None
     table = []
@@ -81,9 +82,32 @@ def summarise_point(point: dict[str, Any], order: tuple[str, ...]) -> dict[str, 
         "searches_below_uniform": [t["method"] for t in searches
                                    if beyond(t["vs_uniform"], -1)],
     }  # fmt: skip
-    return {"point": point["point"], "dataset": point["dataset"], "ratio": point["ratio"],
-            "methods": table, "spearman": rho, "spearman_n": len(rows),
-            "checks": checks}  # fmt: skip
+    return {"point": point["point"], "dataset": point["dataset"], "ratio": point.get("ratio"),
+            "budgets": point.get("budgets"), "methods": table, "spearman": rho,
+            "spearman_n": len(rows), "checks": checks,
+            "landscape": landscape(point["rows"])}  # fmt: skip
+
+
+def _landscape(row: dict[str, Any]) -> bool:
+    return str(row["method"]).startswith(LANDSCAPE)
+
+
+def landscape(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """How far apart allocations on the budget are: the random allocations (one backend seed)
+    against uniform at that seed, best first."""
+    land = sorted((r for r in rows if _landscape(r)), key=lambda r: -r["test_accuracy"])
+    if not land:
+        return None
+    seed = land[0]["seed"]
+    uniform = next((r["test_accuracy"] for r in rows
+                    if r["method"] == "uniform" and r["seed"] == seed), None)  # fmt: skip
+    accs = [r["test_accuracy"] for r in land]
+    return {
+        "seed": seed, "uniform": uniform, "n": len(land), "best": accs[0], "worst": accs[-1],
+        "above_uniform": None if uniform is None else sum(a > uniform for a in accs),
+        "rows": [{k: r[k] for k in ("method", "keep", "test_accuracy", "proxy_accuracy")}
+                 for r in land],
+    }  # fmt: skip
 
 
 def summarise(points: list[dict[str, Any]], order: tuple[str, ...]) -> dict[str, Any]:
@@ -111,6 +135,20 @@ def _num(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _render_landscape(land: dict[str, Any] | None) -> list[str]:
+    if land is None:
+        return []
+    out = ["", f"Landscape: {land['n']} random allocations on the budget (backend seed "
+           f"{land['seed']}): {_pct(land['worst'])} to {_pct(land['best'])}; uniform at that "
+           f"seed {_pct(land['uniform'])}, {land['above_uniform']} of {land['n']} above it.", "",
+           "| allocation | keeps | test accuracy | proxy |", "|---|---|---|---|"]  # fmt: skip
+    for r in land["rows"]:
+        keeps = " ".join(str(k) for k in r["keep"])
+        out.append(f"| {r['method']} | {keeps} | {_pct(r['test_accuracy'])} | "
+                   f"{_pct(r['proxy_accuracy'])} |")  # fmt: skip
+    return out
+
+
 def render_readme(summary: dict[str, Any]) -> str:
     """The README: one table per budget, then the checks the issue asks for."""
     out = [
@@ -127,7 +165,8 @@ def render_readme(summary: dict[str, Any]) -> str:
         "backend seed alike), with two standard errors of the mean difference.",
     ]
     for p in summary["points"]:
-        out += ["", f"## {p['point']}", "",
+        budgets = f" ({' + '.join(p['budgets'])})" if p.get("budgets") else ""
+        out += ["", f"## {p['point']}{budgets}", "",
                 "| method | seeds | test accuracy | vs uniform | vs best heuristic | proxy | "
                 "search s | compression | budget met |",
                 "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
@@ -145,4 +184,5 @@ def render_readme(summary: dict[str, Any]) -> str:
                 f"{c['search_beats_uniform']}, below the best heuristic beyond noise: "
                 f"{c['search_below_best_heuristic']}; searches below uniform beyond noise: "
                 f"{', '.join(c['searches_below_uniform']) or 'none'}."]  # fmt: skip
+        out += _render_landscape(p.get("landscape"))
     return "\n".join(out) + "\n"

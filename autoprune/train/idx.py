@@ -93,6 +93,17 @@ def read_split(images_path: Path, labels_path: Path, classes: int) -> tuple[np.n
     return images, labels.astype(np.int64)
 
 
+def write_idx(path: Path, array: np.ndarray, *, gz: bool = False) -> Path:
+    """Write uint8 `array` as an IDX file as MNIST ships them (gzipped: `path` + .gz); the path."""
+    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
+    raw = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        raw = gzip.compress(raw, mtime=0)  # mtime 0: the same bytes every time
+    path.write_bytes(raw)
+    return path
+
+
 def download_idx(name: str, class_name: str, root: Path) -> None:
     """Let torchvision fetch the four files into `root/class_name/raw` (needs the network)."""
     import torchvision.datasets

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from torch.utils.data import Dataset, TensorDataset
 from autoprune.errors import DataError, UnknownNameError, UsageError
 from autoprune.train import data, image_tensors
 from autoprune.train.data import ImageTensorDataset, load_dataset, make_loader
+from autoprune.train.idx import write_idx
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
@@ -168,16 +168,6 @@ def test_mnist_matches_the_published_label_counts() -> None:
     assert abs(float(x.mean())) < 0.05 and abs(float(x.std()) - 1) < 0.05
 
 
-def _write_idx(path: Path, array: np.ndarray, *, gz: bool) -> None:
-    """An IDX file as MNIST ships them: magic (0, 0, uint8, ndim), big-endian dims, the bytes."""
-    header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, ">u4").tobytes()
-    raw = header + array.astype(np.uint8).tobytes()
-    if gz:
-        path = path.with_name(path.name + ".gz")
-        raw = gzip.compress(raw)
-    path.write_bytes(raw)
-
-
 def _idx_folder(folder: Path, *, gz: bool, seed: int = 0) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
@@ -185,8 +175,8 @@ def _idx_folder(folder: Path, *, gz: bool, seed: int = 0) -> dict[str, np.ndarra
     for prefix, n in (("train", 40), ("t10k", 12)):
         images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
         labels = np.arange(n, dtype=np.uint8) % 10
-        _write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz=gz)
-        _write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz=gz)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz=gz)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels, gz=gz)
         arrays[prefix] = images
     return arrays
 
@@ -230,7 +220,7 @@ def test_broken_idx_files_are_data_errors(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not an IDX file"):
         load_dataset("mnist", input_size=(1, 28, 28), data_dir=tmp_path)
     _idx_folder(tmp_path, gz=False)
-    _write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, dtype=np.uint8), gz=False)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", np.zeros(5, dtype=np.uint8), gz=False)
     with pytest.raises(DataError, match=r"\(5,\) labels for the 12 images"):
         load_dataset("mnist", input_size=(1, 28, 28), data_dir=tmp_path)
 

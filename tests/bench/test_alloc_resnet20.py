@@ -1,0 +1,98 @@
+"""alloc-resnet20-fmnist: the fixed training subset, the landscape summary, and a quick run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from autoprune.bench import NAMES, BenchConfig, load_benchmarks
+from autoprune.bench.alloc_report import render_readme, summarise
+from autoprune.bench.alloc_resnet20 import Recipe, stratified_subset, subset_folder
+from autoprune.errors import DataError, UsageError
+from autoprune.train.data import load_dataset
+from autoprune.train.idx import IDX_FILES, read_idx, write_idx
+
+ORDER = ("uniform", "global", "optuna", "rl", "dsa")
+
+
+def _fake_fmnist(root: Path, n_train: int = 200, n_test: int = 30) -> Path:
+    raw = root / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for (images, labels), n in zip(IDX_FILES.values(), (n_train, n_test), strict=True):
+        write_idx(raw / images, rng.integers(0, 256, (n, 28, 28), dtype=np.uint8))
+        write_idx(raw / labels, (np.arange(n) % 10).astype(np.uint8))
+    return root
+
+
+def test_stratified_subset_takes_every_class_equally_and_is_seeded() -> None:
+    labels = np.random.default_rng(1).integers(0, 10, 1000)
+    a = stratified_subset(labels, 100, seed=0)
+    assert len(set(a.tolist())) == 100
+    assert np.bincount(labels[a], minlength=10).tolist() == [10] * 10
+    assert np.array_equal(a, stratified_subset(labels, 100, seed=0))
+    assert not np.array_equal(a, stratified_subset(labels, 100, seed=1))
+    with pytest.raises(DataError, match="cannot draw 105"):
+        stratified_subset(labels, 105, seed=0)
+
+
+def test_subset_folder_keeps_the_whole_test_split(tmp_path: Path) -> None:
+    data = _fake_fmnist(tmp_path / "src")
+    recipe = Recipe(train_images=100)
+    folder = Path(subset_folder(tmp_path / "out", recipe, str(data)))
+    train = read_idx(folder / "train-labels-idx1-ubyte.gz")
+    assert len(train) == 100 and np.bincount(train).tolist() == [10] * 10
+    assert len(read_idx(folder / "t10k-images-idx3-ubyte.gz")) == 30
+    splits = load_dataset("fashion-mnist", input_size=(1, 28, 28), data_dir=str(folder))
+    assert len(splits.test) == 30 and len(splits.train) + len(splits.val) == 100
+    with pytest.raises(UsageError, match="--data-dir"):
+        subset_folder(tmp_path / "other", recipe, None)
+
+
+def _row(method: str, seed: int, acc: float, proxy: float) -> dict[str, Any]:
+    return {"method": method, "seed": seed, "test_accuracy": acc, "proxy_accuracy": proxy,
+            "search_s": 1.0, "compression": 3.0, "budget_met": True, "code": "abc (clean)",
+            "checkpoint": "results/x/dense/checkpoint.pt", "keep": [4, 8], "run": "r"}  # fmt: skip
+
+
+def test_landscape_rows_are_summarised_apart_from_the_methods() -> None:
+    rows = [_row("uniform", 0, 0.80, 0.5), _row("uniform", 1, 0.81, 0.5),
+            _row("optuna", 0, 0.84, 0.7), _row("optuna", 1, 0.85, 0.7)]  # fmt: skip
+    rows += [_row(f"landscape-{i}", 0, acc, acc - 0.3) for i, acc in enumerate([0.78, 0.83, 0.82])]
+    point = {"point": "mixed", "dataset": "fashion-mnist",
+             "budgets": ["macs 25%", "params 10%"], "rows": rows}  # fmt: skip
+    (p,) = summarise([point], ORDER)["points"]
+    assert [t["method"] for t in p["methods"]] == ["uniform", "optuna"]
+    land = p["landscape"]
+    assert land["n"] == 3 and land["uniform"] == 0.80 and land["above_uniform"] == 2
+    assert land["best"] == 0.83 and land["worst"] == 0.78
+    assert p["spearman_n"] == 7  # the landscape's allocations count for the proxy's rank
+    text = render_readme({"points": [p], "trained_at": [], "checkpoints": [],
+                          "benchmark": "b", "quick": False, "command": "c", "rendered_at": "d"})
+    assert "## mixed (macs 25% + params 10%)" in text
+    assert "2 of 3 above it" in text and "| landscape-1 | 4 8 | 83.00% | 53.00% |" in text
+
+
+def test_registered_and_unknown_budgets_refused(tmp_path: Path) -> None:
+    assert "alloc-resnet20-fmnist" in NAMES
+    bench = load_benchmarks().get("alloc-resnet20-fmnist")
+    with pytest.raises(UsageError, match="no budget macs-7"):
+        bench(BenchConfig(out=str(tmp_path), only=["macs-7"]))
+    assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+@pytest.mark.slow  # a few minutes on two loaded cores
+@pytest.mark.timeout(900)
+def test_quick_run_on_digits(tmp_path: Path) -> None:
+    summary = load_benchmarks().get("alloc-resnet20-fmnist")(
+        BenchConfig(out=str(tmp_path), quick=True, progress=False)
+    )
+    (point,) = summary["points"]
+    assert [t["method"] for t in point["methods"]] == ["uniform", "global", "optuna"]
+    assert all(t["budget_met"] and t["seeds"] == [0, 1] for t in point["methods"])
+    assert point["landscape"]["n"] == 2 and point["spearman_n"] == 8
+    assert (tmp_path / "dense" / "checkpoint.pt").is_file()
+    assert "## macs-30 (macs 30%)" in (tmp_path / "README.md").read_text()
