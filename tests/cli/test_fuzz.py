@@ -28,6 +28,11 @@ import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+# Imported now, not in the first example: torch logs a one-time warning on this import on
+# machines with CUDA_HOME but no CUDA runtime, which is not the CLI's stderr.
+import autoprune.pipeline.evaluate_run
+import autoprune.pipeline.prune
+import autoprune.pipeline.search  # noqa: F401
 from autoprune.cli.main import main
 from autoprune.cost.budgets import FLAG_METRIC, parse_budget
 from autoprune.errors import BudgetError
