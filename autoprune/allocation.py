@@ -135,6 +135,21 @@ class Allocation:
                 f"not for {graph.model_name!r} at input {'x'.join(map(str, graph.input_size))} "
                 f"(signature {graph.signature}); search a new allocation for this model"
             )
+        # the signature names the model, not the file's unit list: a damaged or edited list
+        # (a unit dropped, another total) would train a keep the model does not have
+        expected = [(u.name, u.size) for u in graph.units]
+        found = [(u.name, u.total) for u in self.units]
+        if found != expected:
+            first = next(
+                (i for i, (a, b) in enumerate(zip(found, expected, strict=False)) if a != b),
+                min(len(found), len(expected)),
+            )
+            have = found[first] if first < len(found) else "nothing"
+            want = expected[first] if first < len(expected) else "nothing"
+            raise AllocationError(
+                f"allocation's unit {first} is {have} (name, total), the model's is {want}; "
+                "the file was edited or damaged: search a new allocation"
+            )
 
     # --- serialisation -------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -172,25 +187,31 @@ class Allocation:
             units = []
             for u in d["units"]:
                 keep, total = u["keep"], u["total"]
-                if not (isinstance(keep, int) and isinstance(total, int) and 0 < keep <= total):
+                if not (_is_int(keep) and _is_int(total) and 0 < keep <= total):
                     raise AllocationError(
                         f"{source}: unit {u.get('name')!r} keeps {keep!r} of {total!r}; "
                         "keep must be an integer in [1, total]"
                     )
-                units.append(UnitKeep(str(u["name"]), keep, total, u.get("bits")))
+                units.append(UnitKeep(_typed(u["name"], str, "a unit name"), keep, total,
+                                      u.get("bits")))  # fmt: skip
+            size = model["input_size"]
+            if not (isinstance(size, list) and len(size) == 3 and all(map(_positive, size))):
+                raise TypeError(f"input_size {size!r} is not three positive integers")
+            if not _positive(model["num_classes"]):
+                raise TypeError(f"num_classes {model['num_classes']!r} is not a positive integer")
             return cls(
-                model=str(model["name"]),
-                signature=str(model["signature"]),
-                granularity=str(d["granularity"]),
-                input_size=tuple(int(v) for v in model["input_size"]),  # type: ignore[arg-type]
-                num_classes=int(model["num_classes"]),
+                model=_typed(model["name"], str, "the model name"),
+                signature=_typed(model["signature"], str, "the signature"),
+                granularity=_typed(d["granularity"], str, "the granularity"),
+                input_size=tuple(size),
+                num_classes=model["num_classes"],
                 units=units,
                 budgets=[Budget.from_dict(b) for b in d.get("budgets") or []],
                 predicted={k: float(v) for k, v in (d.get("predicted") or {}).items()},
                 dense={k: float(v) for k, v in (d.get("dense") or {}).items()},
                 provenance=dict(d.get("provenance") or {}),
-                dataset=d.get("dataset"),
-                checkpoint=d.get("checkpoint"),
+                dataset=_typed(d.get("dataset"), str | None, "the dataset"),
+                checkpoint=_typed(d.get("checkpoint"), str | None, "the checkpoint"),
                 act_bits=d.get("act_bits"),
                 weight_bits=d.get("weight_bits"),
                 importance=_importance(d.get("importance"), source),
@@ -217,6 +238,21 @@ class Allocation:
                 f"allocation file {str(p)!r} is not valid JSON ({e}); regenerate it"
             ) from None
         return cls.from_dict(data, source=f"allocation file {str(p)!r}")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)  # JSON true is no count
+
+
+def _positive(v: Any) -> bool:
+    return _is_int(v) and v > 0
+
+
+def _typed(value: Any, kind: Any, what: str) -> Any:
+    """`value` if it is a `kind`; a JSON value of another type is a damaged file (TypeError)."""
+    if not isinstance(value, kind):
+        raise TypeError(f"{what} is {value!r}, not {getattr(kind, '__name__', kind)}")
+    return value
 
 
 def _importance(name: Any, source: str) -> str | None:

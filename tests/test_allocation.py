@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -62,6 +63,21 @@ def test_other_model_is_refused() -> None:
         alloc.check_fits(weight)
 
 
+def test_an_edited_unit_list_is_refused() -> None:
+    """The signature matches, the units do not: a total the model lacks, a unit dropped."""
+    alloc, _ = _alloc("lenet5")
+    graph = trace_units(build_model("lenet5"), (1, 28, 28), "channel", "lenet5")
+    first = alloc.units[0]
+    alloc.units[0] = dataclasses.replace(first, keep=1, total=1)  # found by tests/cli/test_fuzz
+    with pytest.raises(AllocationError, match=rf"unit 0 is \('{first.name}', 1\).*edited"):
+        alloc.check_fits(graph)
+    alloc.units[0] = first
+    alloc.check_fits(graph)
+    alloc.units.pop()
+    with pytest.raises(AllocationError, match=r"unit 2 is nothing"):
+        alloc.check_fits(graph)
+
+
 @pytest.mark.parametrize(
     ("mutate", "match"),
     [
@@ -73,6 +89,10 @@ def test_other_model_is_refused() -> None:
         (lambda d: d.update(predicted=[1, 2]), "malformed .*regenerate it"),
         (lambda d: d.update(units=[7]), "malformed .*regenerate it"),
         (lambda d: d["model"].update(input_size=None), "malformed .*regenerate it"),
+        (lambda d: d["units"][0].update(keep=True), "keeps True of 500"),
+        (lambda d: d["model"].update(num_classes="10"), "malformed .*num_classes '10'"),
+        (lambda d: d["model"].update(input_size=[1, 28.0, 28]), "malformed .*input_size"),
+        (lambda d: d.update(dataset=5), "malformed .*dataset is 5"),
     ],
 )
 def test_malformed_files_are_refused(tmp_path: Path, mutate, match: str) -> None:  # type: ignore[no-untyped-def]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,8 +71,10 @@ def parse_budget(metric: str, text: str) -> Budget:
     m = re.fullmatch(_NUMBER + r"\s*%", s)
     if m:
         pct = _number(m)
-        if not pct > 0:
-            raise BudgetError(f"{flag} {text!r} must be a positive percentage of the dense model")
+        if not 0 < pct < math.inf:
+            raise BudgetError(
+                f"{flag} {text!r} must be a positive, finite percentage of the dense model"
+            )
         return Budget(metric, pct / 100.0, relative=True, text=str(text))
     m = re.fullmatch(_NUMBER + r"\s*([A-Za-z]*)", s)
     if not m:
@@ -83,13 +86,15 @@ def parse_budget(metric: str, text: str) -> Budget:
     if suffix not in table:
         raise bad
     value = _number(m) * table[suffix]
-    if value <= 0:
-        raise BudgetError(f"{flag} {text!r} must be positive")
+    if not 0 < value < math.inf:
+        raise BudgetError(f"{flag} {text!r} must be a positive, finite value")
     return Budget(metric, value, relative=False, text=str(text))
 
 
 def _number(m: re.Match[str]) -> float:
-    return float(m.group(1)) * (10.0 ** int(m.group(2)) if m.group(2) else 1.0)
+    # float() parses the exponent itself: 1e999 is inf (rejected by the caller), never an
+    # OverflowError as 10.0 ** 999 would be
+    return float(f"{m.group(1)}e{m.group(2) or 0}")
 
 
 def format_value(metric: str, value: float) -> str:

@@ -99,7 +99,29 @@ def _unpack(payload: dict[str, Any], path: Path) -> tuple[dict[str, Tensor], dic
         raise CheckpointError(f"checkpoint {path} lacks its state_dict or meta; {_FIX}")
     if not all(isinstance(t, Tensor) for t in state_dict.values()):
         raise CheckpointError(f"checkpoint {path} has a state_dict entry that is no tensor; {_FIX}")
+    missing = [key for key in _REQUIRED_META if key not in meta]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {path} has no {', '.join(missing)} in its meta, so its model cannot be "
+            f"rebuilt; {_FIX}"
+        )
+    size, classes = meta["input_size"], meta["num_classes"]
+    if not (
+        isinstance(meta["model"], str)
+        and _positive(classes)
+        and isinstance(size, (list, tuple))
+        and len(size) == 3
+        and all(map(_positive, size))
+    ):
+        raise CheckpointError(
+            f"checkpoint {path} has a damaged meta (model {meta['model']!r}, num_classes "
+            f"{classes!r}, input_size {size!r}); {_FIX}"
+        )
     return state_dict, meta
+
+
+def _positive(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v > 0
 
 
 def load_checkpoint(path: str | Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
@@ -199,13 +221,7 @@ def build_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild the model named in the checkpoint's meta and load its weights (strictly)."""
     from autoprune.models import build_model
 
-    state_dict, meta = load_checkpoint(path)
-    missing = [key for key in _REQUIRED_META if key not in meta]
-    if missing:
-        raise CheckpointError(
-            f"checkpoint {path} has no {', '.join(missing)} in its meta, so its model cannot be "
-            f"rebuilt; {_FIX}"
-        )
+    state_dict, meta = load_checkpoint(path)  # meta checked: model, num_classes, input_size
     try:
         model = build_model(
             meta["model"], num_classes=meta["num_classes"], input_size=tuple(meta["input_size"])

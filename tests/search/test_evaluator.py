@@ -49,15 +49,26 @@ def test_never_reads_the_test_split(lenet: tuple[Loaded, UnitGraph]) -> None:
 
 
 def test_scores_are_cached_and_the_dense_model_is_untouched(
-    lenet: tuple[Loaded, UnitGraph],
+    lenet: tuple[Loaded, UnitGraph], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     loaded, graph = lenet
     before = {k: v.clone() for k, v in loaded.model.state_dict().items()}
-    ev = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, EvaluatorConfig(val_limit=20))
+    cfg = EvaluatorConfig(val_limit=20)
+    ev = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg)
     sizes = np.array(graph.sizes)
-    dense, small = ev.evaluate(sizes), ev.evaluate(np.maximum(1, sizes // 10))
-    assert ev(sizes) == dense.accuracy and ev.calls == 2 and dense.n == 20
-    assert small.loss != dense.loss
+    small_keep = np.maximum(1, sizes // 10)
+    dense, small = ev.evaluate(sizes), ev.evaluate(small_keep)
+    assert dense.n == 20 and (small.accuracy, small.loss) != (dense.accuracy, dense.loss)
+
+    # a second look is answered from the cache: the scorer is not called again
+    def no_rescoring(*args: object) -> None:
+        raise AssertionError("a cached allocation was scored again")
+
+    monkeypatch.setattr(ev, "_score", no_rescoring)
+    assert ev.evaluate(sizes) == dense and ev(small_keep) == small.accuracy and ev.calls == 2
+    # and what it stored is the allocation's own score, as a fresh evaluator computes it
+    fresh = MaskEvaluator.from_splits(loaded.model, graph, loaded.data, cfg)
+    assert fresh.evaluate(small_keep) == small and fresh.evaluate(sizes) == dense
     # the dense score is the unpruned model's own accuracy
     x, y = next(iter(torch.utils.data.DataLoader(loaded.data.val, batch_size=20)))
     with torch.no_grad():

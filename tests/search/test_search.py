@@ -74,12 +74,40 @@ def test_the_same_seed_gives_the_same_allocation(method: str) -> None:
     assert [t.keep.tolist() for t in runs[0].trials] != [t.keep.tolist() for t in runs[2].trials]
 
 
-def test_optuna_beats_random_proposals_on_a_smooth_objective() -> None:
-    problem = problem_for("lenet5", [("macs", "10%")])
-    tpe = OptunaSearch(trials=30, artifacts=False).search(problem)
-    rnd = SEARCH_METHODS.get("random")(trials=30).search(problem)
-    assert tpe.score is not None and rnd.score is not None
-    assert tpe.score >= rnd.score - 1e-3
+class _Target:
+    """Minus the mean distance of the keep ratios to one allocation on the budget: a clear
+    optimum in 12 dimensions that random proposals seldom come near."""
+
+    def __init__(self, sizes: np.ndarray, target: np.ndarray) -> None:
+        self.sizes, self.target = sizes.astype(np.float64), target / sizes
+        self.calls = 0
+
+    def __call__(self, keep: np.ndarray, bits: object = None) -> float:
+        self.calls += 1
+        return -float(np.abs(np.asarray(keep) / self.sizes - self.target).mean())
+
+
+def test_tpe_beats_random_proposals_with_the_same_number_of_evaluations() -> None:
+    """No warm start (the baselines would hand TPE a head start): on each of three seeds TPE's
+    best is closer to the optimum than the best of random search and of Optuna's random
+    sampler, each given the same 40 evaluations."""
+    for seed in range(3):
+        problem = problem_for("resnet18", [("macs", "30%")], seed=seed)
+        rng = np.random.default_rng(100 + seed)
+        target = problem.project(rng.uniform(0.05, 1.0, len(problem.sizes)), None)
+        scores = {}
+        for name, method in (
+            ("tpe", OptunaSearch(trials=40, artifacts=False, warm_start=False)),
+            (
+                "sampler",
+                OptunaSearch(trials=40, artifacts=False, warm_start=False, sampler="random"),
+            ),
+            ("random", SEARCH_METHODS.get("random")(trials=40)),
+        ):
+            problem.evaluate = _Target(problem.sizes, target)
+            scores[name] = method.search(problem).score
+            assert problem.evaluate.calls == 40
+        assert scores["tpe"] > max(scores["sampler"], scores["random"]), (seed, scores)
 
 
 def test_multi_objective_keeps_a_pareto_front_and_picks_from_it() -> None:

@@ -139,7 +139,17 @@ def test_search_cli_writes_study_report_and_a_program_within_budget(tmp_path: Pa
     study = optuna.load_study(study_name="autoprune", storage=f"sqlite:///{out / 'study.db'}")
     notes = study._storage.get_study_system_attrs(study._study_id)
     assert all(f"dashboard:{t._trial_id}:note_str:0" in notes for t in trials)
-    assert "![keep ratio](keep_ratio.png)" in (out / "report.md").read_text()
+    # the report and trials.json say what the study holds: its trials, its best, its keeps
+    report = (out / "report.md").read_text()
+    assert "![keep ratio](keep_ratio.png)" in report
+    assert metrics["search"]["best_trial"] == best.number
+    assert f"chosen allocation: {100 * best.value:.2f}%; 4 trials in " in report
+    assert f"| {best.number} | {100 * best.value:.2f}% |" in report  # on the Pareto front
+    assert all(f"| {u['name']} | {u['keep']} | {u['total']} |" in report for u in alloc["units"])
+    listed = json.loads((out / "trials.json").read_text())
+    assert [(t["number"], t["score"], t["keep"]) for t in listed] == [
+        (t.number, t.value, t.user_attrs["keep"]) for t in sorted(trials, key=lambda t: t.number)
+    ]
 
 
 def test_an_interrupted_search_is_kept_refused_without_study_and_resumed(

@@ -89,3 +89,21 @@ def test_model_mismatches_are_checkpoint_errors(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "c.pt", state_dict=state, meta={**META, "model": "lenet6"})
     with pytest.raises(CheckpointError, match="'lenet6'"):
         build_from_checkpoint(tmp_path / "c.pt")
+
+
+@pytest.mark.parametrize(
+    ("meta", "match"),
+    [
+        ({k: v for k, v in META.items() if k != "model"}, "no model in its meta"),
+        ({**META, "num_classes": "10"}, r"damaged meta .*num_classes '10'"),
+        ({**META, "input_size": [1, 16]}, r"damaged meta .*input_size \[1, 16\]"),
+        ({**META, "model": 5}, r"damaged meta \(model 5"),
+    ],
+)
+def test_every_reader_refuses_a_damaged_meta(tmp_path: Path, meta: dict, match: str) -> None:
+    """load_checkpoint, not only build_from_checkpoint: a meta without 'model' was a KeyError
+    traceback in `search --checkpoint` (found by tests/cli/test_fuzz.py)."""
+    state = build_model("lenet5", input_size=(1, 16, 16)).state_dict()
+    save_checkpoint(tmp_path / "a.pt", state_dict=state, meta=meta)
+    with pytest.raises(CheckpointError, match=match):
+        load_checkpoint(tmp_path / "a.pt")
