@@ -7,6 +7,7 @@ other ranks run the same stages into a throwaway folder.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -15,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from autoprune.errors import OutputError, UsageError
 
 STUDY_DB = "study.db"  # the default Optuna storage's file inside a search's work folder
 ARTIFACTS = "artifacts"  # the Optuna artifact store's folder inside a search's work folder
@@ -41,18 +44,24 @@ def staged_run_dir(
             yield Path(scratch)
         return
     distributed.barrier()  # the other ranks have copied what a resumed run continues from
+    check_out(out)
     final = Path(out)
-    final.parent.mkdir(parents=True, exist_ok=True)
     stage = partial_dir(final)
-    if stage.exists() and not resume:
-        shutil.rmtree(stage)
-    stage.mkdir(exist_ok=True)
     try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if stage.exists() and not resume:
+            shutil.rmtree(stage)
+        stage.mkdir(exist_ok=True)
         yield stage
     except KeyboardInterrupt:
         raise
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(stage, ignore_errors=True)
+        if isinstance(err, OSError) and _write_failure(err, stage):
+            raise OutputError(
+                f"cannot write {out}: {err.strerror or err} ({err.filename or stage}); "
+                "nothing was written, free the space or choose another --out"
+            ) from None
         raise
     if final.exists():
         if not overwrite:
@@ -60,6 +69,39 @@ def staged_run_dir(
             raise FileExistsError(final)
         shutil.rmtree(final)
     stage.rename(final)
+
+
+def check_out(out: str | Path) -> None:
+    """A one-line UsageError, before any work, if `out` cannot become a run directory: it is a
+    file, a folder above it is a file, or its nearest existing folder refuses writes (root
+    passes any permission check; a file in the way stops root too)."""
+    final = Path(out)
+    if final.exists() and not final.is_dir():
+        raise UsageError(f"--out {out} is a file, not a run directory; choose another --out")
+    existing = final.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"cannot write --out {out}: {existing} is a file, not a folder; choose another --out"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"cannot write --out {out}: {existing} is not writable (permission denied); "
+            "choose another --out"
+        )
+
+
+# errors of a write that fail wherever the file is; others count only for files in the stage
+_NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
+
+
+def _write_failure(err: OSError, stage: Path) -> bool:
+    """Whether `err` is the run directory failing to be written (not, say, a missing input)."""
+    if err.errno in _NO_ROOM:
+        return True
+    name = str(err.filename or "")
+    return err.errno in (errno.EACCES, errno.EPERM) and name.startswith(str(stage))
 
 
 def partial_dir(out: str | Path) -> Path:

@@ -6,6 +6,7 @@ after export each end in one line (exit 2), with nothing half-written.
 from __future__ import annotations
 
 import copy
+import errno
 import os
 import signal
 import subprocess
@@ -94,3 +95,75 @@ def test_a_resumed_backend_draws_the_dropout_masks_of_an_uninterrupted_one(
     assert torch.load(tmp_path / "killed" / EPOCH_CHECKPOINT, weights_only=True)["epoch"] == 0
     torch.manual_seed(12345)  # a new process: the global generators are anywhere
     assert_equal_weights(run(tmp_path / "killed"), clean)
+
+
+# --- an unwritable or full --out -----------------------------------------------------------------
+def assert_one_line_error(rc: int, err: str, out: Path, *needles: str, code: int = 2) -> None:
+    """Exit `code`, one line on stderr naming `needles`, and nothing left at or beside `out`."""
+    lines = [ln for ln in err.splitlines() if ln.startswith("autoprune ")]  # not torch's warnings
+    assert rc == code and len(lines) == 1 and ": error: " in lines[0], err
+    assert "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert not out.exists() and not partial_dir(out).exists(), "something was left half-written"
+
+
+TRAIN = ["train", "--model", "lenet5", "--dataset", "digits", "--input-size", "1x16x16",
+         "--limit", "96", "--epochs", "0", "--quiet"]  # fmt: skip
+
+
+def test_an_out_below_a_file_is_refused_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "notes.txt").write_text("a file, where --out wants a folder")
+    out = tmp_path / "notes.txt" / "run"
+    rc = main([*TRAIN, "--out", str(out)])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, out, str(tmp_path / "notes.txt"), "is a file")
+    rc = main([*TRAIN, "--out", str(tmp_path / "notes.txt")])
+    assert_one_line_error(rc, capsys.readouterr().err, tmp_path / "nothing", "is a file")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into any folder whatever its mode")
+def test_an_out_in_a_read_only_folder_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    out = locked / "deeper" / "run"
+    try:
+        rc = main([*TRAIN, "--out", str(out)])
+    finally:
+        locked.chmod(0o700)
+    assert_one_line_error(rc, capsys.readouterr().err, out, str(locked), "not writable")
+
+
+def test_a_disk_full_midway_leaves_nothing_and_says_so_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autoprune.pipeline.train as train
+
+    def full_disk(path: Path, **_: Any) -> None:
+        Path(path).write_bytes(b"half a checkpoint")  # written in part, then the disk is full
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+    monkeypatch.setattr(train, "save_checkpoint", full_disk)
+    out = tmp_path / "run"
+    rc = main([*TRAIN, "--out", str(out)])
+    assert_one_line_error(rc, capsys.readouterr().err, out, str(out), "No space left on device",
+                          code=1)  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write to")
+def test_a_real_write_error_of_an_epoch_checkpoint_is_one_line(
+    allocation_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The epoch checkpoint's temporary file is /dev/full: torch's own writer fails for real."""
+    out = tmp_path / "run"
+    (partial_dir(out) / "epochs").mkdir(parents=True)
+    (partial_dir(out) / "epochs" / "last.tmp").symlink_to("/dev/full")
+    rc = main(["prune", "--allocation", str(allocation_file), "--epochs", "1",
+               "--finetune-epochs", "1", "--limit", "96", "--quiet", "--out", str(out),
+               "--resume"])  # fmt: skip
+    assert_one_line_error(rc, capsys.readouterr().err, out, "No space left on device", code=1)
