@@ -31,7 +31,8 @@ def staged_run_dir(
 
     Nothing half-written is ever left at `out`. On an error the staging folder is removed; on
     Ctrl-C it is kept (as `.NAME.partial` beside `out`) so that `resume=True` can continue from the
-    per-epoch checkpoints in it.
+    per-epoch checkpoints in it. A resumed run's error keeps the folder it resumed (a flag typed
+    otherwise, a damaged study: the earlier trials and epochs stay for the next try).
     """
     from autoprune.train import distributed
 
@@ -47,6 +48,7 @@ def staged_run_dir(
     check_out(out)
     final = Path(out)
     stage = partial_dir(final)
+    earlier = resume and stage.is_dir()  # an interrupted run's work: never deleted by an error
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         if stage.exists() and not resume:
@@ -56,11 +58,12 @@ def staged_run_dir(
     except KeyboardInterrupt:
         raise
     except BaseException as err:
-        shutil.rmtree(stage, ignore_errors=True)
+        if not earlier:
+            shutil.rmtree(stage, ignore_errors=True)
         if isinstance(err, OSError) and _write_failure(err, stage):
             raise OutputError(
                 f"cannot write {out}: {err.strerror or err} ({err.filename or stage}); "
-                "nothing was written, free the space or choose another --out"
+                "free the space or choose another --out"
             ) from None
         raise
     if final.exists():

@@ -9,15 +9,19 @@ import copy
 import errno
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 from torch import nn
 
 from autoprune.backends import BACKENDS
@@ -166,4 +170,75 @@ def test_a_real_write_error_of_an_epoch_checkpoint_is_one_line(
     rc = main(["prune", "--allocation", str(allocation_file), "--epochs", "1",
                "--finetune-epochs", "1", "--limit", "96", "--quiet", "--out", str(out),
                "--resume"])  # fmt: skip
-    assert_one_line_error(rc, capsys.readouterr().err, out, "No space left on device", code=1)
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, tmp_path / "nothing", "No space left on device", code=1)
+    assert not out.exists() and not (partial_dir(out) / EPOCH_CHECKPOINT).exists()
+
+
+# --- a corrupt or foreign study -----------------------------------------------------------------
+SEARCH = ["search", "--model", "lenet5", "--dataset", "digits", "--input-size", "1x16x16",
+          "--limit", "96", "--budget-flops", "30%", "--trials", "2", "--no-prune",
+          "--quiet"]  # fmt: skip
+
+
+def _garbage(path: Path) -> bytes:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path.read_bytes()
+
+
+def _foreign(path: Path) -> bytes:
+    with closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE songs (title TEXT)")
+        db.commit()
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("make", "named"),
+    [(_garbage, "is not a SQLite database"), (_foreign, "of something else than Optuna")],
+)
+def test_a_damaged_or_foreign_sqlite_storage_is_refused_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: Any, named: str
+) -> None:
+    db = tmp_path / "theirs.db"
+    before = make(db)
+    out = tmp_path / "run"
+    rc = main([*SEARCH, "--storage", f"sqlite:///{db}", "--out", str(out)])
+    assert_one_line_error(rc, capsys.readouterr().err, out, str(db), named)
+    assert db.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_a_damaged_study_of_an_interrupted_search_is_refused_and_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    db = partial_dir(out) / "study.db"
+    before = _garbage(db)
+    rc = main([*SEARCH, "--study", "autoprune", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, tmp_path / "nothing", "study.db", "is not a SQLite database")
+    assert not out.exists() and db.read_bytes() == before  # the user's file, for them to look at
+
+
+@pytest.mark.slow
+def test_resuming_a_study_of_another_budget_is_refused_and_keeps_its_trials(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    url = f"sqlite:///{partial_dir(out) / 'study.db'}"  # as an interrupted search of `out` left it
+    partial_dir(out).mkdir()
+    assert main([*SEARCH, "--storage", url, "--study", "s", "--out", str(tmp_path / "a")]) == 0
+    capsys.readouterr()
+
+    def trials() -> list[tuple[int, Any, Any]]:
+        study = optuna.load_study(study_name="s", storage=url)
+        return [(t.number, t.state, t.values) for t in study.get_trials()]
+
+    before = trials()
+    rc = main([*SEARCH, "--budget-flops", "20%", "--study", "s", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert_one_line_error(rc, err, tmp_path / "nothing", "searched or scored otherwise", "limits")
+    assert not out.exists()
+    assert trials() == before and sum(t[1] == TrialState.COMPLETE for t in before) == 2
