@@ -8,17 +8,25 @@ other ranks run the same stages into a throwaway folder.
 from __future__ import annotations
 
 import errno
+import functools
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from autoprune.errors import OutputError, UsageError
 
+
+class _Run(Protocol):
+    out: str
+
+
+C = TypeVar("C", bound=_Run)
+R = TypeVar("R")
 STUDY_DB = "study.db"  # the default Optuna storage's file inside a search's work folder
 ARTIFACTS = "artifacts"  # the Optuna artifact store's folder inside a search's work folder
 
@@ -72,6 +80,61 @@ def staged_run_dir(
             raise FileExistsError(final)
         shutil.rmtree(final)
     stage.rename(final)
+
+
+def writes_out(run: Callable[[C], R]) -> Callable[[C], R]:
+    """Decorate `run_*(cfg)`: cfg.out is checked (`check_out`) and locked (`out_lock`) before any
+    work, and stays locked until the run returns or fails."""
+
+    @functools.wraps(run)
+    def locked(cfg: C) -> R:
+        check_out(cfg.out)
+        with out_lock(cfg.out):
+            return run(cfg)
+
+    return locked
+
+
+@contextmanager
+def out_lock(out: str | Path) -> Iterator[None]:
+    """Hold `.NAME.lock` beside `out`: a second run writing `out` meanwhile is refused in one line.
+
+    An flock, so the system releases it when its process dies (kill -9 included) and no stale
+    lock ever blocks; the file is removed on release. Under torchrun rank 0 alone takes it.
+    """
+    from autoprune.train import distributed
+
+    try:
+        import fcntl
+    except ImportError:  # Windows: no lock
+        fcntl = None  # type: ignore[assignment]
+    if fcntl is None or not distributed.is_writer():
+        yield
+        return
+    final = Path(out)
+    path = final.parent / f".{final.name}.lock"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        handle = path.open("a")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise UsageError(
+                f"another autoprune run is writing {out} (it holds {path}); wait for it to "
+                "finish or choose another --out"
+            ) from None
+        try:  # the file we locked is still the one at `path` (a holder unlinks it on release)
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)  # before unlocking: a waiting run then locks a new file
+        handle.close()
 
 
 def check_out(out: str | Path) -> None:

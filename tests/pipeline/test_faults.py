@@ -29,7 +29,7 @@ from autoprune.backends.base import BackendConfig
 from autoprune.cli.main import main
 from autoprune.pipeline.load import Loaded, trace
 from autoprune.pipeline.stages import EPOCH_CHECKPOINT, run_backend
-from autoprune.rundir import partial_dir
+from autoprune.rundir import out_lock, partial_dir
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -242,3 +242,32 @@ def test_resuming_a_study_of_another_budget_is_refused_and_keeps_its_trials(
     assert_one_line_error(rc, err, tmp_path / "nothing", "searched or scored otherwise", "limits")
     assert not out.exists()
     assert trials() == before and sum(t[1] == TrialState.COMPLETE for t in before) == 2
+
+
+# --- two runs on the same --out ------------------------------------------------------------------
+HOLD = """import sys, time
+from autoprune.rundir import out_lock
+with out_lock(sys.argv[1]):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_same_out_is_refused_and_a_killed_ones_lock_is_gone(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE,
+                              stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+    try:  # a first run writing `out`, as far as the lock can tell
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        rc = main([*SEARCH, "--out", str(out)])
+        err = capsys.readouterr().err
+        assert_one_line_error(rc, err, out, "another autoprune run is writing", str(out))
+    finally:
+        holder.kill()  # kill -9: the lock must not outlive it
+        holder.wait()
+    with out_lock(out):
+        assert (tmp_path / ".run.lock").is_file()
+    assert not list(tmp_path.iterdir()), "the lock file is left behind"
