@@ -74,6 +74,7 @@ def staged_run_dir(
                 "free the space or choose another --out"
             ) from None
         raise
+    write_manifest(stage)
     if final.exists():
         if not overwrite:
             shutil.rmtree(stage, ignore_errors=True)
@@ -168,6 +169,49 @@ def _write_failure(err: OSError, stage: Path) -> bool:
         return True
     name = str(err.filename or "")
     return err.errno in (errno.EACCES, errno.EPERM) and name.startswith(str(stage))
+
+
+MANIFEST = "manifest.json"  # the sha256 of each exported file, written as the run completes
+EXPORTED = ("allocation.json", "checkpoint.pt", "model.pt2", "model.apq", "metrics.json")
+
+
+def write_manifest(run: Path) -> None:
+    """Record the sha256 of the exported files `run` holds, for `check_unchanged`."""
+    digests = {name: _sha256(run / name) for name in EXPORTED if (run / name).is_file()}
+    write_json_atomic(run / MANIFEST, {"schema": "autoprune.manifest/v1", "sha256": digests})
+
+
+def check_unchanged(run: Path) -> None:
+    """A one-line UsageError if an exported file of `run` was changed or removed after the run
+    wrote it (runs from before manifests pass: there is nothing to compare with)."""
+    manifest = run / MANIFEST
+    if not manifest.is_file():
+        return
+    try:
+        recorded = json.loads(manifest.read_text())["sha256"]
+        changed = [n for n, d in recorded.items() if not _same(run / n, d)]
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        changed = [f"{MANIFEST} itself ({type(e).__name__})"]
+    if changed:
+        raise UsageError(
+            f"{run} was changed after it was written: {', '.join(changed)} "
+            f"{'differs' if len(changed) == 1 else 'differ'} from what {MANIFEST} recorded "
+            "(sha256); restore the files or run the command that made it again"
+        )
+
+
+def _same(path: Path, digest: str) -> bool:
+    return path.is_file() and _sha256(path) == digest
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def partial_dir(out: str | Path) -> Path:

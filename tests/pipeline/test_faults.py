@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import errno
+import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -271,3 +273,60 @@ def test_a_second_run_on_the_same_out_is_refused_and_a_killed_ones_lock_is_gone(
     with out_lock(out):
         assert (tmp_path / ".run.lock").is_file()
     assert not list(tmp_path.iterdir()), "the lock file is left behind"
+
+
+# --- a run directory edited after it was written -------------------------------------------------
+@pytest.fixture(scope="module")
+def pruned_run(allocation_file: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("pruned") / "run"
+    assert (
+        main(
+            [
+                "prune",
+                "--allocation",
+                str(allocation_file),
+                "--epochs",
+                "1",
+                "--finetune-epochs",
+                "1",
+                "--limit",
+                "96",
+                "--quiet",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    return out  # fmt: skip
+
+
+def _edit_allocation(run: Path) -> None:
+    alloc = json.loads((run / "allocation.json").read_text())
+    alloc["units"][0]["keep"] += 1  # a keep changed by hand
+    (run / "allocation.json").write_text(json.dumps(alloc))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("edit", "named"),
+    [(_edit_allocation, "allocation.json differs"),
+     (lambda run: (run / "model.pt2").write_bytes(b"not a program"), "model.pt2 differs"),
+     (lambda run: (run / "checkpoint.pt").unlink(), "checkpoint.pt differs"),
+     (lambda run: None, None)],
+    ids=["allocation-edited", "program-replaced", "checkpoint-removed", "untouched"],
+)  # fmt: skip
+def test_eval_refuses_a_run_whose_files_were_edited_after_it_was_written(
+    pruned_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], edit: Any, named: Any
+) -> None:
+    run = tmp_path / "copy"
+    shutil.copytree(pruned_run, run)
+    edit(run)
+    rc = main(["eval", str(run), "--limit", "96"])
+    out, err = capsys.readouterr()
+    if named is None:  # untouched: evaluated as before
+        assert rc == 0 and "accuracy=" in out, err
+        return
+    lines = [ln for ln in err.splitlines() if ln.startswith("autoprune ")]
+    assert rc == 2 and len(lines) == 1 and named in lines[0] and "Traceback" not in err, err
+    assert "accuracy" not in out
