@@ -160,7 +160,6 @@ def test_a_disk_full_midway_leaves_nothing_and_says_so_in_one_line(
                           code=1)  # fmt: skip
 
 
-@pytest.mark.slow
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write to")
 def test_a_real_write_error_of_an_epoch_checkpoint_is_one_line(
     allocation_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -211,7 +210,6 @@ def test_a_damaged_or_foreign_sqlite_storage_is_refused_untouched(
     assert db.read_bytes() == before
 
 
-@pytest.mark.slow
 def test_a_damaged_study_of_an_interrupted_search_is_refused_and_kept(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
