@@ -35,5 +35,11 @@ class CheckpointError(UsageError):
     """A checkpoint is missing, truncated or does not fit the model."""
 
 
+class OutputError(AutoPruneError):
+    """The run directory could not be written midway (disk full, quota, a read-only file system);
+    nothing is left of it. An --out that cannot be written at all is a UsageError, found before
+    any work."""
+
+
 class BudgetBrokenError(AutoPruneError):
     """The exported model measures above a budget it was built for (nothing is written)."""

@@ -36,6 +36,7 @@ from autoprune.search.base import (
 )
 from autoprune.search.pareto import check_pick, pareto_front, pick_from_front
 from autoprune.search.starts import start_trials
+from autoprune.search.storage import check_sqlite_file
 from autoprune.search.study import SAMPLERS, StudySpec, check_study, open_storage, safe_url
 from autoprune.search.trial_gate import TrialGate
 from autoprune.search.trials import quiet_optuna, run_workers
@@ -84,6 +85,8 @@ class OptunaSearch(SearchMethod):
                 f"{', '.join(COST_METRICS)}"
             )
         check_pick(self.pick)
+        if self.storage is not None:  # a damaged or foreign SQLite file fails before any work
+            check_sqlite_file(self.storage)
         if self.heartbeat_s < 1:
             raise UsageError(f"heartbeat must be at least 1 s, got {self.heartbeat_s!r}")
 

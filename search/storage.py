@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from contextlib import closing
+from pathlib import Path
 from typing import Any
 
 from optuna.storages import (
@@ -33,6 +35,7 @@ def open_storage(url: str | None, heartbeat_s: int) -> BaseStorage:
     """An Optuna storage for `url` (None: in memory), with heartbeats so killed trials turn FAIL."""
     if url is None:
         return InMemoryStorage()
+    check_sqlite_file(url)
     given, url = url, driver_url(url)
     # SQLite locks the whole file per write; several workers wait for each other, not fail.
     engine: dict[str, Any] = {"connect_args": {"timeout": 120}} if url.startswith("sqlite") else {}
@@ -64,6 +67,34 @@ def open_storage(url: str | None, heartbeat_s: int) -> BaseStorage:
     if url.startswith("sqlite"):
         _fast_sqlite(storage)
     return storage
+
+
+def check_sqlite_file(url: str) -> None:
+    """A one-line UsageError if a SQLite URL names an existing file that is no SQLite database
+    (damaged, or another kind of file) or a database of something else than Optuna: Optuna would
+    add its tables to a stranger's database without a word."""
+    import sqlite3
+
+    from sqlalchemy.engine import make_url
+
+    try:
+        parsed = make_url(url)
+    except Exception:  # open_storage reports a malformed URL
+        return
+    path = Path(parsed.database or "")
+    if not parsed.drivername.startswith("sqlite") or not path.is_file() or not path.stat().st_size:
+        return
+    fix = "point --storage at an Optuna study or a new file (or remove it)"
+    try:
+        with closing(sqlite3.connect(path.resolve().as_uri() + "?mode=ro", uri=True)) as db:
+            tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    except sqlite3.DatabaseError as e:
+        raise UsageError(f"{path} is not a SQLite database ({e}: damaged?); {fix}") from None
+    if tables and not {"studies", "version_info"} <= set(tables):
+        raise UsageError(
+            f"{path} is a SQLite database of something else than Optuna (tables "
+            f"{', '.join(sorted(tables)[:4])}); {fix}"
+        )
 
 
 def _lost_table_race(error: Exception) -> bool:

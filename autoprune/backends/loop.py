@@ -30,6 +30,7 @@ from autoprune.train.augment import recipe_record, training_batches
 from autoprune.train.data import DataSplits, make_loader
 from autoprune.train.device import on_device
 from autoprune.train.loop import Distill, evaluate, set_seed, train_epoch
+from autoprune.train.rng import restore_rng, rng_state
 
 PHASES = ("prune", "finetune")
 
@@ -127,6 +128,7 @@ class MaskTrainer(Backend):
             if resume:
                 _restore(model, opt, resume)
                 self.load_state(resume["backend"])
+                restore_rng(resume.get("rng"))  # dropout draws on where the killed run was
             self._phase(model, data, cfg, opt, "prune", start, history, on_epoch_end)
             # rank 0's choice on every rank under torchrun (the ranks' gates agree; now surely)
             kept = distributed.agree([k.to(torch.int64).cpu() for k in self.final_kept(model)])
@@ -149,6 +151,7 @@ class MaskTrainer(Backend):
         opt = _optimizer(model, cfg, cfg.lr if cfg.finetune_lr is None else cfg.finetune_lr)
         if phase == "finetune":
             _restore(model, opt, resume)  # type: ignore[arg-type]
+            restore_rng(resume.get("rng"))  # type: ignore[union-attr]
         self._phase(model, data, cfg, opt, "finetune", start, history, on_epoch_end)
         remove_masks(model, bake=True)  # bakes the fake-quantised values too
         _check_exact(model, umap, kept, self.name)
@@ -240,7 +243,8 @@ class MaskTrainer(Backend):
             history.append(row)
             if on_epoch_end is not None:
                 state = {"phase": phase, "epoch": epoch, "model": model.state_dict(),
-                         "optimizer": opt.state_dict(), "history": history}  # fmt: skip
+                         "optimizer": opt.state_dict(), "history": history,
+                         "rng": rng_state()}  # fmt: skip
                 if phase == "prune":
                     state["backend"] = self.state()
                 else:

@@ -98,7 +98,8 @@ def export_program(
     example = (torch.rand(2, *input_size),)
     with torch.no_grad():
         program = torch.export.export(wrapped, example, dynamic_shapes={"x": {0: batch}})
-    torch.export.save(program, str(path))
+    with open(path, "wb") as handle:  # through Python's file: a full disk is an OSError
+        torch.export.save(program, handle)
     return {"bn_folded": folded}
 
 

@@ -1,7 +1,8 @@
 """`autoprune eval RUN`: test accuracy and measured costs of a run directory's model.
 
 A run with bits is evaluated as its compressed artifact (RUN/model.apq, or a .apq path given
-directly): the model rebuilt from the file is the one that counts.
+directly): the model rebuilt from the file is the one that counts. A run whose exported files
+were edited after it was written is refused (RUN/manifest.json holds their sha256).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from autoprune.errors import UsageError
 from autoprune.export.program import load_program
 from autoprune.pipeline.finish import load_pruned
 from autoprune.quant.artifact import ARTIFACT, load_artifact
+from autoprune.rundir import check_unchanged
 from autoprune.train.checkpoint import load_checkpoint
 from autoprune.train.data import load_dataset, make_loader
 from autoprune.train.loop import evaluate
@@ -30,6 +32,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Accuracy of RUN/checkpoint.pt on the test split, and agreement with RUN/model.pt2."""
     run = Path(run)
+    check_unchanged(run.parent if run.suffix == ".apq" else run)  # never metrics of edited files
     if run.suffix == ".apq" or (run / ARTIFACT).is_file():
         return _evaluate_artifact(run, dataset=dataset, data_dir=data_dir, limit=limit)
     ckpt = run / "checkpoint.pt"

@@ -24,7 +24,7 @@ from autoprune.pipeline.load import (
     trace,
 )
 from autoprune.pipeline.stages import refuse_other_training, run_backend
-from autoprune.rundir import partial_dir, staged_run_dir
+from autoprune.rundir import partial_dir, staged_run_dir, writes_out
 from autoprune.search.evaluator import EvaluatorConfig, element_scores
 from autoprune.train.loop import set_seed
 
@@ -46,6 +46,7 @@ class PruneRun:
     resume: bool = False
 
 
+@writes_out  # --out is checked and locked before any work
 def run_prune(cfg: PruneRun) -> dict[str, Any]:
     """Train the allocation's dense checkpoint to exactly its keeps; export cfg.out."""
     alloc = Allocation.load(cfg.allocation)

@@ -44,7 +44,7 @@ from autoprune.pipeline.load import (
 from autoprune.pipeline.report import write_search_report
 from autoprune.pipeline.stages import calibration_batches, run_backend, train_dense
 from autoprune.pipeline.staging import forget_stale_backend, refuse_interrupted, restore_dense
-from autoprune.rundir import staged_run_dir, write_json_atomic
+from autoprune.rundir import staged_run_dir, write_json_atomic, writes_out
 from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem, SearchResult
 from autoprune.search.base import SearchContext
 from autoprune.search.bit_space import BitSpace, smallest_bits
@@ -108,6 +108,7 @@ class Searched:
     keep: np.ndarray
 
 
+@writes_out  # --out is checked and locked before any work
 def run_search(cfg: SearchRun) -> dict[str, Any]:
     """Search an allocation under cfg.budgets, train it with the backend, export cfg.out."""
     timings: dict[str, float] = {}

@@ -64,7 +64,8 @@ def run_backend(
     def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
         last.parent.mkdir(exist_ok=True)
         tmp = last.with_suffix(".tmp")
-        torch.save({**state, RESUME_KEY: key}, tmp)
+        with tmp.open("wb") as handle:  # through Python's file: a full disk is an OSError
+            torch.save({**state, RESUME_KEY: key}, handle)
         tmp.replace(last)
 
     resume = torch.load(last, map_location="cpu", weights_only=True) if last.is_file() else None

@@ -16,7 +16,7 @@ from autoprune.pipeline.load import (
     load_model_and_data,
     refuse_existing,
 )
-from autoprune.rundir import staged_run_dir, write_json_atomic
+from autoprune.rundir import staged_run_dir, write_json_atomic, writes_out
 from autoprune.train.augment import recipe_record, training_batches
 from autoprune.train.checkpoint import save_checkpoint
 from autoprune.train.loop import TrainConfig, fit, set_seed
@@ -37,6 +37,7 @@ class TrainRun:
     overwrite: bool = False
 
 
+@writes_out  # --out is checked and locked before any work
 def run_train(cfg: TrainRun) -> dict[str, Any]:
     """Dense training: checkpoint.pt, model.pt2 and metrics.json in cfg.out."""
     loaded = load_model_and_data(model=cfg.model, dataset=cfg.dataset, data_dir=cfg.data_dir,

@@ -16,50 +16,24 @@ import numpy as np
 import pytest
 import torch
 
-from autoprune.allocation import Allocation
 from autoprune.backends import BACKENDS
 from autoprune.backends.base import BackendConfig
-from autoprune.backends.reweighted import Reweighted
 from autoprune.errors import UsageError
-from autoprune.pipeline.load import CHECKPOINT_KIND_DENSE, Loaded, checkpoint_meta, trace
+from autoprune.pipeline.load import Loaded, trace
 from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.pipeline.stages import EPOCH_CHECKPOINT, RESUME_KEY, run_backend
 from autoprune.rundir import partial_dir
-from autoprune.train.checkpoint import save_checkpoint
 
 CFG = BackendConfig(epochs=2, finetune_epochs=1, batch_size=32, progress=False)
 
 
-@pytest.fixture(scope="module")
-def allocation_file(tmp_path_factory: pytest.TempPathFactory, digits_lenet: Loaded) -> Path:
-    root = tmp_path_factory.mktemp("alloc")
-    meta = checkpoint_meta(digits_lenet, CHECKPOINT_KIND_DENSE, 0)
-    save_checkpoint(root / "dense.pt", state_dict=digits_lenet.model.state_dict(), meta=meta)
-    graph, _ = trace(digits_lenet, "channel")
-    keep = np.maximum(1, np.array(graph.sizes) // 3)
-    alloc = Allocation.from_keep(graph, keep, num_classes=10, dataset="digits",
-                                 checkpoint=str(root / "dense.pt"))  # fmt: skip
-    alloc.save(root / "allocation.json")
-    return root / "allocation.json"
-
-
 @pytest.fixture
-def interrupted(allocation_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PruneRun:
+def interrupted(allocation_file: Path, tmp_path: Path, ctrl_c_in_second_epoch: Any) -> PruneRun:
     """A reweighted prune stopped by Ctrl-C in its second epoch (its first epoch is saved)."""
     cfg = PruneRun(allocation=str(allocation_file), out=str(tmp_path / "run"),
                    backend="reweighted", backend_cfg=CFG, limit=96, progress=False)  # fmt: skip
-    original, calls = Reweighted.epoch_metrics, {"n": 0}
-
-    def stop_in_second_epoch(self: Reweighted, model: Any) -> dict[str, Any]:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise KeyboardInterrupt
-        return original(self, model)
-
-    with monkeypatch.context() as m:
-        m.setattr(Reweighted, "epoch_metrics", stop_in_second_epoch)
-        with pytest.raises(KeyboardInterrupt):
-            run_prune(cfg)
+    with ctrl_c_in_second_epoch():
+        run_prune(cfg)
     assert (partial_dir(cfg.out) / EPOCH_CHECKPOINT).is_file()
     return dataclasses.replace(cfg, resume=True)
 
