@@ -56,6 +56,7 @@ class Recipe(AllocRecipe):
 
     model: str = "resnet20"
     dataset: str = "fashion-mnist"
+    input_size: tuple[int, int, int] = (1, 28, 28)  # the images as they are (the zoo's is 3x32x32)
     points: tuple[Point, ...] = (
         ("macs-30", (("macs", "30%"),)),
         ("macs-15", (("macs", "15%"),)),
@@ -82,10 +83,11 @@ class Recipe(AllocRecipe):
 QUICK = Recipe(
     model="resnet20",
     dataset="digits",
+    input_size=(1, 8, 8),
     points=(("macs-30", (("macs", "30%"),)),),
     methods=("uniform", "global", "optuna"),
     seeds=(0, 1),
-    landscape=2,
+    landscape=1,
     trials=3,
     episodes=4,
     dsa_steps=4,
@@ -164,8 +166,8 @@ def dense_checkpoint(out: Path, recipe: Recipe, data_dir: str | None, cfg: Bench
     run = out / "dense"
     if not (run / "metrics.json").is_file():
         run_train(TrainRun(model=recipe.model, dataset=recipe.dataset, out=str(run),
-                           data_dir=data_dir, train=recipe.dense, progress=cfg.progress,
-                           overwrite=True))  # fmt: skip
+                           data_dir=data_dir, input_size=recipe.input_size, train=recipe.dense,
+                           progress=cfg.progress, overwrite=True))  # fmt: skip
         (run / CODE_FILE).write_text(code_version() + "\n")
     return str(run / "checkpoint.pt")
 
@@ -190,7 +192,7 @@ def _random_keep(i: int, projection: ProjectionConfig) -> Any:
 
 
 def _recipe_dict(recipe: Recipe) -> dict[str, Any]:
-    return {"model": recipe.model, "dataset": recipe.dataset,
+    return {"model": recipe.model, "dataset": recipe.dataset, "input_size": recipe.input_size,
             "points": {name: [f"{m} {t}" for m, t in spec] for name, spec in recipe.points},
             **recipe.as_dict(), "landscape": recipe.landscape,
             "train_images": recipe.train_images, "dense_epochs": recipe.dense.epochs,

@@ -232,7 +232,7 @@ def code_version() -> str:
     """The commit the benchmark ran from, marked dirty when the code differed from it."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     git = ["git", "-C", str(root)]
     try:
         head = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True,

@@ -93,6 +93,6 @@ def test_quick_run_on_digits(tmp_path: Path) -> None:
     (point,) = summary["points"]
     assert [t["method"] for t in point["methods"]] == ["uniform", "global", "optuna"]
     assert all(t["budget_met"] and t["seeds"] == [0, 1] for t in point["methods"])
-    assert point["landscape"]["n"] == 2 and point["spearman_n"] == 8
+    assert point["landscape"]["n"] == 1 and point["spearman_n"] == 7
     assert (tmp_path / "dense" / "checkpoint.pt").is_file()
     assert "## macs-30 (macs 30%)" in (tmp_path / "README.md").read_text()
