@@ -298,6 +298,7 @@ def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
         )  # a synthetic table keeps the 60% budget feasible however loaded the machine is
         table = _synthetic_table(cm, seed=4, noise=0.0)
         table.info["fractions"] = list(cfg.fractions)  # type: ignore[attr-defined]
+        table.block = cfg.block  # type: ignore[attr-defined]  # as measure_table records it
         return table
 
     monkeypatch.setattr(latency, "measure_table", fake_measure)
