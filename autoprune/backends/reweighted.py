@@ -63,73 +63,72 @@ class ReweightedOptions:
 _MAX_FACTOR = 10.0  # IncReg factors stop growing here: the gate is at the floor long before
 
 
-class _StraightThroughStep(torch.autograd.Function):
-    """Forward: step(a) = 1 where a > 0; backward: the gradient passes unchanged (AutoPrune)."""
-
-    @staticmethod
-    def forward(ctx: Any, a: Tensor) -> Tensor:
-        return (a > 0).to(a.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> Tensor:
-        return grad
-
-
 class _GatedWeight(torch.autograd.Function):
-    """w * m, with AutoPrune's sign-consistent gate gradient dL/dm = dL/dw' * sign(w) / scale.
+    """w * m for one parameter, with AutoPrune's sign-consistent gate gradient.
 
-    Summed over steps, SGD on the gate then follows the change |w| would make under the same
-    loss (in units of the layer's mean magnitude), so a gate ranks elements by a magnitude that
-    keeps learning while masked; with `feedback` the masked weights themselves learn too.
+    dL/dm = dL/dw' * sign(w) / scale, passed straight through the 0/1 mask to the gates of the
+    parameter's units (`UnitMap.mask_grad`). Summed over steps, SGD on a gate then follows the
+    change |w| would make under the same loss (in units of the layer's mean magnitude), so a gate
+    ranks elements by a magnitude that keeps learning while masked; with `feedback` the masked
+    weights themselves learn too. The mask is a constant here (drawn from the gates outside the
+    graph), so a step builds no per-element graph between the gates and the weight.
     """
 
     @staticmethod
-    def forward(ctx: Any, w: Tensor, m: Tensor, inv_scale: float, feedback: bool) -> Tensor:
+    def forward(ctx: Any, w: Tensor, m: Tensor, gate: GateMask, *aux: Tensor) -> Tensor:
         ctx.save_for_backward(w, m)
-        ctx.inv_scale, ctx.feedback = inv_scale, feedback
+        ctx.gate, ctx.feedback = gate, gate.gates.feedback
         return w * m
 
     @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, ...]:
         w, m = ctx.saved_tensors
+        gate: GateMask = ctx.gate
         grad_w = grad if ctx.feedback else grad * m
         grad_m = torch.sign(w).mul_(grad)
         if grad_m.shape != m.shape:  # a channel mask broadcasts over its rows
             dims = [d for d in range(grad_m.dim()) if m.shape[d] == 1]
             grad_m = grad_m.sum(dim=dims, keepdim=True)
-        return grad_w, grad_m.mul_(ctx.inv_scale), None, None
-
-
-class _HeldStep(torch.autograd.Function):
-    """Forward: the 0/1 mask drawn at the last refresh; backward: the gradient passes to `a`."""
-
-    @staticmethod
-    def forward(ctx: Any, a: Tensor, on: Tensor) -> Tensor:
-        return on.to(a.dtype)
-
-    @staticmethod
-    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
-        return grad, None
+        grads = gate.gates.umap.mask_grad(gate.key, grad_m.mul_(gate.inv_scale))
+        aux = [grads[u].to(gate.gates.aux[u].dtype) for u in gate.units]
+        return grad_w, None, None, *aux
 
 
 class _Gates:
-    """The auxiliary parameters of every unit and their straight-through 0/1 masks."""
+    """The auxiliary parameters of every unit and their 0/1 masks (straight-through to `aux`)."""
 
     def __init__(
         self, aux: list[Tensor], scale: list[float], umap: UnitMap, feedback: bool
     ) -> None:
         self.aux, self.scale, self.umap, self.feedback = aux, scale, umap, feedback
-        self.held: list[Tensor] | None = None  # with `sync`: the masks drawn at the last refresh
+        self._held: list[Tensor] | None = None
+        self._masks: dict[ParamKey, Tensor] = {}  # per parameter, while `held` stands
 
-    def vector(self, u: int) -> Tensor:
-        if self.held is not None:
-            return _HeldStep.apply(self.aux[u], self.held[u])
-        return _StraightThroughStep.apply(self.aux[u])
+    @property
+    def held(self) -> list[Tensor] | None:
+        """With `sync`: the masks drawn at the last refresh."""
+        return self._held
+
+    @held.setter
+    def held(self, held: list[Tensor] | None) -> None:
+        self._held, self._masks = held, {}
 
     def on(self) -> list[Tensor]:
         if self.held is not None:
             return self.held
         return [a.detach() > 0 for a in self.aux]
+
+    def mask(self, key: ParamKey, like: Tensor) -> Tensor:
+        """The 0/1 mask of parameter `key` in the dtype of `like`: expanded once per refresh
+        while the mask is held (without `sync` the step of the gates changes every step)."""
+        m = self._masks.get(key)
+        if m is None or m.dtype != like.dtype or m.device != like.device:
+            with torch.no_grad():
+                vectors = [o.to(a.dtype) for o, a in zip(self.on(), self.aux, strict=True)]
+                m = self.umap.mask(key, vectors).to(like)
+            if self.held is not None:
+                self._masks[key] = m
+        return m
 
     def hold(self, targets: list[int]) -> None:
         """Hold the `targets[u]` highest gates of each unit on until the next call."""
@@ -149,12 +148,15 @@ class GateMask(nn.Module):
         self._gates = gates  # a plain object: the gates are not model parameters
         self.key = key
         self.units = gates.umap.units_of(key)
+        self.inv_scale = 1.0 / gates.scale[self.units[0]]  # a parameter's slices share a unit
+
+    @property
+    def gates(self) -> _Gates:
+        return self._gates
 
     def forward(self, w: Tensor) -> Tensor:
         g = self._gates
-        m = g.umap.mask(self.key, {u: g.vector(u) for u in self.units}).to(w.dtype)
-        inv_scale = 1.0 / g.scale[self.units[0]]  # slices of one parameter share a unit in practice
-        return _GatedWeight.apply(w, m, inv_scale, g.feedback)
+        return _GatedWeight.apply(w, g.mask(self.key, w), self, *(g.aux[u] for u in self.units))
 
 
 @BACKENDS.register("reweighted")
@@ -229,12 +231,15 @@ class Reweighted(MaskTrainer):
         self.aux_opt.step()  # the loss's say
         self.aux_opt.zero_grad(set_to_none=True)
         with torch.no_grad():
-            for a, coef in zip(self.gates.aux, self.coef, strict=True):
-                # The regulariser, reweighted L1 of each gate's height above the floor -1, as a
-                # decoupled step (as AdamW decays weights): it moves a gate at a predictable rate
-                # whatever the scale of its loss gradient, and it goes on below zero, so a closed
-                # gate rests far from the threshold instead of flickering across it.
-                a.add_(coef, alpha=-self.opts.reg_rate).clamp_(-1.0, self.ceiling)
+            # The regulariser, reweighted L1 of each gate's height above the floor -1, as a
+            # decoupled step (as AdamW decays weights): it moves a gate at a predictable rate
+            # whatever the scale of its loss gradient, and it goes on below zero, so a closed
+            # gate rests far from the threshold instead of flickering across it. (One call over
+            # every unit's gates: the per-unit loop was a measurable share of a small step.)
+            torch._foreach_add_(self.gates.aux, self.coef, alpha=-self.opts.reg_rate)
+            torch._foreach_clamp_min_(self.gates.aux, -1.0)
+            if self.ceiling is not None:
+                torch._foreach_clamp_max_(self.gates.aux, self.ceiling)
         if self.opts.shrink and step < self.ramp_steps:
             self._shrink(2.0 * self.opts.shrink * step / self.ramp_steps**2)
         if (step + 1) % self.refresh_every == 0:

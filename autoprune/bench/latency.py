@@ -91,6 +91,7 @@ def bench_model(
     out["table"] = {
         "seconds_to_measure": table.info["seconds_to_measure"],
         "layers": len(table.layers),
+        "block": table.block,
         "layer_scale": table.layer_scale,
         "rest_const_s": table.rest_const,
         "rest_per_activation_s": table.rest_per_activation,

@@ -61,6 +61,9 @@ class LatencyTable:
     info: dict[str, Any] = field(default_factory=dict)
     layer_scale: float = 1.0
     device: str = "cpu"  # where it was timed (--device); tables from before this field: the CPU
+    # Channels per kernel block (LatencyConfig.block): a width between timed ones is priced as
+    # the first width of its block; 1 (tables from before this field): plain interpolation.
+    block: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -88,6 +91,7 @@ class LatencyTable:
                 dict(d.get("info", {})),
                 float(d.get("layer_scale", 1.0)),
                 str(d.get("device", "cpu")),
+                int(d.get("block", 1)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(
@@ -127,6 +131,23 @@ def monotone(seconds: Sequence[Sequence[float]], sweeps: int = 4) -> np.ndarray:
         for axis in (0, 1):
             t = np.apply_along_axis(isotonic_regression, axis, t)
     return np.maximum.accumulate(np.maximum.accumulate(t, axis=0), axis=1)
+
+
+def block_start(width: int, block: int) -> int:
+    """The narrowest width with as many `block`-channel blocks as `width` (1 for width <= 1)."""
+    return max(1, (int(width) - 1) // block * block + 1)
+
+
+def _on_blocks(grid: list[float], width: float, block: int) -> float:
+    """Where to read `width` on a grid timed at block starts: as the start of its block (it
+    runs as fast as that, not on a straight line to the next timed width), or as the widest
+    timed width below it if that is wider (a timed width reads as itself). Non-decreasing in
+    `width` (both terms are), so the predictor stays monotone on any grid."""
+    if block <= 1:
+        return width
+    below = bisect_right(grid, width) - 1
+    start = float(block_start(int(width), block))
+    return max(start, grid[below]) if below >= 0 else start
 
 
 def _bracket(grid: list[float], v: float) -> tuple[int, float]:
@@ -175,9 +196,10 @@ class LatencyPredictor:
 
     def layer_seconds(self, keep: Sequence[int] | np.ndarray) -> np.ndarray:
         out, inp = self.cost_model.layer_widths(np.asarray(keep))
+        b = self.table.block
         return self.table.layer_scale * np.array(
             [
-                _interp(xs, ys, t, float(o), float(i))
+                _interp(xs, ys, t, _on_blocks(xs, float(o), b), _on_blocks(ys, float(i), b))
                 for (xs, ys, t), o, i in zip(self._grids, out, inp, strict=True)
             ]
         )

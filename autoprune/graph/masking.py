@@ -98,6 +98,23 @@ class UnitMap:
                     if p is not None and p.dim() > 0:
                         self._add(model, (mem.module, pname), ElementSlices(u, rows, elements))
 
+        # parameters whose rows are one unit's elements in order: their mask's gradient is the
+        # unit's as it is (no gather and scatter per step)
+        self.direct = {
+            key: len(p) == 1 and self._in_order(key, p[0]) for key, p in self.slices.items()
+        }
+
+    def _in_order(self, key: ParamKey, piece: ElementSlices) -> bool:
+        """Whether `piece` maps every row of `key` onto its unit's elements, in order."""
+        if piece.rows is None or piece.elements is None:
+            return False
+        order = torch.arange(self.shapes[key][self.axes.get(key, 0)])
+        return (
+            len(order) == self.sizes[piece.unit]
+            and torch.equal(piece.rows, order)
+            and torch.equal(piece.elements, order)
+        )
+
     def _add(self, model: nn.Module, key: ParamKey, piece: ElementSlices) -> None:
         self.slices.setdefault(key, []).append(piece)
         self.shapes[key] = getattr(model.get_submodule(key[0]), key[1]).shape
@@ -134,6 +151,28 @@ class UnitMap:
             m = m.index_put((piece.rows,), v[piece.elements])
         assert m is not None
         return m.view([-1 if d == axis else 1 for d in range(len(shape))])
+
+    def mask_grad(self, key: ParamKey, grad: torch.Tensor) -> dict[int, torch.Tensor]:
+        """The gradient `mask` passes back to each unit's vector, given that of its mask.
+
+        The same operations, in the same order, as autograd through `mask`, without recording
+        a graph of indexing ops for every step (a gate-trained backend calls it per parameter).
+        """
+        pieces = self.slices[key]
+        if pieces[0].rows is None or self.direct[key]:
+            return {pieces[0].unit: grad.reshape(self.sizes[pieces[0].unit])}
+        rows_grad = grad.reshape(-1)
+        out: dict[int, torch.Tensor] = {}
+        for i in range(len(pieces) - 1, -1, -1):  # index_put's backward, last piece first
+            piece = pieces[i]
+            assert piece.rows is not None and piece.elements is not None
+            values = rows_grad[piece.rows.to(grad.device)]
+            if i:  # the rows this piece wrote get no gradient from the pieces before it
+                rows_grad = rows_grad.index_put((piece.rows.to(grad.device),), values.new_zeros(()))
+            g = values.new_zeros(self.sizes[piece.unit])
+            g.index_put_((piece.elements.to(grad.device),), values, accumulate=True)
+            out[piece.unit] = out[piece.unit] + g if piece.unit in out else g
+        return out
 
     def units_of(self, key: ParamKey) -> list[int]:
         return sorted({piece.unit for piece in self.slices[key]})

@@ -17,12 +17,19 @@ from autoprune.cli.main import main
 from autoprune.cost.budgets import parse_budget
 from autoprune.cost.latency import (
     LatencyConfig,
+    _grid,
     latency_check,
     latency_warning,
     measure_table,
     register_latency,
 )
-from autoprune.cost.latency_table import LatencyTable, LayerTiming, fit_rest, monotone
+from autoprune.cost.latency_table import (
+    LatencyPredictor,
+    LatencyTable,
+    LayerTiming,
+    fit_rest,
+    monotone,
+)
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.cost.timing import TimingConfig
@@ -113,13 +120,16 @@ def _synthetic_table(cm: CostModel, seed: int, noise: float) -> LatencyTable:
     )
 
 
+@pytest.mark.parametrize("block", [1, 4])
 @pytest.mark.parametrize(("name", "size"), [("lenet5", (1, 28, 28)), ("blocks", (3, 8, 8))])
 def test_predictions_never_decrease_when_a_unit_keeps_more(
-    name: str, size: tuple[int, int, int]
+    name: str, size: tuple[int, int, int], block: int
 ) -> None:
     _, cm = _traced(name, size)
     assert name != "blocks" or any(lay.depthwise for lay in cm.graph.layers)
-    predict = register_latency(cm, _synthetic_table(cm, seed=1, noise=1e-4))
+    table = _synthetic_table(cm, seed=1, noise=1e-4)
+    table.block = block  # the grid is not at block starts here: monotone all the same
+    predict = register_latency(cm, table)
     rng = np.random.default_rng(0)
     for _ in range(5):
         keep = np.maximum(1, (cm.sizes * rng.uniform(0.0, 1.0, len(cm.sizes))).astype(np.int64))
@@ -130,6 +140,46 @@ def test_predictions_never_decrease_when_a_unit_keeps_more(
             wider[u] = min(cm.sizes[u], keep[u] + step[u])
             assert predict(wider) >= base - 1e-15, f"unit {cm.graph.units[u].name}"
     assert predict(cm.dense_keep) > predict(np.ones(len(cm.sizes), dtype=np.int64))
+
+
+def test_grid_times_block_starts_and_the_widest_widths() -> None:
+    widths = _grid(1, 64, LatencyConfig().fractions, 1, 16)
+    assert widths[0] == 1 and widths[-2:] == [63, 64] and len(widths) > 4
+    assert all(w % 16 == 1 for w in widths[1:-2])
+    assert _grid(4, 64, (0.0, 1.0), 1, 16) == [4, 49, 63, 64]  # the top block from its start
+
+
+def test_a_staircase_timed_at_block_starts_is_priced_exactly_at_every_width() -> None:
+    # Each layer takes one microsecond per (16-channel output block x input block), as CPU
+    # kernels do; timed at every block start, the table prices every allocation exactly.
+    _, cm = _traced("lenet5", (1, 28, 28))
+    fractions = tuple(np.linspace(0.0, 1.0, 65))
+    lo_out, lo_in = cm.layer_widths(np.ones(len(cm.sizes), dtype=np.int64))
+    hi_out, hi_in = cm.layer_widths(cm.dense_keep)
+    layers = []
+    for i, lay in enumerate(cm.graph.layers):
+        outs = _grid(lo_out[i], hi_out[i], fractions, 1, 16)
+        ins = _grid(lo_in[i], hi_in[i], fractions, 1, 16)
+        secs = [[1e-6 * -(-o // 16) * -(-n // 16) for n in ins] for o in outs]
+        layers.append(LayerTiming(lay.name, outs, ins, secs))
+    g = cm.graph
+    table = LatencyTable(g.model_name, g.input_size, g.signature, 1, 1, layers, 0.0, 0.0, block=16)
+    rng = np.random.default_rng(0)
+    keeps = [
+        np.maximum(1, (cm.sizes * rng.uniform(0, 1, len(cm.sizes))).astype(int)) for _ in range(20)
+    ]
+    errors = {}
+    for block in (16, 1):
+        table.block = block
+        predictor = LatencyPredictor(table, cm)
+        errors[block] = 0.0
+        for keep in keeps:
+            out, inp = cm.layer_widths(keep)
+            true = 1e-6 * np.ceil(out / 16) * np.ceil(inp / 16)
+            errors[block] = max(
+                errors[block], float(np.abs(predictor.layer_seconds(keep) - true).max())
+            )
+    assert errors[16] < 1e-15 < 1e-8 < errors[1]  # a straight line between block starts is not
 
 
 @settings(max_examples=40, deadline=None)
@@ -248,6 +298,7 @@ def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
         )  # a synthetic table keeps the 60% budget feasible however loaded the machine is
         table = _synthetic_table(cm, seed=4, noise=0.0)
         table.info["fractions"] = list(cfg.fractions)  # type: ignore[attr-defined]
+        table.block = cfg.block  # type: ignore[attr-defined]  # as measure_table records it
         return table
 
     monkeypatch.setattr(latency, "measure_table", fake_measure)
