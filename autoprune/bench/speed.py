@@ -30,6 +30,7 @@ from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info
+from autoprune.export.fast import FastExportConfig
 from autoprune.export.program import export_program, load_program
 from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units
@@ -102,7 +103,7 @@ def _infer(model: Any, x: torch.Tensor) -> Any:
 
 def _program(model: nn.Module, size: tuple[int, ...], folder: Path, name: str) -> nn.Module:
     path = folder / f"{name}.pt2"
-    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path, fold_bn=True)
+    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path, fast=FastExportConfig())
     return load_program(path)
 
 
