@@ -7,6 +7,9 @@ first, while every budget still holds, so the binding budget ends as tight as gr
 With `round_to` N > 1 (channel units), every keep is a multiple of N or the whole unit: CPU and
 GPU kernels run widths on such a grid faster than the widths just above them, so a MAC budget
 buys more speed. The grid is coarser, so the binding budget is met from below less tightly.
+
+With `latency_aware` (and a `latency` metric from a table) the projected keeps are then traded
+between units by predicted time per MAC (`autoprune.cost.latency_aware`), every limit still met.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autoprune.cost.latency_aware import TradeConfig, trade_for_speed
 from autoprune.cost.model import CostModel
 from autoprune.errors import BudgetError
 
@@ -29,10 +33,17 @@ class ProjectionConfig:
     max_fill_steps: int = 100_000  # greedy additions after bisection (bounded by the slack anyway)
     # channel keeps on a grid of this many channels (or the whole unit); 1: any width
     round_to: int = 1
+    # Move MACs between units by the latency table's time per MAC (autoprune.cost.latency_aware)
+    # until the budgets buy as much predicted speed as they can; needs a `latency` metric.
+    latency_aware: bool = False
+    # a unit stays within this factor of its projected keep; None: anywhere above min_ratio
+    latency_spread: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise BudgetError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.latency_spread is not None and not self.latency_spread >= 1.0:
+            raise BudgetError(f"latency_spread must be at least 1, got {self.latency_spread!r}")
 
     def step(self, model: CostModel) -> int:
         """The keep grid of `model`'s units: round_to for channel units, 1 for weights."""
@@ -63,6 +74,20 @@ def project(
 ) -> np.ndarray:
     """Integer keeps close to `ratios` that meet every limit (metric -> absolute bound)."""
     cfg = cfg or ProjectionConfig()
+    keep = _project(ratios, model, limits, cfg)
+    if not cfg.latency_aware:
+        return keep
+    trade = TradeConfig(spread=cfg.latency_spread)
+    step = cfg.step(model)
+    return trade_for_speed(keep, model, limits, min_keeps(model.sizes, cfg, step), trade, step)
+
+
+def _project(
+    ratios: Sequence[float] | np.ndarray,
+    model: CostModel,
+    limits: Mapping[str, float],
+    cfg: ProjectionConfig,
+) -> np.ndarray:
     sizes = model.sizes
     r = np.clip(np.asarray(ratios, dtype=np.float64), 0.0, 1.0)
     if r.shape != sizes.shape:
