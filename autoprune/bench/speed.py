@@ -14,7 +14,9 @@ initial ones: speed does not depend on their values. Writes results/speed/speed.
 earlier runs for other cases are kept) and README.md.
 
 `--only` picks a part: model names, targets (`50%`) and settings (`t1b1`: 1 thread, batch 1);
-`--only resnet18,mobilenet_v2,50%,t1b1` measures the issue's must-show rows in a few minutes.
+`--only resnet18,mobilenet_v2,50%,t1b1` measures the issue's must-show rows in a few minutes, and
+`--only staircase` just the time-against-width staircase (autoprune.bench.staircase), which the
+full run measures too.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.bench import staircase
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.report import write_readme
 from autoprune.cost.measure import count_macs
@@ -67,6 +70,7 @@ class Plan:
 
 
 QUICK = Plan(models=(("resnet20", (3, 32, 32)),), fractions=(0.5,), settings=((1, 1),), rounds=3)
+STAIRS = "staircase"  # the --only name of the time-against-width measurement
 TABLES = Path("results") / "latency" / "tables"  # measured on this machine: 1 thread, batch 1
 
 
@@ -77,13 +81,15 @@ def plan_for(plan: Plan, only: list[str] | None) -> Plan:
     models = {name for name, _ in plan.models}
     fractions = {f"{round(100 * f)}%": f for f in plan.fractions}
     settings = {f"t{t}b{b}": (t, b) for t, b in plan.settings}
-    unknown = [t for t in only if t not in models | set(fractions) | set(settings)]
+    unknown = [t for t in only if t not in models | set(fractions) | set(settings) | {STAIRS}]
     if unknown:
         raise UsageError(
             f"benchmark {NAME!r} has no case {', '.join(unknown)}; --only takes models "
             f"({', '.join(sorted(models))}), targets ({', '.join(fractions)}) and settings "
-            f"({', '.join(settings)})"
+            f"({', '.join(settings)}), or {STAIRS}"
         )
+    if only == [STAIRS]:
+        return replace(plan, models=())
 
     def pick(all_: tuple[Any, ...], named: dict[str, Any]) -> tuple[Any, ...]:
         chosen = [named[t] for t in only if t in named]
@@ -233,6 +239,8 @@ def speed(cfg: BenchConfig) -> dict[str, Any]:
     try:
         for name, size in plan.models:
             rows += measure_case(name, size, plan)
+        if not cfg.quick and (not cfg.only or STAIRS in cfg.only):
+            staircase.write(out)
     finally:
         torch.set_num_threads(threads)
     for r in rows:
@@ -248,8 +256,9 @@ def speed(cfg: BenchConfig) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0, "command": f"autoprune bench {NAME}"
         + (" --quick" if cfg.quick else "") + only + (f" --out {cfg.out}" if cfg.out else ""),
     }  # fmt: skip
-    write_json_atomic(out / "speed.json", summary)
-    write_readme(out, render(summary))
+    if rows:  # `--only staircase` measures no model
+        write_json_atomic(out / "speed.json", summary)
+        write_readme(out, render(summary))
     return summary
 
 
@@ -266,7 +275,8 @@ def render(summary: dict[str, Any]) -> str:
         f"ran started at {summary['loadavg'][0]:.2f}. MACs are counted by FlopCounterMode on "
         "each exported model.pt2; times are interleaved medians. Speed-up per MAC reduction = "
         "(dense time / pruned time) / (dense MACs / pruned MACs): 1.0 means the model is as "
-        "much faster as its MACs promise.",
+        "much faster as its MACs promise. Time against width, layer by layer: "
+        "[staircase.md](staircase.md).",
     ]
     rows = summary["runs"]
     for threads, batch in sorted({(r["threads"], r["batch"]) for r in rows}):

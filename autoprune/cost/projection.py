@@ -31,7 +31,14 @@ class ProjectionConfig:
     min_keep: int = 1  # and at least one element, whatever the ratio
     bisection_steps: int = 60  # enough for the scale to be exact in double precision
     max_fill_steps: int = 100_000  # greedy additions after bisection (bounded by the slack anyway)
-    # channel keeps on a grid of this many channels (or the whole unit); 1: any width
+    # Channel keeps on a grid of this many channels (or the whole unit); 1: any width. Off by
+    # default although this CPU has a staircase (results/speed/staircase.md, 1 thread, batch 1:
+    # a depthwise 3x3 at 56x56 runs ~30% faster at every multiple of 8 than one channel narrower,
+    # 52% of off-grid widths of five resnet18 / mobilenet_v2 layers are slower than the multiple
+    # of 8 above them; whole models at 50% MACs gained 3-15% with --round-to 8, load average 8):
+    # the grid leaves units under 8 channels unprunable and binding budgets looser by up to one
+    # step of the widest unit, which small models and exact budgets pay for. Use --round-to 8 for
+    # wide CPU models.
     round_to: int = 1
     # Move MACs between units by the latency table's time per MAC (autoprune.cost.latency_aware)
     # until the budgets buy as much predicted speed as they can; needs a `latency` metric.

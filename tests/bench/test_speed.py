@@ -60,3 +60,17 @@ def test_a_partial_run_keeps_the_rows_of_other_cases(
     monkeypatch.setattr(speed_bench, "QUICK", tiny)
     rows = speed_bench.speed(BenchConfig(quick=True, out=str(tmp_path), only=["t1b1"]))["runs"]
     assert rows[0] == old and len(rows) > 1
+
+
+def test_only_staircase_measures_no_model() -> None:
+    assert speed_bench.plan_for(speed_bench.Plan(), ["staircase"]).models == ()
+
+
+@pytest.mark.slow
+def test_staircase_times_every_width_and_counts_the_grid(tmp_path: Path) -> None:
+    from autoprune.bench import staircase
+
+    row = staircase.layer_staircase("resnet18", "layer1.0.conv1", rounds=1)
+    assert row["widths"] == list(range(32, 65)) and len(row["seconds"]) == 33
+    assert all(s > 0 for s in row["seconds"])
+    assert row["off_grid"] == 28 and 0 <= row["next_multiple_faster"] <= 28
