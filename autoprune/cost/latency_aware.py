@@ -80,17 +80,14 @@ def trade_for_speed(
             break
         trial = k.copy()
         trial[donor] = max(lo[donor], k[donor] - step[donor])
-        trial = fill_cheapest(trial, model, limits, hi, step, exclude=donor)
+        trial = fill_cheapest(trial, model, limits, hi, step, g, exclude=donor)
         new = model.metric(LATENCY, trial)
         if new < lat * (1 - 1e-9) and model.metric("macs", trial) >= macs0 * (1 - cfg.mac_slack):
             k, lat = trial, new
             exhausted[:] = False
         else:
             exhausted[donor] = True
-    # Spend what the last trades left on the cheapest single elements, so the binding budget
-    # ends as tight as the keep grid allows.
-    fine = np.full(len(k), g, dtype=np.int64)
-    return fill_cheapest(k, model, limits, hi, fine)
+    return k
 
 
 def _best_donor(
@@ -120,26 +117,35 @@ def fill_cheapest(
     limits: Mapping[str, float],
     hi: np.ndarray,
     step: np.ndarray,
+    grid: int = 1,
     exclude: int | None = None,
 ) -> np.ndarray:
-    """Add steps, cheapest in predicted time per MAC first, while every limit holds."""
-    k = k.copy()
+    """Add steps, cheapest in predicted time per MAC first, while every limit holds.
+
+    A unit whose step no longer fits tries half of it (down to `grid`), so the binding budget
+    ends as tight as the keep grid allows after a few coarse steps rather than many fine ones.
+    """
+    k, step = k.copy(), step.copy()
     blocked = np.zeros(len(k), dtype=bool)
     if exclude is not None:
         blocked[exclude] = True
     while True:
         macs, lat = model.metric("macs", k), model.metric(LATENCY, k)
-        best, best_u, best_k = np.inf, None, None
+        best, best_k, halved = np.inf, None, False
         for u in np.flatnonzero((k < hi) & ~blocked):
             trial = k.copy()
             trial[u] = min(hi[u], k[u] + step[u])
             if not model.fits(trial, limits):
-                blocked[u] = True  # a bigger step of it will not fit later either
+                if step[u] > grid:
+                    step[u], halved = max(grid, step[u] // 2 // grid * grid), True
+                else:
+                    blocked[u] = True  # a bigger step of it will not fit later either
                 continue
             added = model.metric("macs", trial) - macs
             price = (model.metric(LATENCY, trial) - lat) / added if added > 0 else np.inf
             if price < best:
-                best, best_u, best_k = price, int(u), trial
-        if best_u is None or best_k is None:
+                best, best_k = price, trial
+        if best_k is not None:
+            k = best_k
+        elif not halved:
             return k
-        k = best_k

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
 
+from autoprune.cli.main import main
 from autoprune.cost.latency import register_latency
 from autoprune.cost.latency_table import LatencyTable, LayerTiming
 from autoprune.cost.measure import count_macs
@@ -111,3 +116,41 @@ def test_latency_aware_needs_a_latency_metric_and_a_sane_spread() -> None:
         project(np.ones(len(cm.sizes)), cm, limits, ProjectionConfig(latency_aware=True))
     with pytest.raises(BudgetError, match="latency_spread"):
         ProjectionConfig(latency_aware=True, latency_spread=0.5)
+
+
+def test_search_latency_aware_measures_a_table_and_beats_uniform(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import autoprune.cost.latency as latency
+
+    def fake_measure(
+        model: torch.nn.Module, graph: object, cm: CostModel, cfg: Any, progress: bool = False
+    ) -> LatencyTable:
+        table = _slow_early_table(cm)
+        table.info["fractions"] = list(cfg.fractions)
+        return table
+
+    monkeypatch.setattr(latency, "measure_table", fake_measure)
+    common = ["search", "--model", "lenet5", "--limit", "64", "--budget-flops", "50%",
+              "--method", "uniform", "--dense-epochs", "0", "--no-prune", "--quiet"]  # fmt: skip
+    aware, plain = tmp_path / "aware", tmp_path / "plain"
+    assert main([*common, "--latency-aware", "--out", str(aware)]) == 0
+    table = str(aware / "latency_table.json")
+    assert main([*common, "--latency-table", table, "--out", str(plain)]) == 0
+    a, p = (json.loads((d / "allocation.json").read_text()) for d in (aware, plain))
+    assert a["predicted"]["latency"] < p["predicted"]["latency"]
+    assert a["predicted"]["macs"] <= 0.5 * a["dense"]["macs"]
+    metrics = json.loads((aware / "metrics.json").read_text())
+    assert all(check["met"] for check in metrics["budgets"].values())
+
+
+def test_latency_aware_refuses_weight_granularity(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["search", "--model", "lenet5", "--limit", "64", "--budget-flops", "50%",
+            "--method", "uniform", "--granularity", "weight", "--latency-aware",
+            "--dense-epochs", "0", "--no-prune", "--quiet",
+            "--out", str(tmp_path / "r")]  # fmt: skip
+    assert main(argv) == 2
+    assert "--latency-aware needs --granularity channel" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
