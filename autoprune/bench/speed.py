@@ -42,7 +42,7 @@ from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info
 from autoprune.errors import UsageError
-from autoprune.export.fast import FastExportConfig
+from autoprune.export.fast import FastExportConfig, thread_seconds
 from autoprune.export.program import export_program, load_program
 from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units
@@ -208,7 +208,11 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 cfg = TimingConfig(rounds=plan.rounds, threads=threads,
                                    max_seconds=plan.max_seconds)  # fmt: skip
                 x = torch.rand(batch, *size)
-                medians = interleaved_medians([_infer(m, x) for m in timed.values()], cfg)
+                fns = [_infer(m, x) for m in timed.values()]
+                # one thread: each call runs on this thread, so its CPU time is what it costs
+                # however loaded the machine is; more threads: wall time in blocks
+                one = threads == 1
+                medians = thread_seconds(fns, cfg.rounds) if one else interleaved_medians(fns, cfg)
                 seconds = dict(zip(timed, medians, strict=True))
                 for variant, s in seconds.items():
                     m = macs.get(variant, macs["autoprune uniform"])
@@ -273,7 +277,9 @@ def render(summary: dict[str, Any]) -> str:
         "",
         f"Made by `{summary['command']}` in {summary['seconds']:.0f} s; load average while it "
         f"ran started at {summary['loadavg'][0]:.2f}. MACs are counted by FlopCounterMode on "
-        "each exported model.pt2; times are interleaved medians. Speed-up per MAC reduction = "
+        "each exported model.pt2; times are interleaved medians (1 thread: thread CPU time of "
+        "single calls, which other jobs do not inflate; 2 threads: wall time of blocks). "
+        "Speed-up per MAC reduction = "
         "(dense time / pruned time) / (dense MACs / pruned MACs): 1.0 means the model is as "
         "much faster as its MACs promise. Time against width, layer by layer: "
         "[staircase.md](staircase.md).",
