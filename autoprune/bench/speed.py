@@ -168,10 +168,11 @@ def _infer(model: Any, x: torch.Tensor) -> Any:
     return run
 
 
-def _program(model: nn.Module, size: tuple[int, ...], folder: Path, name: str) -> nn.Module:
-    path = folder / f"{name}.pt2"
-    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path, fast=FastExportConfig())
-    return load_program(path)
+def _program(model: nn.Module, size: tuple[int, ...], path: Path) -> tuple[nn.Module, str]:
+    """The model exported as a run exports it, loaded back, and the layout export chose."""
+    info = export_program(model, size, [0.0] * size[0], [1.0] * size[0], path,
+                          fast=FastExportConfig())  # fmt: skip
+    return load_program(path), "channels-last" if info["channels_last"] else "default"
 
 
 def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict[str, Any]]:
@@ -199,8 +200,9 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 at_tp = autoprune_model(dense, size, aware_keep(cm, tp_macs))
                 modules["autoprune latency-aware @ torch-pruning's MACs"] = at_tp
             torch.set_num_threads(1)  # the layout each program keeps is chosen at one thread
-            programs = {k: _program(m, size, folder, f"{name}-{frac}-{i}")
+            exported = {k: _program(m, size, folder / f"{name}-{frac}-{i}.pt2")
                         for i, (k, m) in enumerate(modules.items())}  # fmt: skip
+            programs = {k: p for k, (p, _) in exported.items()}
             macs = {k: count_macs(p, size) for k, p in programs.items()}
             timed = {**programs, "autoprune uniform (plain torch)": modules["autoprune uniform"]}
             for threads, batch in plan.settings:
@@ -224,6 +226,7 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                         "met": None if variant == "dense" else m <= limit,
                         "seconds": s, "speedup": speedup,
                         "speedup_per_mac_reduction": speedup / (dense_macs / m),
+                        "layout": exported[variant][1] if variant in exported else "plain torch",
                     })  # fmt: skip
     return rows
 
@@ -287,13 +290,15 @@ def render(summary: dict[str, Any]) -> str:
     rows = summary["runs"]
     for threads, batch in sorted({(r["threads"], r["batch"]) for r in rows}):
         lines += ["", f"## {threads} thread(s), batch {batch}", "",
-                  "| model | target | variant | MACs | met | ms | speed-up | per MAC reduction "
-                  "| load avg |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| model | target | variant | layout | MACs | met | ms | speed-up "
+                  "| per MAC reduction | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows:
             if (r["threads"], r["batch"]) != (threads, batch):
                 continue
             lines.append(
                 f"| {r['model']} @{r['input']} | {100 * r['target']:.0f}% | {r['variant']} | "
+                f"{r.get('layout', '')} | "
                 f"{100 * r['macs_fraction']:.1f}% | {_met(r['met'])} | "
                 f"{1e3 * r['seconds']:.2f} | {r['speedup']:.2f}x | "
                 f"{r['speedup_per_mac_reduction']:.2f} | {r.get('loadavg', float('nan')):.1f} |"

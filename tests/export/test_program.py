@@ -86,6 +86,6 @@ def test_measured_layout_choice_is_recorded_and_the_faster_one() -> None:
     net = _trained_bn(build_model("resnet20", num_classes=10, input_size=(3, 32, 32)))
     model, info = fastest_form(net, (3, 32, 32), FastExportConfig(rounds=3))
     secs = info["layout_seconds"]
-    assert info["channels_last"] == (secs["channels_last"] < secs["default"])
+    assert info["channels_last"] == (secs["channels_last"] < 0.97 * secs["default"])
     first = next(m for m in model.modules() if isinstance(m, nn.Conv2d))
     assert first.weight.is_contiguous(memory_format=torch.channels_last) == info["channels_last"]
