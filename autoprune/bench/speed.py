@@ -1,22 +1,33 @@
 """`autoprune bench speed`: exported models' measured speed-up against their MAC reduction.
 
 For each model and MAC target, side by side in one process: the dense model, autoprune's uniform
-allocation, the same on the `--round-to 8` grid, and Torch-Pruning's own global magnitude
-pruning (MetaPruner, global_pruning=True, stepped until it reaches the same MAC target, as its
-reproduce scripts do). Every pruned model is exported as autoprune exports (model.pt2, BatchNorm
-folded); its MACs are counted on that program by FlopCounterMode and its latency is timed
-interleaved with the others (medians) at 1 and 2 threads, batch 1 and 32. The same slim
-architecture as plain torch modules is timed beside its program. Weights are the initial ones:
-speed does not depend on their values. Writes results/speed/speed.json and README.md.
+allocation, the same on the `--round-to 8` grid, autoprune's latency-aware allocation on that grid
+(`--latency-aware --round-to 8`: uniform, then MACs traded between units by the latency table's
+time per MAC; the table is results/latency/tables/MODEL.json when it fits, else measured here),
+the same at Torch-Pruning's
+MAC count where that is lower than the target, and Torch-Pruning's own global magnitude pruning
+(MetaPruner, global_pruning=True, stepped until it reaches the same MAC target, as its reproduce
+scripts do). Every model is exported as autoprune exports a run (model.pt2, BatchNorm folded,
+channels-last where timed faster); its MACs are counted on that program by FlopCounterMode and
+its latency is timed interleaved with the others (medians) at 1 and 2 threads, batch 1 and 32.
+The same slim architecture as plain torch modules is timed beside its program. Weights are the
+initial ones: speed does not depend on their values. Writes results/speed/speed.json (rows of
+earlier runs for other cases are kept) and README.md.
+
+`--only` picks a part: model names, targets (`50%`) and settings (`t1b1`: 1 thread, batch 1);
+`--only resnet18,mobilenet_v2,50%,t1b1` measures the issue's must-show rows in a few minutes, and
+`--only staircase` just the time-against-width staircase (autoprune.bench.staircase), which the
+full run measures too.
 """
 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +35,15 @@ import numpy as np
 import torch
 from torch import nn
 
+from autoprune.bench import staircase
 from autoprune.bench.base import BENCHMARKS, BenchConfig
 from autoprune.bench.report import write_readme
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
 from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info
+from autoprune.errors import UsageError
+from autoprune.export.fast import FastExportConfig, thread_seconds
 from autoprune.export.program import export_program, load_program
 from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units
@@ -38,6 +52,7 @@ from autoprune.rundir import write_json_atomic
 
 NAME = "speed"
 ROUND_TO = 8  # the grid whose widths this CPU's convolutions run fastest (see README)
+AWARE = f"autoprune --latency-aware --round-to {ROUND_TO}"  # the flags a user gives for it
 
 
 @dataclass(frozen=True)
@@ -57,6 +72,66 @@ class Plan:
 
 
 QUICK = Plan(models=(("resnet20", (3, 32, 32)),), fractions=(0.5,), settings=((1, 1),), rounds=3)
+STAIRS = "staircase"  # the --only name of the time-against-width measurement
+TABLES = Path("results") / "latency" / "tables"  # measured on this machine: 1 thread, batch 1
+
+
+def plan_for(plan: Plan, only: list[str] | None) -> Plan:
+    """`plan` narrowed to the models, targets (`50%`) and settings (`t1b1`) named in `only`."""
+    if not only:
+        return plan
+    models = {name for name, _ in plan.models}
+    fractions = {f"{round(100 * f)}%": f for f in plan.fractions}
+    settings = {f"t{t}b{b}": (t, b) for t, b in plan.settings}
+    unknown = [t for t in only if t not in models | set(fractions) | set(settings) | {STAIRS}]
+    if unknown:
+        raise UsageError(
+            f"benchmark {NAME!r} has no case {', '.join(unknown)}; --only takes models "
+            f"({', '.join(sorted(models))}), targets ({', '.join(fractions)}) and settings "
+            f"({', '.join(settings)}), or {STAIRS}"
+        )
+    if only == [STAIRS]:
+        return replace(plan, models=())
+
+    def pick(all_: tuple[Any, ...], named: dict[str, Any]) -> tuple[Any, ...]:
+        chosen = [named[t] for t in only if t in named]
+        return tuple(x for x in all_ if x in chosen) if chosen else all_
+
+    chosen_models = [t for t in only if t in models]
+    return replace(
+        plan,
+        models=tuple(m for m in plan.models if not chosen_models or m[0] in chosen_models),
+        fractions=pick(plan.fractions, fractions),
+        settings=pick(plan.settings, settings),
+    )
+
+
+def latency_model(dense: nn.Module, cm: CostModel, name: str) -> None:
+    """Register the `latency` metric on `cm`: the stored table when it fits, else one measured."""
+    from autoprune.cost.latency import LatencyConfig, measure_table, register_latency
+    from autoprune.cost.latency_table import LatencyTable
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the tables' setting: one thread, batch 1
+    try:
+        path = TABLES / f"{name}.json"
+        table = LatencyTable.load(path) if path.is_file() else None
+        if table is None or table.signature != cm.graph.signature:
+            table = measure_table(copy.deepcopy(dense), cm.graph, cm, LatencyConfig())
+        register_latency(cm, table, source=f"latency table for {name}")
+    finally:
+        torch.set_num_threads(threads)
+
+
+def aware_keep(cm: CostModel, limit: float, round_to: int = ROUND_TO) -> np.ndarray:
+    """The latency-aware allocation: uniform, then MACs traded by the table's time per MAC.
+
+    On the --round-to grid by default: measured on mobilenet_v2 @224 at Torch-Pruning's 48% MACs
+    (1 thread, batch 1, exported, thread CPU time, two runs at load avg 8 and 5) it ran 22.1 /
+    26.8 ms against 23.8 / 29.9 ms off the grid (Torch-Pruning global: 22.3 / 27.1 ms).
+    """
+    cfg = ProjectionConfig(latency_aware=True, round_to=round_to)
+    return project(np.ones(len(cm.sizes)), cm, {"macs": limit}, cfg)
 
 
 def uniform_keep(cm: CostModel, limit: float, round_to: int = 1) -> np.ndarray:
@@ -100,16 +175,18 @@ def _infer(model: Any, x: torch.Tensor) -> Any:
     return run
 
 
-def _program(model: nn.Module, size: tuple[int, ...], folder: Path, name: str) -> nn.Module:
-    path = folder / f"{name}.pt2"
-    export_program(model, size, [0.0] * size[0], [1.0] * size[0], path, fold_bn=True)
-    return load_program(path)
+def _program(model: nn.Module, size: tuple[int, ...], path: Path) -> tuple[nn.Module, str]:
+    """The model exported as a run exports it, loaded back, and the layout export chose."""
+    info = export_program(model, size, [0.0] * size[0], [1.0] * size[0], path,
+                          fast=FastExportConfig())  # fmt: skip
+    return load_program(path), "channels-last" if info["channels_last"] else "default"
 
 
 def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     dense = build_model(name, input_size=size).eval()
     cm = CostModel(trace_units(copy.deepcopy(dense), size, "channel", name, verify=False))
+    latency_model(dense, cm, name)
     dense_macs = count_macs(dense, size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -122,10 +199,17 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 f"autoprune --round-to {ROUND_TO}": autoprune_model(
                     dense, size, uniform_keep(cm, limit, ROUND_TO)
                 ),
+                AWARE: autoprune_model(dense, size, aware_keep(cm, limit)),
                 "torch-pruning global": torch_pruning_model(dense, size, limit),
             }
-            programs = {k: _program(m, size, folder, f"{name}-{frac}-{i}")
+            tp_macs = count_macs(modules["torch-pruning global"], size)
+            if tp_macs < limit:  # the same comparison at Torch-Pruning's smaller MAC count
+                at_tp = autoprune_model(dense, size, aware_keep(cm, tp_macs))
+                modules[f"{AWARE} @ torch-pruning's MACs"] = at_tp
+            torch.set_num_threads(1)  # the layout each program keeps is chosen at one thread
+            exported = {k: _program(m, size, folder / f"{name}-{frac}-{i}.pt2")
                         for i, (k, m) in enumerate(modules.items())}  # fmt: skip
+            programs = {k: p for k, (p, _) in exported.items()}
             macs = {k: count_macs(p, size) for k, p in programs.items()}
             timed = {**programs, "autoprune uniform (plain torch)": modules["autoprune uniform"]}
             for threads, batch in plan.settings:
@@ -133,7 +217,11 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 cfg = TimingConfig(rounds=plan.rounds, threads=threads,
                                    max_seconds=plan.max_seconds)  # fmt: skip
                 x = torch.rand(batch, *size)
-                medians = interleaved_medians([_infer(m, x) for m in timed.values()], cfg)
+                fns = [_infer(m, x) for m in timed.values()]
+                # one thread: each call runs on this thread, so its CPU time is what it costs
+                # however loaded the machine is; more threads: wall time in blocks
+                one = threads == 1
+                medians = thread_seconds(fns, cfg.rounds) if one else interleaved_medians(fns, cfg)
                 seconds = dict(zip(timed, medians, strict=True))
                 for variant, s in seconds.items():
                     m = macs.get(variant, macs["autoprune uniform"])
@@ -145,29 +233,46 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                         "met": None if variant == "dense" else m <= limit,
                         "seconds": s, "speedup": speedup,
                         "speedup_per_mac_reduction": speedup / (dense_macs / m),
+                        "layout": exported[variant][1] if variant in exported else "plain torch",
                     })  # fmt: skip
     return rows
 
 
+def _case(row: dict[str, Any]) -> tuple[Any, ...]:
+    return row["model"], row["target"], row["threads"], row["batch"]
+
+
 @BENCHMARKS.register(NAME)
 def speed(cfg: BenchConfig) -> dict[str, Any]:
-    plan = QUICK if cfg.quick else Plan()
+    plan = plan_for(QUICK if cfg.quick else Plan(), cfg.only)
     out = Path(cfg.out or Path("results") / NAME)
     out.mkdir(parents=True, exist_ok=True)
     t0, threads = time.perf_counter(), torch.get_num_threads()
+    load = list(os.getloadavg())
     rows: list[dict[str, Any]] = []
     try:
         for name, size in plan.models:
             rows += measure_case(name, size, plan)
+        if not cfg.quick and (not cfg.only or STAIRS in cfg.only):
+            staircase.write(out)
     finally:
         torch.set_num_threads(threads)
+    for r in rows:
+        r["loadavg"] = load[0]
+    earlier = out / "speed.json"
+    if cfg.only and earlier.is_file():  # keep the rows of cases this run did not measure
+        done = {_case(r) for r in rows}
+        old = json.loads(earlier.read_text()).get("runs", [])
+        rows = [r for r in old if _case(r) not in done] + rows
+    only = f" --only {','.join(cfg.only)}" if cfg.only else ""
     summary = {
-        "runs": rows, "machine": machine_info(threads), "loadavg": list(os.getloadavg()),
+        "runs": rows, "machine": machine_info(threads), "loadavg": load,
         "seconds": time.perf_counter() - t0, "command": f"autoprune bench {NAME}"
-        + (" --quick" if cfg.quick else "") + (f" --out {cfg.out}" if cfg.out else ""),
+        + (" --quick" if cfg.quick else "") + only + (f" --out {cfg.out}" if cfg.out else ""),
     }  # fmt: skip
-    write_json_atomic(out / "speed.json", summary)
-    write_readme(out, render(summary))
+    if rows:  # `--only staircase` measures no model
+        write_json_atomic(out / "speed.json", summary)
+        write_readme(out, render(summary))
     return summary
 
 
@@ -182,22 +287,27 @@ def render(summary: dict[str, Any]) -> str:
         "",
         f"Made by `{summary['command']}` in {summary['seconds']:.0f} s; load average while it "
         f"ran started at {summary['loadavg'][0]:.2f}. MACs are counted by FlopCounterMode on "
-        "each exported model.pt2; times are interleaved medians. Speed-up per MAC reduction = "
+        "each exported model.pt2; times are interleaved medians (1 thread: thread CPU time of "
+        "single calls, which other jobs do not inflate; 2 threads: wall time of blocks). "
+        "Speed-up per MAC reduction = "
         "(dense time / pruned time) / (dense MACs / pruned MACs): 1.0 means the model is as "
-        "much faster as its MACs promise.",
+        "much faster as its MACs promise. Time against width, layer by layer: "
+        "[staircase.md](staircase.md).",
     ]
     rows = summary["runs"]
     for threads, batch in sorted({(r["threads"], r["batch"]) for r in rows}):
         lines += ["", f"## {threads} thread(s), batch {batch}", "",
-                  "| model | target | variant | MACs | met | ms | speed-up | per MAC reduction |",
-                  "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+                  "| model | target | variant | layout | MACs | met | ms | speed-up "
+                  "| per MAC reduction | load avg |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows:
             if (r["threads"], r["batch"]) != (threads, batch):
                 continue
             lines.append(
                 f"| {r['model']} @{r['input']} | {100 * r['target']:.0f}% | {r['variant']} | "
+                f"{r.get('layout', '')} | "
                 f"{100 * r['macs_fraction']:.1f}% | {_met(r['met'])} | "
                 f"{1e3 * r['seconds']:.2f} | {r['speedup']:.2f}x | "
-                f"{r['speedup_per_mac_reduction']:.2f} |"
+                f"{r['speedup_per_mac_reduction']:.2f} | {r.get('loadavg', float('nan')):.1f} |"
             )
     return "\n".join(lines) + "\n"

@@ -162,9 +162,18 @@ class Search(Command):
                                          "of it): widths the hardware runs faster"),
                      "projection")  # fmt: skip
         p.add_argument(
+            "--latency-aware", action="store_true", default=None,
+            help="move MACs between units by a latency table's time per MAC, so the budgets buy "
+                 "as much speed as they can (uses --latency-table, else measures one)",
+        )  # fmt: skip
+        default_from(p.add_argument("--latency-spread", type=float, metavar="F",
+                                    help="with --latency-aware: each unit stays within this "
+                                         "factor of its projected keep"),
+                     "projection")  # fmt: skip
+        p.add_argument(
             "--latency-table",
             metavar="FILE",
-            help="for --budget-latency: a table from `autoprune latency-table` "
+            help="for --budget-latency or --latency-aware: a table from `autoprune latency-table` "
             "(default: measure one)",
         )
         add_search_arguments(p)
@@ -198,7 +207,9 @@ class Search(Command):
             evaluator=evaluator_config(args), resume=args.study is not None,
             no_prune=args.no_prune, backend_cfg=backend_cfg(args),
             projection=ProjectionConfig(**given(args, {"min_ratio": "min_ratio",
-                                                       "round_to": "round_to"})),
+                                                       "round_to": "round_to",
+                                                       "latency_aware": "latency_aware",
+                                                       "latency_spread": "latency_spread"})),
             dense_train=dense, limit=args.limit, progress=not args.quiet, overwrite=args.force,
             latency_table=args.latency_table, bits=bit_space(args),
             **given(args, {"method": "method", "granularity": "granularity", "seed": "seed",

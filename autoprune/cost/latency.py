@@ -240,19 +240,23 @@ def attach_latency(
     run_dir: str | Path | None,
     cfg: LatencyConfig | None = None,
     progress: bool = False,
+    needed: bool = False,
 ) -> LatencyTable | None:
-    """Register `latency` on the cost model when a budget or a table asks for it.
+    """Register `latency` on the cost model when a budget, a table or `needed` asks for it.
+
+    `needed`: the projection prices allocations by latency (--latency-aware) without a budget.
 
     The table comes from `table_path`, else from an earlier attempt at the same run directory
     (a finished or interrupted one, when it fits), else it is measured now (tens of seconds).
     """
     wanted = any(b.metric == "latency" for b in budgets)
-    if not wanted and table_path is None:
+    if not wanted and not needed and table_path is None:
         return None
     if graph.granularity != "channel":
-        if wanted:
+        if wanted or needed:
+            flag = "--budget-latency" if wanted else "--latency-aware"
             raise UsageError(
-                "--budget-latency needs --granularity channel: zeroed weights do not make dense "
+                f"{flag} needs --granularity channel: zeroed weights do not make dense "
                 "kernels faster"
             )
         return None

@@ -7,6 +7,9 @@ first, while every budget still holds, so the binding budget ends as tight as gr
 With `round_to` N > 1 (channel units), every keep is a multiple of N or the whole unit: CPU and
 GPU kernels run widths on such a grid faster than the widths just above them, so a MAC budget
 buys more speed. The grid is coarser, so the binding budget is met from below less tightly.
+
+With `latency_aware` (and a `latency` metric from a table) the projected keeps are then traded
+between units by predicted time per MAC (`autoprune.cost.latency_aware`), every limit still met.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from autoprune.cost.latency_aware import TradeConfig, trade_for_speed
 from autoprune.cost.model import CostModel
 from autoprune.errors import BudgetError
 
@@ -27,12 +31,26 @@ class ProjectionConfig:
     min_keep: int = 1  # and at least one element, whatever the ratio
     bisection_steps: int = 60  # enough for the scale to be exact in double precision
     max_fill_steps: int = 100_000  # greedy additions after bisection (bounded by the slack anyway)
-    # channel keeps on a grid of this many channels (or the whole unit); 1: any width
+    # Channel keeps on a grid of this many channels (or the whole unit); 1: any width. Off by
+    # default although this CPU has a staircase (results/speed/staircase.md, 1 thread, batch 1:
+    # a depthwise 3x3 at 56x56 runs ~30% faster at every multiple of 8 than one channel narrower,
+    # 52% of off-grid widths of five resnet18 / mobilenet_v2 layers are slower than the multiple
+    # of 8 above them; whole models at 50% MACs gained 3-15% with --round-to 8, load average 8):
+    # the grid leaves units under 8 channels unprunable and binding budgets looser by up to one
+    # step of the widest unit, which small models and exact budgets pay for. Use --round-to 8 for
+    # wide CPU models.
     round_to: int = 1
+    # Move MACs between units by the latency table's time per MAC (autoprune.cost.latency_aware)
+    # until the budgets buy as much predicted speed as they can; needs a `latency` metric.
+    latency_aware: bool = False
+    # a unit stays within this factor of its projected keep; None: anywhere above min_ratio
+    latency_spread: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise BudgetError(f"round_to must be a positive integer, got {self.round_to!r}")
+        if self.latency_spread is not None and not self.latency_spread >= 1.0:
+            raise BudgetError(f"latency_spread must be at least 1, got {self.latency_spread!r}")
 
     def step(self, model: CostModel) -> int:
         """The keep grid of `model`'s units: round_to for channel units, 1 for weights."""
@@ -63,6 +81,20 @@ def project(
 ) -> np.ndarray:
     """Integer keeps close to `ratios` that meet every limit (metric -> absolute bound)."""
     cfg = cfg or ProjectionConfig()
+    keep = _project(ratios, model, limits, cfg)
+    if not cfg.latency_aware:
+        return keep
+    trade = TradeConfig(spread=cfg.latency_spread)
+    step = cfg.step(model)
+    return trade_for_speed(keep, model, limits, min_keeps(model.sizes, cfg, step), trade, step)
+
+
+def _project(
+    ratios: Sequence[float] | np.ndarray,
+    model: CostModel,
+    limits: Mapping[str, float],
+    cfg: ProjectionConfig,
+) -> np.ndarray:
     sizes = model.sizes
     r = np.clip(np.asarray(ratios, dtype=np.float64), 0.0, 1.0)
     if r.shape != sizes.shape:

@@ -141,8 +141,10 @@ def resolve_limits(
     """
     dense_keep = cost_model.dense_keep
     smallest_keep = min_keeps(cost_model.sizes, projection, projection.step(cost_model))
-    # sorted: a set's order changes with PYTHONHASHSEED, and allocation.json must not
-    metrics = sorted({b.metric for b in budgets} | {"macs", "params", "weights", "size", "bops"})
+    # sorted: a set's order changes with PYTHONHASHSEED, and allocation.json must not; latency
+    # whenever a table prices it (--latency-aware without a latency budget records it too)
+    base = {"macs", "params", "weights", "size", "bops"} | ({"latency"} & set(cost_model.metrics))
+    metrics = sorted({b.metric for b in budgets} | base)
     dense = {m: cost_model.metric(m, dense_keep) for m in metrics}
     low = smallest_model or cost_model
     smallest = {m: low.metric(m, smallest_keep) for m in metrics}

@@ -171,7 +171,8 @@ def price(cfg: SearchRun) -> Priced:
     graph, cost_model = trace(loaded, cfg.granularity)
     latency = attach_latency(cfg.budgets, loaded.model, graph, cost_model,
                              table_path=cfg.latency_table, run_dir=cfg.out, cfg=cfg.latency,
-                             progress=cfg.progress)  # fmt: skip
+                             progress=cfg.progress,
+                             needed=cfg.projection.latency_aware)  # fmt: skip
     smallest = None if cfg.bits is None else cost_model.with_bits(smallest_bits(graph, cfg.bits))
     units = unit_summary(graph, cost_model)
     if cfg.progress and graph.granularity == "channel":

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from autoprune.export.fast import FastExportConfig
 from autoprune.export.program import export_program, model_metrics
 from autoprune.pipeline.load import (
     CHECKPOINT_KIND_DENSE,
@@ -56,9 +57,10 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
     with staged_run_dir(cfg.out, overwrite=cfg.overwrite) as stage:
         meta = checkpoint_meta(loaded, CHECKPOINT_KIND_DENSE, cfg.train.seed)
         save_checkpoint(stage / "checkpoint.pt", state_dict=loaded.model.state_dict(), meta=meta)
-        export_program(
-            loaded.model, loaded.input_size, loaded.data.mean, loaded.data.std, stage / "model.pt2"
-        )
+        exported = export_program(
+            loaded.model, loaded.input_size, loaded.data.mean, loaded.data.std,
+            stage / "model.pt2", fast=FastExportConfig(),
+        )  # fmt: skip
         dense = model_metrics(loaded.model, loaded.input_size, eval_loader(loaded.data.test))
         metrics = {
             "schema": "autoprune.metrics/v1", "stage": "train", "model": loaded.name,
@@ -66,7 +68,7 @@ def run_train(cfg: TrainRun) -> dict[str, Any]:
             "dense": dense, "final": dense,
             "history": history, "train_config": cfg.train.__dict__,
             "recipe": recipe_record(cfg.train.augment, loaded.dataset, loaded.input_size),
-            "wall_time_s": {"train": train_s},
+            "wall_time_s": {"train": train_s}, "export": exported,
         }  # fmt: skip
         write_json_atomic(stage / "metrics.json", metrics)
     return metrics
