@@ -206,18 +206,21 @@ class _Verifier:
 def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[None]:
     """Undo a slimming of `graph`'s units: every module it may touch gets back its attributes,
     parameters and buffers (slimming replaces them; it never writes into them)."""
-    paths = {m.module for u in graph.units for m in u.members}
+    paths = {m.module for u in graph.units for m in u.members} | set(graph.matmuls)
     owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
     saved = {}
     for path in owners:
-        state = vars(model.get_submodule(path))
-        saved[path] = {k: dict(v) if k in ("_parameters", "_buffers") else v
-                       for k, v in state.items()}  # fmt: skip
+        module = model.get_submodule(path)
+        state = {k: dict(v) if k in ("_parameters", "_buffers") else v
+                 for k, v in vars(module).items()}  # fmt: skip
+        saved[path] = (type(module), state)  # attention gets another class when slimmed
     try:
         yield
     finally:
-        for path, state in saved.items():
-            attrs = vars(model.get_submodule(path))
+        for path, (cls, state) in saved.items():
+            module = model.get_submodule(path)
+            module.__class__ = cls
+            attrs = vars(module)
             attrs.clear()
             attrs.update(state)
 

@@ -98,3 +98,32 @@ def test_uniform_and_optuna_exports_are_priced_exactly(tmp_path: Path, name: str
         assert metrics["final"]["macs"] == metrics["predicted"]["macs"]
         assert metrics["final"]["params"] == metrics["predicted"]["params"]
         assert metrics["final"]["macs"] <= share * metrics["dense"]["macs"]
+
+
+@pytest.mark.parametrize("name", ["Swin", "SwinV2", "MaxViT"])
+def test_attention_heads_are_units_and_their_matmuls_are_priced(name: str) -> None:
+    model = getattr(awkward, name)().eval()
+    graph = trace_units(model, SIZE, "channel", name)
+    heads = {u.name.removesuffix(".heads"): u for u in graph.units if u.name.endswith(".heads")}
+    assert heads and set(heads) == set(graph.matmuls)
+    assert graph.unpriced_macs == 0  # every attention matmul is priced per head
+    # one head kept in every attention module, half of every other unit
+    keep = [1 if u.name.endswith(".heads") else u.size // 2 for u in graph.units]
+    kept = [torch.arange(k) + (u.size - k) for u, k in zip(graph.units, keep, strict=True)]
+    masked = copy.deepcopy(model)
+    apply_masks(masked, element_masks(masked, graph, kept))
+    slimmed = slim(copy.deepcopy(model), graph, kept).eval()
+    x = torch.randn(2, *SIZE, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        want, got = masked(x), slimmed(x)
+    assert torch.allclose(got, want, rtol=1e-4, atol=1e-4 * float(want.abs().max()))
+    for path in heads:
+        attn = slimmed.get_submodule(path)
+        assert getattr(attn, "num_heads", getattr(attn, "n_heads", None)) == 1
+    cm = CostModel(graph)
+    one_head = sum(per for _, per in graph.matmuls.values())
+    assert cm.attention_macs(keep) == one_head < cm.attention_macs(cm.dense_keep)
+    assert count_macs(slimmed, SIZE) == cm.costs(keep).macs
+    assert count_params(slimmed) == cm.costs(keep).params
+    exported = torch.export.export(slimmed, (torch.zeros(1, *SIZE),)).module()
+    assert count_macs(exported, SIZE) == cm.costs(keep).macs
