@@ -31,6 +31,7 @@ from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 
 from autoprune.graph.units import Member, Unit, UnitGraph, example_input, no_fastpath
+from autoprune.models.attention import PackedAttention
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ def _layout(path: str, module: nn.Module) -> HeadLayout | None:
                               ((f"{path}.logit_scale", 0),), (f"{path}.cpb_mlp.2",))  # fmt: skip
         table = ((f"{path}.relative_position_bias_table", 1),)
         return HeadLayout(path, heads, dim, f"{path}.qkv", f"{path}.proj", table, ())
+    if isinstance(module, PackedAttention):
+        return HeadLayout(path, module.num_heads, module.head_dim, f"{path}.qkv",
+                          f"{path}.out_proj", (), ())  # fmt: skip
     if isinstance(module, RelativePositionalMultiHeadAttention):
         table = ((f"{path}.relative_position_bias_table", 1),)
         return HeadLayout(path, int(module.n_heads), int(module.head_dim), f"{path}.to_qkv",
@@ -117,7 +121,10 @@ def _matmul_macs(model: nn.Module, graph: UnitGraph, layouts: list[HeadLayout]) 
     out = {}
     for lay in layouts:
         ops = counts.get(f"{top}.{lay.path}", {})
-        out[lay.path] = sum(n for op, n in ops.items() if "bmm" in str(op)) // 2
+        # bmm: q k^T and attention x v; scaled-dot-product kernels where FlopCounterMode has a
+        # formula for them (on CPU it has none: both the model and its export count 0 there)
+        matmul = [n for op, n in ops.items() if "bmm" in str(op) or "dot_product" in str(op)]
+        out[lay.path] = sum(matmul) // 2
     return out
 
 
@@ -127,7 +134,7 @@ def slim_attention(model: nn.Module, path: str) -> None:
     width it has (in place, before its layers are cut; `count_heads` after)."""
     module: Any = model.get_submodule(path)
     if type(module) in _SLIM.values():
-        return
+        return  # slimmed before, or runs on any width already
     slim_type = _SLIM.get(type(module))
     lay = _layout(path, module)
     if slim_type is None or lay is None:
@@ -236,4 +243,5 @@ _SLIM: dict[type, type] = {
     ShiftedWindowAttention: SlimShiftedWindowAttention,
     ShiftedWindowAttentionV2: SlimShiftedWindowAttentionV2,
     RelativePositionalMultiHeadAttention: SlimRelativeAttention,
+    PackedAttention: PackedAttention,  # already reads its heads and width from the module
 }
