@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
+from torchvision.models.vision_transformer import VisionTransformer
 
 from autoprune.graph.units import Member, Unit, UnitGraph, example_input, no_fastpath
 from autoprune.models.attention import PackedAttention
@@ -141,6 +142,19 @@ def slim_attention(model: nn.Module, path: str) -> None:
         raise NotImplementedError(f"cannot slim {type(module).__name__} attention")
     module.__class__ = slim_type
     module.head_dim = lay.head_dim
+
+
+def width_holders(model: nn.Module) -> list[str]:
+    """Modules that keep the residual stream's width as an attribute: torchvision's
+    VisionTransformer reshapes its patch embedding to `hidden_dim` channels."""
+    return [path for path, m in model.named_modules() if isinstance(m, VisionTransformer)]
+
+
+def count_widths(model: nn.Module) -> None:
+    """Set the width attributes of `width_holders` from their slimmed layers."""
+    for path in width_holders(model):
+        vit: Any = model.get_submodule(path)
+        vit.hidden_dim = vit.conv_proj.out_channels
 
 
 def count_heads(model: nn.Module, path: str) -> None:

@@ -16,7 +16,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
-from autoprune.graph.attention import count_heads, slim_attention
+from autoprune.graph.attention import count_heads, count_widths, slim_attention
 from autoprune.graph.units import UnitGraph
 
 
@@ -44,6 +44,7 @@ def slim_channels(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tenso
                 _slim_module(model.get_submodule(path), dim, idxs)
     for path in graph.matmuls:
         count_heads(model, path)
+    count_widths(model)
 
 
 def _keep(n: int, dead: set[int]) -> torch.Tensor:

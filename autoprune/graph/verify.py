@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
+from autoprune.graph.attention import width_holders
 from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
 from autoprune.graph.tracing import one_line
 from autoprune.graph.units import FrozenUnit, UnitGraph, no_fastpath
@@ -207,6 +208,7 @@ def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[None]:
     """Undo a slimming of `graph`'s units: every module it may touch gets back its attributes,
     parameters and buffers (slimming replaces them; it never writes into them)."""
     paths = {m.module for u in graph.units for m in u.members} | set(graph.matmuls)
+    paths |= set(width_holders(model))  # a width attribute slimming sets
     owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
     saved = {}
     for path in owners:

@@ -18,6 +18,7 @@ from torchvision.models.swin_transformer import (
     SwinTransformer,
     SwinTransformerBlockV2,
 )
+from torchvision.models.vision_transformer import VisionTransformer
 
 Size = tuple[int, int, int]
 SIZE: Size = (3, 16, 16)
@@ -260,6 +261,11 @@ def MaxViT(num_classes: int = 10, input_size: Size = SIZE) -> nn.Module:
                   stochastic_depth_prob=0.0, num_classes=num_classes)  # fmt: skip
 
 
+def ViT(num_classes: int = 10, input_size: Size = SIZE) -> nn.Module:
+    """torchvision's VisionTransformer at a small size (it reshapes to its `hidden_dim`)."""
+    return VisionTransformer(input_size[1], 4, 2, 2, 16, 32, num_classes=num_classes)
+
+
 class Unverifiable(nn.Module):
     """Two units no tracer can see through, beside an ordinary one (the stem).
 
@@ -286,4 +292,5 @@ class Unverifiable(nn.Module):
 MODELS = (
     "Grouped", "ChunkCat", "Shuffle", "SENet", "Shared", "FreeScale", "GroupNormNet", "ConvNeXt",
     "FlattenLinear", "Windowed", "TinyViT", "Swin", "SwinV2", "MaxViT",
+    "ViT",
 )  # fmt: skip
