@@ -59,6 +59,11 @@ class ChannelTerms:
     positions: np.ndarray
     bias: np.ndarray
     other_params: float
+    # attention matmuls: kept heads H = a_heads k + b_heads, MACs = H @ macs_per_head
+    a_heads: np.ndarray
+    b_heads: np.ndarray
+    macs_per_head: np.ndarray
+    unpriced_macs: float
 
 
 class CostModel:
@@ -84,8 +89,10 @@ class CostModel:
         index = {lay.name: i for i, lay in enumerate(g.layers)}
         norm_names = list(g.norms)
         norm_index = {n: i for i, n in enumerate(norm_names)}
+        head_index = {n: i for i, n in enumerate(g.matmuls)}
         a_out, a_in = np.zeros((nl, nu)), np.zeros((nl, nu))
         a_norm = np.zeros((len(norm_names), nu))
+        a_heads = np.zeros((len(head_index), nu))
         for u, unit in enumerate(g.units):
             for mem in unit.members:
                 per_channel = len(mem.idxs) / unit.size
@@ -93,6 +100,8 @@ class CostModel:
                     (a_out if mem.dim == "out" else a_in)[index[mem.module], u] += per_channel
                 elif mem.module in norm_index and mem.dim == "out":
                     a_norm[norm_index[mem.module], u] += per_channel
+                elif mem.module in head_index:
+                    a_heads[head_index[mem.module], u] += per_channel
         out_dense = np.array([lay.out_channels for lay in g.layers], dtype=np.float64)
         in_dense = np.array([lay.in_channels for lay in g.layers], dtype=np.float64)
         sizes = self.sizes.astype(np.float64)
@@ -107,11 +116,15 @@ class CostModel:
         norm_ch = np.array([g.norms[n][0] for n in norm_names], dtype=np.float64)
         self._norm_per = np.array([g.norms[n][1] for n in norm_names], dtype=np.float64)
         self._a_norm, self._b_norm = a_norm, norm_ch - a_norm @ sizes
+        heads = np.array([h for h, _ in g.matmuls.values()], dtype=np.float64)
+        self._a_heads, self._b_heads = a_heads, heads - a_heads @ sizes
+        self._head_macs = np.array([m for _, m in g.matmuls.values()], dtype=np.float64)
         # Sanity: a width that would go negative means the trace double-counted a member.
         if (
             (self._b_out < -1e-6).any()
             or (self._b_in < -1e-6).any()
             or (self._b_norm < -1e-6).any()
+            or (self._b_heads < -1e-6).any()
         ):
             raise RuntimeError("channel units overlap; the traced groups are inconsistent")
 
@@ -122,7 +135,8 @@ class CostModel:
         return ChannelTerms(
             self._a_out, self._b_out, self._a_in, self._b_in, self._a_norm, self._b_norm,
             self._norm_per, self._kernel, self._positions, self._bias,
-            float(self.graph.other_params),
+            float(self.graph.other_params), self._a_heads, self._b_heads, self._head_macs,
+            float(self.graph.unpriced_macs),
         )  # fmt: skip
 
     # --- evaluation --------------------------------------------------------------------------
@@ -184,10 +198,17 @@ class CostModel:
         other.bits = bits
         return other
 
+    def attention_macs(self, keep: Sequence[int] | np.ndarray) -> float:
+        """MACs of the attention matmuls at the kept heads (`UnitGraph.matmuls`)."""
+        if self.graph.granularity != "channel" or not self.graph.matmuls:
+            return float(sum(h * m for h, m in self.graph.matmuls.values()))
+        heads = self._a_heads @ np.asarray(keep, dtype=np.float64) + self._b_heads
+        return float(heads @ self._head_macs)
+
     def costs(self, keep: Sequence[int] | np.ndarray) -> Costs:
         macs, weights, rest = self.layer_costs(keep)
-        # + what verification measured that no layer prices (attention matmuls): a constant
-        total_macs = float(macs.sum()) + self.graph.unpriced_macs
+        # + the attention matmuls, and what verification measured that nothing prices: a constant
+        total_macs = float(macs.sum()) + self.attention_macs(keep) + self.graph.unpriced_macs
         total_w = float(weights.sum())
         if self.bits is not None:
             out, _ = self.layer_widths(keep)
@@ -234,6 +255,8 @@ class CostModel:
             # (O + a)(I + b) - O I = a I + b O + a b for each layer, summed over layers.
             d = (coef * inp) @ self._a_out + (coef * out) @ self._a_in
             d = d + (coef[:, None] * self._a_out * self._a_in).sum(axis=0)
+            if name in ("macs", "bops"):
+                d = d + self._head_macs @ self._a_heads
             if name in ("params", "size"):
                 extra = self._bias @ self._a_out + self._norm_per @ self._a_norm
                 if name == "size":

@@ -41,6 +41,8 @@ class TorchCostModel:
                 t(terms.bias),
             )
             self.other = terms.other_params
+            self.a_heads, self.b_heads = t(terms.a_heads), t(terms.b_heads)
+            self.head_macs, self.unpriced = t(terms.macs_per_head), terms.unpriced_macs
         else:
             # Weight units: every base metric is affine in the keeps, so its value at zero plus
             # its (constant) increments is the whole function.
@@ -61,7 +63,8 @@ class TorchCostModel:
         norm = self.a_norm @ keep + self.b_norm
         layer_weights = out * inp * self.kernel
         weights = layer_weights.sum()
-        macs = (layer_weights * self.positions).sum()
+        heads = self.a_heads @ keep + self.b_heads
+        macs = (layer_weights * self.positions).sum() + heads @ self.head_macs + self.unpriced
         rest = (self.bias * out).sum() + (self.norm_per * norm).sum() + self.other
         return {
             "macs": macs,

@@ -11,6 +11,7 @@ from typing import Any
 
 from torch import nn
 
+from autoprune.graph.attention import head_layouts, head_units
 from autoprune.graph.ties import RawUnit, Tie, tied_units
 from autoprune.graph.tracing import (
     Graph,
@@ -42,9 +43,15 @@ def channel_units(model: nn.Module, graph: UnitGraph) -> None:
         channels = int(param.shape[dim])
         graph.norms[name] = (channels, param.numel() // channels)
         graph.other_params -= param.numel()
+    # attention heads are units of their own (autoprune.graph.attention); the layers that hold
+    # one slice per head root no torch-pruning group (it cannot map them through the heads)
+    layouts = head_layouts(model)
+    per_head = {lay.qkv for lay in layouts} | {n for lay in layouts for n in lay.per_head_layers}
     raw: list[RawUnit] = []
     ties: list[Tie] = []
     for rg in root_groups(model, dg, graph.classifier):
+        if rg.root in per_head:
+            continue
         if rg.group is None:
             graph.frozen.append(FrozenUnit(rg.root, rg.size, str(rg.error)))
             continue
@@ -55,9 +62,10 @@ def channel_units(model: nn.Module, graph: UnitGraph) -> None:
                 ties += [(space, rule(i), len(raw), r)
                          for i, r in zip(item.idxs, item.root_idxs, strict=True)]  # fmt: skip
         raw.append(RawUnit(rg.root, rg.size, tuple(members(rg.group, dg, names))))
-    priced = {lay.name for lay in graph.layers} | set(graph.norms)
+    heads = head_units(model, graph, layouts) if layouts else []
+    priced = {lay.name for lay in graph.layers} | set(graph.norms) | set(graph.matmuls)
     owner: dict[tuple[str, str, int], str] = {}  # each slice belongs to one unit at most
-    for unit in tied_units(raw, ties):
+    for unit in tied_units(raw, ties) + heads:
         unpriced = [m.module for m in unit.members if m.module not in priced]
         shared = [(m.module, owner[(m.module, m.dim, i)]) for m in unit.members for i in m.idxs
                   if (m.module, m.dim, i) in owner]  # fmt: skip

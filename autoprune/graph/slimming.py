@@ -16,6 +16,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from autoprune.graph.attention import count_heads, count_widths, slim_attention
 from autoprune.graph.units import UnitGraph
 
 
@@ -29,16 +30,21 @@ def slim_channels(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tenso
             dead[(mem.module, mem.dim)].update(
                 i for i, e in zip(mem.idxs, mem.root_idxs, strict=True) if not alive[e]
             )
+    for path in graph.matmuls:  # the stream or the heads may shrink: a forward that follows
+        slim_attention(model, path)
     with torch.no_grad():
         for (path, dim), idxs in dead.items():
-            if not idxs:
-                continue
+            if not idxs or path in graph.matmuls:
+                continue  # an attention module's heads: its layers and parameters are cut here
             if path in graph.free_params:
                 owner, _, name = path.rpartition(".")
                 module = model.get_submodule(owner)
                 setattr(module, name, _cut(getattr(module, name), graph.free_params[path], idxs))
             else:
                 _slim_module(model.get_submodule(path), dim, idxs)
+    for path in graph.matmuls:
+        count_heads(model, path)
+    count_widths(model)
 
 
 def _keep(n: int, dead: set[int]) -> torch.Tensor:

@@ -115,6 +115,9 @@ class UnitGraph:
     # Attention's projections, F.linear on a free weight), measured at dense by verification.
     # Constant: a unit whose pruning would change them fails verification and is frozen.
     unpriced_macs: float = 0.0
+    # attention modules whose heads are a unit (`autoprune.graph.attention`): path -> (heads,
+    # MACs of its attention matmuls per head); a head unit's member on that path counts heads
+    matmuls: dict[str, tuple[int, float]] = field(default_factory=dict)
 
     def unit(self, name: str) -> Unit:
         for u in self.units:

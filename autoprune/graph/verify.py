@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
+from autoprune.graph.attention import width_holders
 from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
 from autoprune.graph.tracing import one_line
 from autoprune.graph.units import FrozenUnit, UnitGraph, no_fastpath
@@ -206,18 +207,22 @@ class _Verifier:
 def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[None]:
     """Undo a slimming of `graph`'s units: every module it may touch gets back its attributes,
     parameters and buffers (slimming replaces them; it never writes into them)."""
-    paths = {m.module for u in graph.units for m in u.members}
+    paths = {m.module for u in graph.units for m in u.members} | set(graph.matmuls)
+    paths |= set(width_holders(model))  # a width attribute slimming sets
     owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
     saved = {}
     for path in owners:
-        state = vars(model.get_submodule(path))
-        saved[path] = {k: dict(v) if k in ("_parameters", "_buffers") else v
-                       for k, v in state.items()}  # fmt: skip
+        module = model.get_submodule(path)
+        state = {k: dict(v) if k in ("_parameters", "_buffers") else v
+                 for k, v in vars(module).items()}  # fmt: skip
+        saved[path] = (type(module), state)  # attention gets another class when slimmed
     try:
         yield
     finally:
-        for path, state in saved.items():
-            attrs = vars(model.get_submodule(path))
+        for path, (cls, state) in saved.items():
+            module = model.get_submodule(path)
+            module.__class__ = cls
+            attrs = vars(module)
             attrs.clear()
             attrs.update(state)
 

@@ -70,6 +70,7 @@ def verdict_key(model: nn.Module, graph: UnitGraph) -> str:
     for lay in graph.layers:
         h.update(f"|l:{lay}".encode())
     h.update(f"|n:{sorted(graph.norms.items())}|f:{sorted(graph.free_params.items())}".encode())
+    h.update(f"|m:{sorted(graph.matmuls.items())}".encode())
     return h.hexdigest()[:32]
 
 

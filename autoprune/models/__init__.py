@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from autoprune.errors import UnknownNameError, UsageError
+from autoprune.models.attention import pack_attention
 from autoprune.models.cifar import CifarResNet, CifarVGG
 from autoprune.models.lenet import LeNet5, LeNet300
 from autoprune.registry import Registry
@@ -274,7 +275,10 @@ def build_model(
         input_size = entry.input_size
     elif not _is_size(input_size):
         raise UsageError(f"input_size must be three positive ints (C, H, W), got {input_size!r}")
-    return entry.factory(num_classes, tuple(input_size))  # type: ignore[arg-type]
+    model = entry.factory(num_classes, tuple(input_size))  # type: ignore[arg-type]
+    # nn.MultiheadAttention as the same math with an nn.Linear q/k/v projection: its heads and
+    # the residual stream become prunable (`autoprune.models.attention`)
+    return pack_attention(model)
 
 
 def default_input_size(name: str) -> InputSize:

@@ -4,13 +4,21 @@ Each stands for a pattern torchvision or a user's model has: grouped convolution
 wider than one channel, chunk / cat with a depthwise branch, channel shuffle, squeeze-excite,
 weight sharing, a free channel parameter, GroupNorm, LayerNorm over channels (ConvNeXt-style
 permuted blocks), flatten into a linear layer, Swin-style windows with a layer used
-functionally, and transformer encoder layers.
+functionally, transformer encoder layers, and torchvision's own Swin (V1, V2) and MaxViT
+attention at a small size.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models.maxvit import MaxVit
+from torchvision.models.swin_transformer import (
+    PatchMergingV2,
+    SwinTransformer,
+    SwinTransformerBlockV2,
+)
+from torchvision.models.vision_transformer import VisionTransformer
 
 Size = tuple[int, int, int]
 SIZE: Size = (3, 16, 16)
@@ -234,6 +242,30 @@ class Windowed(nn.Module):
         return self.head(torch.relu(y).reshape(n, -1, y.shape[-1]).mean(1))
 
 
+def Swin(num_classes: int = 10) -> nn.Module:
+    """torchvision's Swin at a small size: shifted windows, heads packed in one qkv layer."""
+    return SwinTransformer([2, 2], 16, [2, 2], [2, 4], [4, 4], stochastic_depth_prob=0.0,
+                           num_classes=num_classes)  # fmt: skip
+
+
+def SwinV2(num_classes: int = 10) -> nn.Module:
+    """Swin V2: cosine attention, a per-head logit scale, a bias MLP with one output per head."""
+    return SwinTransformer([2, 2], 16, [2, 2], [2, 4], [4, 4], stochastic_depth_prob=0.0,
+                           num_classes=num_classes, block=SwinTransformerBlockV2,
+                           downsample_layer=PatchMergingV2)  # fmt: skip
+
+
+def MaxViT(num_classes: int = 10, input_size: Size = SIZE) -> nn.Module:
+    """torchvision's MaxViT at a small size: MBConv, window and grid attention, relative bias."""
+    return MaxVit(tuple(input_size[1:]), 8, 2, [16, 32], [1, 1], head_dim=8,
+                  stochastic_depth_prob=0.0, num_classes=num_classes)  # fmt: skip
+
+
+def ViT(num_classes: int = 10, input_size: Size = SIZE) -> nn.Module:
+    """torchvision's VisionTransformer at a small size (it reshapes to its `hidden_dim`)."""
+    return VisionTransformer(input_size[1], 4, 2, 2, 16, 32, num_classes=num_classes)
+
+
 class Unverifiable(nn.Module):
     """Two units no tracer can see through, beside an ordinary one (the stem).
 
@@ -259,5 +291,6 @@ class Unverifiable(nn.Module):
 # every model here, by class name (`awkward:Grouped`): each takes num_classes (and input_size)
 MODELS = (
     "Grouped", "ChunkCat", "Shuffle", "SENet", "Shared", "FreeScale", "GroupNormNet", "ConvNeXt",
-    "FlattenLinear", "Windowed", "TinyViT",
+    "FlattenLinear", "Windowed", "TinyViT", "Swin", "SwinV2", "MaxViT",
+    "ViT",
 )  # fmt: skip
