@@ -71,7 +71,8 @@ def test_landscape_rows_are_summarised_apart_from_the_methods() -> None:
     assert land["best"] == 0.83 and land["worst"] == 0.78
     assert p["spearman_n"] == 7  # the landscape's allocations count for the proxy's rank
     text = render_readme({"points": [p], "trained_at": [], "checkpoints": [],
-                          "benchmark": "b", "quick": False, "command": "c", "rendered_at": "d"})
+                          "benchmark": "b", "quick": False, "command": "c",
+                          "rendered_at": "d"})  # fmt: skip
     assert "## mixed (macs 25% + params 10%)" in text
     assert "2 of 3 above it" in text and "| landscape-1 | 4 8 | 83.00% | 53.00% |" in text
 
