@@ -7,9 +7,8 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
-from autoprune.graph.units import CONV_TYPES, LINEAR_TYPES, no_fastpath
+from autoprune.graph.units import CONV_TYPES, LINEAR_TYPES, macs_counter, no_fastpath
 
 
 def count_macs(
@@ -25,7 +24,7 @@ def count_macs(
     if isinstance(model, nn.Module) and not _is_exported(model):
         restore = model.training
         model.eval()
-    with torch.no_grad(), no_fastpath(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), no_fastpath(), macs_counter() as counter:
         model(x)
     if restore is not None:
         model.train(restore)  # type: ignore[union-attr]

@@ -26,12 +26,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.models.maxvit import RelativePositionalMultiHeadAttention
 from torchvision.models.swin_transformer import ShiftedWindowAttention, ShiftedWindowAttentionV2
 from torchvision.models.vision_transformer import VisionTransformer
 
-from autoprune.graph.units import Member, Unit, UnitGraph, example_input, no_fastpath
+from autoprune.graph.units import Member, Unit, UnitGraph, example_input, macs_counter, no_fastpath
 from autoprune.models.attention import PackedAttention
 
 
@@ -114,7 +113,7 @@ def _matmul_macs(model: nn.Module, graph: UnitGraph, layouts: list[HeadLayout]) 
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad(), no_fastpath(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), no_fastpath(), macs_counter() as counter:
             model(example_input(graph.input_size))
     finally:
         model.train(was_training)
@@ -122,8 +121,8 @@ def _matmul_macs(model: nn.Module, graph: UnitGraph, layouts: list[HeadLayout]) 
     out = {}
     for lay in layouts:
         ops = counts.get(f"{top}.{lay.path}", {})
-        # bmm: q k^T and attention x v; scaled-dot-product kernels where FlopCounterMode has a
-        # formula for them (on CPU it has none: both the model and its export count 0 there)
+        # bmm: q k^T and attention x v; scaled-dot-product kernels (macs_counter gives the CPU
+        # kernel the formula torch has for the others)
         matmul = [n for op, n in ops.items() if "bmm" in str(op) or "dot_product" in str(op)]
         out[lay.path] = sum(matmul) // 2
     return out

@@ -12,10 +12,11 @@ import contextlib
 import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
-from typing import Literal, cast
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from autoprune.errors import UsageError
 from autoprune.graph.shapes import FunctionalCalls
@@ -152,6 +153,22 @@ def no_fastpath() -> Iterator[None]:
         yield
     finally:
         torch.backends.mha.set_fastpath_enabled(before)
+
+
+def macs_counter() -> FlopCounterMode:
+    """FlopCounterMode as every MAC count here uses it (model, verification, export alike).
+
+    torch has no formula for the CPU kernel of scaled-dot-product attention, so attention written
+    with F.scaled_dot_product_attention (autoprune.models.attention.PackedAttention) would count
+    its q k^T and attention x v matmuls as 0; they get the formula of the other SDPA kernels.
+    """
+    from torch.utils.flop_counter import sdpa_flop_count
+
+    def cpu_sdpa(query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:
+        return int(sdpa_flop_count(query, key, value))  # shapes: FlopCounterMode passes them
+
+    kernel = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+    return FlopCounterMode(display=False, custom_mapping={kernel: cpu_sdpa})
 
 
 def example_input(input_size: tuple[int, int, int]) -> torch.Tensor:

@@ -25,7 +25,6 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
@@ -33,7 +32,7 @@ from autoprune.cost.projection import ProjectionConfig, min_keeps
 from autoprune.graph.attention import width_holders
 from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
 from autoprune.graph.tracing import one_line
-from autoprune.graph.units import FrozenUnit, UnitGraph, no_fastpath
+from autoprune.graph.units import FrozenUnit, UnitGraph, macs_counter, no_fastpath
 from autoprune.graph.verify_cache import Verdict, load_verdict, store_verdict, verdict_key
 
 # Relative to the largest output magnitude: a slimmed conv differs from its masked twin by float
@@ -229,7 +228,7 @@ def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[None]:
 
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[object, int]:
     """The output of one sample and its MACs, as FlopCounterMode counts them (`count_macs`)."""
-    with torch.no_grad(), no_fastpath(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), no_fastpath(), macs_counter() as counter:
         y = model(x)
     return y, counter.get_total_flops() // 2
 
