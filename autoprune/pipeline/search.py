@@ -301,6 +301,7 @@ def train_stage(
 
 def _write_trials(stage: Path, result: SearchResult) -> None:
     rows = [{"number": t.number, "score": t.score, "keep": [int(k) for k in t.keep],
-             "costs": t.costs, **({} if t.bits is None else {"bits": t.bits.to_json()})}
+             "costs": t.costs, **({} if t.bits is None else {"bits": t.bits.to_json()}),
+             **({} if t.source is None else {"source": t.source})}
             for t in result.trials]  # fmt: skip
     write_json_atomic(stage / "trials.json", rows)
