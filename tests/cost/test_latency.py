@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from mac_tables import mac_table
 from torch import nn
 
 from autoprune.cli.main import main
@@ -95,29 +97,11 @@ def lenet(one_thread: None) -> tuple[torch.nn.Module, CostModel, LatencyTable]:
 def _synthetic_table(cm: CostModel, seed: int, noise: float) -> LatencyTable:
     """A table whose timings grow with MACs plus `noise` (large noise: far from monotone)."""
     rng = np.random.default_rng(seed)
-    lo_out, lo_in = cm.layer_widths(np.ones(len(cm.sizes), dtype=np.int64))
-    hi_out, hi_in = cm.layer_widths(cm.dense_keep)
-    layers = []
-    for i, lay in enumerate(cm.graph.layers):
-        outs = sorted({int(v) for v in np.linspace(lo_out[i], hi_out[i], 4).round()})
-        ins = (
-            outs
-            if lay.depthwise
-            else sorted({int(v) for v in np.linspace(lo_in[i], hi_in[i], 3).round()})
-        )
-        o = np.array(outs, dtype=float)[:, None]
-        macs = (
-            o
-            * lay.kernel
-            * lay.positions
-            * (1.0 if lay.depthwise else np.array(ins, dtype=float)[None, :] / lay.groups)
-        )
-        secs = 1e-9 * macs + 1e-6 + noise * rng.uniform(0, 1, macs.shape)
-        layers.append(LayerTiming(lay.name, outs, ins, secs.tolist(), lay.depthwise))
-    g = cm.graph
-    return LatencyTable(
-        g.model_name, g.input_size, g.signature, 1, torch.get_num_threads(), layers, 1e-4, 1e-9
-    )
+
+    def seconds(lay: Any, macs: np.ndarray) -> np.ndarray:
+        return 1e-9 * macs + 1e-6 + noise * rng.uniform(0, 1, macs.shape)
+
+    return mac_table(cm, (4, 3), seconds, 1e-4, 1e-9)
 
 
 @pytest.mark.parametrize("block", [1, 4])

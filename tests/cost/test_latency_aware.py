@@ -9,10 +9,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from mac_tables import mac_table
 
 from autoprune.cli.main import main
 from autoprune.cost.latency import register_latency
-from autoprune.cost.latency_table import LatencyTable, LayerTiming
+from autoprune.cost.latency_table import LatencyTable
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
@@ -27,23 +28,11 @@ SIZE = (3, 32, 32)
 def _slow_early_table(cm: CostModel, slow: float = 5.0) -> LatencyTable:
     """Time grows with MACs; layers at the highest resolution cost `slow` times more per MAC."""
     top = max(lay.positions for lay in cm.graph.layers)
-    lo_out, lo_in = cm.layer_widths(np.ones(len(cm.sizes), dtype=np.int64))
-    hi_out, hi_in = cm.layer_widths(cm.dense_keep)
-    layers = []
-    for i, lay in enumerate(cm.graph.layers):
-        outs = sorted({int(v) for v in np.linspace(lo_out[i], hi_out[i], 5).round()})
-        ins = (
-            outs
-            if lay.depthwise
-            else sorted({int(v) for v in np.linspace(lo_in[i], hi_in[i], 5).round()})
-        )
-        per_in = 1.0 if lay.depthwise else np.array(ins, dtype=float)[None, :] / lay.groups
-        macs = np.array(outs, dtype=float)[:, None] * lay.kernel * lay.positions * per_in
-        secs = (slow if lay.positions == top else 1.0) * 1e-9 * macs + 1e-6
-        layers.append(LayerTiming(lay.name, outs, ins, secs.tolist(), lay.depthwise))
-    g = cm.graph
-    return LatencyTable(g.model_name, g.input_size, g.signature, 1, torch.get_num_threads(),
-                        layers, 1e-5, 0.0)  # fmt: skip
+
+    def seconds(lay: Any, macs: np.ndarray) -> np.ndarray:
+        return (slow if lay.positions == top else 1.0) * 1e-9 * macs + 1e-6
+
+    return mac_table(cm, (5, 5), seconds, 1e-5, 0.0)
 
 
 @pytest.fixture(scope="module")
