@@ -41,9 +41,9 @@ from autoprune.bench.report import write_readme
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
-from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info
+from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info, thread_seconds
 from autoprune.errors import UsageError
-from autoprune.export.fast import FastExportConfig, thread_seconds
+from autoprune.export.fast import FastExportConfig
 from autoprune.export.program import export_program, load_program
 from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units

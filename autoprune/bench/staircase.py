@@ -17,8 +17,7 @@ from typing import Any
 
 import torch
 
-from autoprune.cost.timing import probe_layer, record_layer_inputs
-from autoprune.export.fast import thread_seconds
+from autoprune.cost.timing import probe_layer, record_layer_inputs, thread_seconds
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
 from autoprune.rundir import write_json_atomic

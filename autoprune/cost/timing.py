@@ -64,6 +64,26 @@ def interleaved_medians(
     return [statistics.median(s) for s in samples]
 
 
+def thread_seconds(fns: Sequence[Callable[[], object]], rounds: int) -> list[float]:
+    """Median seconds per call of each of `fns`, in interleaved rounds.
+
+    With one torch thread the work runs on this thread, so its CPU time (time.thread_time) is
+    what the call costs, whatever other jobs take from the machine meanwhile; with more threads
+    only wall time sees the helpers' work.
+    """
+    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
+    for fn in fns:  # warm up: allocator, oneDNN primitive caches
+        fn(), fn()
+    samples: list[list[float]] = [[] for _ in fns]
+    for r in range(rounds):
+        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
+        for i in order:
+            t = clock()
+            fns[i]()
+            samples[i].append(clock() - t)
+    return [statistics.median(s) for s in samples]
+
+
 def forward_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
     """model(x) in eval mode without autograd: what one inference costs."""
     model.eval()

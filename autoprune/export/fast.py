@@ -11,14 +11,14 @@ against 42 ms, while mobilenet_v2 slimmed to 50% ran 15.6 ms against 15.0 ms.
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
+
+from autoprune.cost.timing import thread_seconds
 
 FORMAT_TOLERANCE = 1e-5  # outputs in another layout must agree within this, relative to scale
 
@@ -35,26 +35,6 @@ class FastExportConfig:
     # channels-last is kept only when it is this much faster: a tie on a loaded machine keeps
     # the layout every runtime expects
     margin: float = 0.97
-
-
-def thread_seconds(fns: Sequence[Callable[[], object]], rounds: int) -> list[float]:
-    """Median seconds per call of each of `fns`, in interleaved rounds.
-
-    With one torch thread the work runs on this thread, so its CPU time (time.thread_time) is
-    what the call costs, whatever other jobs take from the machine meanwhile; with more threads
-    only wall time sees the helpers' work.
-    """
-    clock = time.thread_time if torch.get_num_threads() == 1 else time.perf_counter
-    for fn in fns:  # warm up: allocator, oneDNN primitive caches
-        fn(), fn()
-    samples: list[list[float]] = [[] for _ in fns]
-    for r in range(rounds):
-        order = range(len(fns)) if r % 2 == 0 else reversed(range(len(fns)))
-        for i in order:
-            t = clock()
-            fns[i]()
-            samples[i].append(clock() - t)
-    return [statistics.median(s) for s in samples]
 
 
 def _has_images(model: nn.Module) -> bool:
