@@ -8,6 +8,10 @@ benchmark. The worker then measures the exported model.pt2 with FlopCounterMode 
 untouched torchvision model of the same input and class count, and lists the units prunable
 and frozen. Rows of finished models are reused unless --force; `--only a,b` runs just those;
 --quick runs three small models at 64x64.
+
+Where that input is reduced, a second worker (`--trace NAME`) traces and verifies the model as
+built by default (`autoprune.models.default_input_size`, 1000 classes): the memory promise is
+made at the default input, and its peak is that process's own.
 """
 
 from __future__ import annotations
@@ -80,25 +84,52 @@ def torchvision_coverage(cfg: BenchConfig, limits: Limits | None = None) -> dict
     (out / "rows").mkdir(parents=True, exist_ok=True)
     for name in names:
         path = out / "rows" / f"{name}.json"
-        if path.is_file() and not cfg.force:
-            continue
-        if cfg.progress:
-            print(f"{name} ...", file=sys.stderr, flush=True)
-        row = run_model(name, input_size(name, cfg.quick), out / "runs" / name, limits)
-        path.write_text(json.dumps(row, indent=1) + "\n")
+        row = json.loads(path.read_text()) if path.is_file() and not cfg.force else None
+        if row is None:
+            if cfg.progress:
+                print(f"{name} ...", file=sys.stderr, flush=True)
+            row = run_model(name, input_size(name, cfg.quick), out / "runs" / name, limits)
+            path.write_text(json.dumps(row, indent=1) + "\n")
+        if "default" not in row and not cfg.quick:
+            if cfg.progress:
+                print(f"{name} at its default input ...", file=sys.stderr, flush=True)
+            row["default"] = default_trace(name, row, out / "logs", limits)
+            path.write_text(json.dumps(row, indent=1) + "\n")
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
     command = shlex.join(["autoprune", "bench", NAME, *(["--quick"] if cfg.quick else [])])
     return write_report(out, rows, command=command, budget=BUDGET, limits=limits.__dict__)
 
 
+def default_trace(name: str, row: dict[str, Any], logs: Path, limits: Limits) -> dict[str, Any]:
+    """Trace + verification of `name` at its default input and class count, in its own watched
+    process; the coverage row's own trace when that already ran at the default input."""
+    from autoprune.models import default_input_size
+
+    size = default_input_size(name)[-1]
+    if row.get("input") == size and "trace_s" in row:
+        keys = ("trace_s", "trace_peak_gb", "units", "frozen")
+        return {"input": size, "classes": 10, **{k: row[k] for k in keys}}
+    args = ["--trace", name, str(size)]
+    return _watched(args, f"{name}.default", logs, limits, {"input": size})
+
+
 def run_model(name: str, size: int, run: Path, limits: Limits) -> dict[str, Any]:
     """One worker process for `name`, watched for memory and time; its row (or why it failed)."""
     logs = run.parent.parent / "logs"  # beside the run folder: the search replaces that one
+    args = ["--worker", name, str(size), str(run)]
+    return _watched(args, name, logs, limits, {"model": name, "input": size})
+
+
+def _watched(
+    args: list[str], log: str, logs: Path, limits: Limits, blank: dict[str, Any]
+) -> dict[str, Any]:
+    """Run `python -m autoprune.bench.coverage ARGS`, killed above the memory or time limit;
+    its last JSON line with wall time and peak memory (`blank` and the error if it had none)."""
     logs.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "autoprune.bench.coverage", "--worker", name, str(size), str(run)]
+    cmd = [sys.executable, "-m", "autoprune.bench.coverage", *args]
     t0 = time.perf_counter()
     # output to files, not pipes: a chatty worker must not block on a full pipe
-    stdout, stderr = logs / f"{name}.out", logs / f"{name}.err"
+    stdout, stderr = logs / f"{log}.out", logs / f"{log}.err"
     with stdout.open("w") as out, stderr.open("w") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err)
         stopped, peak = None, 0.0
@@ -116,7 +147,7 @@ def run_model(name: str, size: int, run: Path, limits: Limits) -> dict[str, Any]
                 os.kill(proc.pid, signal.SIGKILL)
             time.sleep(limits.poll_s)
     lines = [ln for ln in stdout.read_text().splitlines() if ln.startswith("{")]
-    row: dict[str, Any] = json.loads(lines[-1]) if lines else {"model": name, "input": size}
+    row: dict[str, Any] = json.loads(lines[-1]) if lines else dict(blank)
     if stopped or not lines:
         tail = [ln for ln in stderr.read_text().splitlines() if ln.strip()]
         row["error"] = stopped or (tail[-1][:300] if tail else f"exit code {proc.returncode}")
@@ -137,6 +168,39 @@ def _memory_gb(pid: int | str, field: str) -> float:
     return 0.0
 
 
+def trace_worker(name: str, size: int) -> dict[str, Any]:
+    """Inside the `--trace` worker: build `name` at SxS with its default class count, trace and
+    verify its units; time, peak memory, units."""
+    from autoprune.models import default_num_classes
+
+    classes = default_num_classes(name)
+    row: dict[str, Any] = {"input": size, "classes": classes}
+    _trace(name, size, classes, row)
+    return row
+
+
+def _trace(name: str, size: int, classes: int, row: dict[str, Any]) -> Any:
+    """Build and trace `name` (a fresh process's first work: its own time and peak), filling
+    `row`; the model, or None with row["error"] set."""
+    from autoprune.errors import AutoPruneError
+    from autoprune.graph.units import trace_units
+    from autoprune.models import build_model
+
+    t0 = time.perf_counter()
+    try:
+        model = build_model(name, num_classes=classes, input_size=(3, size, size))
+        graph = trace_units(model, (3, size, size), "channel", name)
+    except AutoPruneError as err:
+        row["error"] = str(err)
+        return None
+    row["trace_s"] = round(time.perf_counter() - t0, 1)
+    row["trace_peak_gb"] = round(_memory_gb("self", "VmHWM"), 2)
+    row["units"] = len(graph.units)
+    row["frozen"] = [{"name": f.name, "size": f.size, "reason": f.reason} for f in graph.frozen]
+    row["unpriced_macs"] = graph.unpriced_macs
+    return model
+
+
 def worker(name: str, size: int, run: Path) -> dict[str, Any]:
     """Inside the worker: the units traced and verified (time, peak memory), the search a user
     would run, then its exported program measured against the untouched model."""
@@ -144,23 +208,12 @@ def worker(name: str, size: int, run: Path) -> dict[str, Any]:
 
     from autoprune.cli.main import main
     from autoprune.cost.measure import count_macs
-    from autoprune.errors import AutoPruneError
-    from autoprune.graph.units import trace_units
-    from autoprune.models import build_model
 
     row: dict[str, Any] = {"model": name, "input": size}
     shape = (3, size, size)
-    t0 = time.perf_counter()
-    try:
-        dense = build_model(name, num_classes=10, input_size=shape)
-        graph = trace_units(dense, shape, "channel", name)  # first: its own peak and time
-    except AutoPruneError as err:
-        return {**row, "error": str(err)}
-    row["trace_s"] = round(time.perf_counter() - t0, 1)
-    row["trace_peak_gb"] = round(_memory_gb("self", "VmHWM"), 2)
-    row["units"] = len(graph.units)
-    row["frozen"] = [{"name": f.name, "size": f.size, "reason": f.reason} for f in graph.frozen]
-    row["unpriced_macs"] = graph.unpriced_macs
+    dense = _trace(name, size, 10, row)
+    if dense is None:
+        return row
     t0 = time.perf_counter()
     rc = main(search_args(name, size, run))  # traces again: the verdict comes from memory
     row["search_s"] = round(time.perf_counter() - t0, 1)
@@ -181,11 +234,18 @@ def worker(name: str, size: int, run: Path) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`python -m autoprune.bench.coverage --worker NAME SIZE RUN` (one model, one JSON line)."""
+    """`python -m autoprune.bench.coverage --worker NAME SIZE RUN` (one model's row) or
+    `--trace NAME SIZE` (its trace at that input): one JSON line."""
     args = sys.argv[1:] if argv is None else argv
-    if len(args) != 4 or args[0] != "--worker":
-        raise SystemExit("usage: python -m autoprune.bench.coverage --worker NAME SIZE RUN")
-    print(json.dumps(worker(args[1], int(args[2]), Path(args[3]))), flush=True)
+    if len(args) == 4 and args[0] == "--worker":
+        row = worker(args[1], int(args[2]), Path(args[3]))
+    elif len(args) == 3 and args[0] == "--trace":
+        row = trace_worker(args[1], int(args[2]))
+    else:
+        raise SystemExit(
+            "usage: python -m autoprune.bench.coverage --worker NAME SIZE RUN | --trace NAME SIZE"
+        )
+    print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from autoprune.bench import NAMES, load_benchmarks
-from autoprune.bench.coverage import Limits, input_size, run_model
+from autoprune.bench.coverage import Limits, default_trace, input_size, run_model
 from autoprune.bench.coverage_report import write_report
 
 AWKWARD = str(Path(__file__).parents[1] / "graph")
@@ -35,6 +35,22 @@ def test_a_row_measures_the_exported_program(
     assert row["wall_s"] >= row["search_s"] + row["trace_s"] and row["trace_s"] > 0
 
 
+def test_memory_is_measured_at_the_default_input_in_its_own_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PYTHONPATH", AWKWARD)  # the worker's import, and the default size here
+    monkeypatch.syspath_prepend(AWKWARD)
+    monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path / "cache"))
+    row = {"model": "awkward:Shuffle", "input": 16, "trace_s": 0.1, "trace_peak_gb": 0.0}
+    default = default_trace("awkward:Shuffle", row, tmp_path / "logs", Limits())
+    assert "error" not in default, default
+    assert default["input"] == 224 and default["units"] == 2 and default["frozen"] == []
+    assert default["peak_gb"] >= default["trace_peak_gb"] > 0.1  # its own process, not `row`'s
+    # a row traced at the default input already is its own measurement
+    row = {**row, "input": 224, "units": 5, "frozen": []}
+    assert default_trace("awkward:Shuffle", row, tmp_path / "logs", Limits())["units"] == 5
+
+
 def test_a_worker_over_its_memory_cap_is_stopped_and_reported(tmp_path: Path) -> None:
     row = run_model("resnet18", 64, tmp_path / "runs" / "r", Limits(memory_gb=0.02, poll_s=0.05))
     assert row["error"] == "stopped: resident memory passed 0.02 GB"
@@ -53,5 +69,5 @@ def test_report_counts_what_the_rows_measured(tmp_path: Path) -> None:
     assert (s["exported"], s["budget_met"], s["budget_tight"], s["fully_prunable"]) == (1, 1, 1, 1)
     assert s["with_frozen_units"] == ["b"] and s["failed"] == {"b": "autoprune search exited 2"}
     readme = (tmp_path / "README.md").read_text()
-    assert "| a | 64 | 3 | 0 | 49.95% | yes | - |" in readme
+    assert "| a | 64 | 3 | 0 | 49.95% | yes | - | - |" in readme
     assert "autoprune search exited 2" in readme
