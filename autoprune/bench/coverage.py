@@ -131,7 +131,9 @@ def _watched(
     # output to files, not pipes: a chatty worker must not block on a full pipe
     stdout, stderr = logs / f"{log}.out", logs / f"{log}.err"
     with stdout.open("w") as out, stderr.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=err)
+        # verdicts cached by an earlier run would hide the verification's time and memory
+        env = {**os.environ, "AUTOPRUNE_CACHE_DIR": ""}
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
         stopped, peak = None, 0.0
         while True:
             pid, status = os.waitpid(proc.pid, os.WNOHANG)

@@ -7,10 +7,11 @@ change in MACs and parameters equals what FlopCounterMode and a parameter count 
 slimmed model. A unit that fails is frozen: kept whole, listed in `UnitGraph.frozen` with a
 one-line reason, and never offered to a search (the cost model then counts it at full width).
 
-The check runs on a copy of the model with seeded random weights, so the verdict depends on the
-architecture only, never on a checkpoint (a dense and a trained model get the same units, hence
-the same signature). Units are checked together and the failing ones found by bisection: a model
-whose units all pass costs two checks. Verdicts are cached per model in memory and on disk
+The check runs on the model itself with seeded random weights (its own values wait in a temporary
+file and come back after, so a 2.5 GB model costs no second copy in memory): the verdict depends
+on the architecture only, never on a checkpoint (a dense and a trained model get the same units,
+hence the same signature). Units are checked together and the failing ones found by bisection:
+a model whose units all pass costs two checks. Verdicts are cached per model in memory and on disk
 (`autoprune.graph.verify_cache`). This module prices with `autoprune.cost`: verifying the cost
 model is its purpose, so it is imported lazily by `trace_units` rather than by the graph package.
 """
@@ -20,7 +21,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import io
+import tempfile
 from collections.abc import Iterator, Sequence
+from typing import IO, cast
 
 import numpy as np
 import torch
@@ -50,13 +54,14 @@ def verify_units(model: nn.Module, graph: UnitGraph) -> None:
     key = verdict_key(model, graph)
     verdict = load_verdict(key)
     if verdict is None:
-        try:
-            verifier = _Verifier(model, graph)
-        except Exception as err:  # the copy or its dense pass fails: nothing can be checked
-            reason = f"verification fails: {one_line(err)}"
-            verdict = Verdict([(u.name, reason) for u in graph.units])
-        else:
-            verdict = Verdict(verifier.failures(), verifier.unpriced_macs)
+        with randomized(model) as work:
+            try:
+                verifier = _Verifier(work, graph)
+            except Exception as err:  # its dense pass fails: nothing can be checked
+                reason = f"verification fails: {one_line(err)}"
+                verdict = Verdict([(u.name, reason) for u in graph.units])
+            else:
+                verdict = Verdict(verifier.failures(), verifier.unpriced_macs)
         store_verdict(key, verdict)
     graph.unpriced_macs = verdict.unpriced_macs
     failed = dict(verdict.frozen)
@@ -66,39 +71,85 @@ def verify_units(model: nn.Module, graph: UnitGraph) -> None:
     graph.units = [u for u in graph.units if u.name not in failed]
 
 
-def randomized(model: nn.Module, seed: int = SEED) -> nn.Module:
-    """A copy of `model` in eval mode with seeded random weights and norm statistics.
+@contextlib.contextmanager
+def randomized(model: nn.Module, seed: int = SEED) -> Iterator[nn.Module]:
+    """`model` itself, in eval mode with seeded random weights and norm statistics, while the
+    block runs; its own values and mode come back after, whatever happens in the block.
 
     Scales keep activations of order one through deep nets (He-style weights, norm scales near
-    one), so a relative tolerance means the same thing in every layer.
+    one), so a relative tolerance means the same thing in every layer. The values it replaces
+    wait in a temporary file, written and read back tensor by tensor: a deep copy would double
+    the resident memory of a model whose weights take gigabytes (vit_h_14: 2.5 GB).
     """
-    work = copy.deepcopy(model).eval()
+    touched = _randomizable(model)
+    was_training = model.training
+    with tempfile.TemporaryFile() as stash:
+        for t in touched.values():
+            stash.write(_host_bytes(t.detach()))
+        try:
+            _randomize(model.eval(), touched, seed)
+            yield model
+        finally:
+            stash.seek(0)
+            with torch.no_grad():
+                for t in touched.values():
+                    _read_into(stash, t)
+            model.train(was_training)
+
+
+def _randomizable(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The floating-point parameters and the norms' running statistics, once each."""
+    out: dict[str, torch.Tensor] = {
+        f"p:{name}": p for name, p in model.named_parameters() if p.is_floating_point()
+    }
+    for name, b in model.named_buffers():
+        if name.endswith(("running_mean", "running_var")) and b.is_floating_point():
+            out[f"b:{name}"] = b
+    return out
+
+
+def _randomize(model: nn.Module, touched: dict[str, torch.Tensor], seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, p in work.named_parameters():
-            if not p.is_floating_point():
-                continue
-            if p.dim() >= 2:
-                fan_in = max(p[0].numel(), 1)
-                p.copy_(torch.randn(p.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
+        for key, t in touched.items():
+            kind, name = key.split(":", 1)
+            if kind == "b":
+                if name.endswith("running_mean"):
+                    t.copy_(torch.randn(t.shape, generator=gen) * 0.1)
+                else:
+                    t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
+            elif t.dim() >= 2:
+                fan_in = max(t[0].numel(), 1)
+                t.copy_(torch.randn(t.shape, generator=gen) * (2.0 / fan_in) ** 0.5)
             elif name.endswith("weight"):
-                p.copy_(torch.rand(p.shape, generator=gen) + 0.5)
+                t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
             else:
-                p.copy_((torch.rand(p.shape, generator=gen) - 0.5) * 0.4)
-        for name, b in work.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(torch.randn(b.shape, generator=gen) * 0.1)
-            elif name.endswith("running_var"):
-                b.copy_(torch.rand(b.shape, generator=gen) + 0.5)
-    return work
+                t.copy_((torch.rand(t.shape, generator=gen) - 0.5) * 0.4)
+
+
+def _host_bytes(t: torch.Tensor) -> memoryview:
+    """The bytes of `t` (a CPU view where it can be one, else a contiguous CPU copy)."""
+    host = t.cpu().contiguous() if t.device.type != "cpu" or not t.is_contiguous() else t
+    return host.reshape(-1).view(torch.uint8).numpy().data
+
+
+def _read_into(stash: IO[bytes], t: torch.Tensor) -> None:
+    """Read `t`'s bytes back from `stash` into `t` (through a CPU buffer where `t` is no
+    contiguous CPU tensor)."""
+    direct = t.device.type == "cpu" and t.is_contiguous()
+    host = t.detach() if direct else torch.empty(t.shape, dtype=t.dtype)
+    cast(io.BufferedIOBase, stash).readinto(host.reshape(-1).view(torch.uint8).numpy().data)
+    if not direct:
+        t.copy_(host)
 
 
 class _Verifier:
     """Checks sets of units at one keep level; bisects a failing set down to its culprits."""
 
     def __init__(self, model: nn.Module, graph: UnitGraph) -> None:
+        """`model` is checked in place: `randomized(model)`, slimmed and restored per check."""
         self.graph = graph
-        self.base = randomized(model)
+        self.base = model
         self.base64: nn.Module | None = None  # made when a float32 comparison needs a second look
         gen = torch.Generator().manual_seed(SEED)
         self.x = torch.randn(1, *graph.input_size, generator=gen)

@@ -79,13 +79,22 @@ def test_a_torn_cache_file_is_verified_again(monkeypatch: pytest.MonkeyPatch) ->
     assert verify_cache.cache_dir() is None
 
 
-def test_randomized_copy_leaves_the_model_alone() -> None:
-    model = awkward.GroupNormNet()
+def test_randomized_in_place_gives_the_model_back_whole() -> None:
+    model = awkward.GroupNormNet().train()
+    model.conv.weight.data = (
+        model.conv.weight.data.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    )  # strided
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    copy = randomized(model)
+    with randomized(model) as work:
+        assert work is model and not model.training
+        assert not torch.equal(before["conv.weight"], model.conv.weight)
+        drawn = {k: v.clone() for k, v in model.state_dict().items()}
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+    with pytest.raises(RuntimeError, match="midway"), randomized(model):
+        raise RuntimeError("midway")  # a failing check restores it too
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-    assert not torch.equal(copy.conv.weight, model.conv.weight)
-    assert not copy.training
+    with randomized(awkward.GroupNormNet()) as other:  # the draw depends on the shapes only
+        assert all(torch.equal(drawn[k], v) for k, v in other.state_dict().items())
 
 
 def test_a_model_that_refuses_the_input_is_a_one_line_usage_error() -> None:
@@ -96,10 +105,11 @@ def test_a_model_that_refuses_the_input_is_a_one_line_usage_error() -> None:
 def test_checks_slim_the_verification_copy_in_place_and_restore_it() -> None:
     model = awkward.ChunkCat()
     graph = trace_units(model, SIZE, "channel", "chunk", verify=False)
-    checker = verify._Verifier(model, graph)
-    before = {k: v.clone() for k, v in checker.base.state_dict().items()}
-    assert checker.check(list(range(len(graph.units))), "smallest") is None
-    after = checker.base.state_dict()
-    assert before.keys() == after.keys()
-    assert all(torch.equal(before[k], after[k]) for k in before)
-    assert checker.base.group.in_channels == 24 and checker.base.dw[0].groups == 8
+    with randomized(model) as work:
+        checker = verify._Verifier(work, graph)
+        before = {k: v.clone() for k, v in checker.base.state_dict().items()}
+        assert checker.check(list(range(len(graph.units))), "smallest") is None
+        after = checker.base.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+        assert checker.base.group.in_channels == 24 and checker.base.dw[0].groups == 8
