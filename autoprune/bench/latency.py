@@ -25,7 +25,7 @@ import torch
 
 from autoprune.bench.latency_report import plot, readme
 from autoprune.bench.report import write_readme
-from autoprune.cost.latency import LatencyConfig, measure_table, register_latency
+from autoprune.cost.latency import LatencyConfig, measure_table, random_keeps, register_latency
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps, project
 from autoprune.cost.shared_machine import Quiet, quietly, raise_priority
@@ -49,17 +49,6 @@ MODELS = {
     "resnet18": ModelSpec("resnet18", (3, 224, 224), 1000),
     "mobilenet_v2": ModelSpec("mobilenet_v2", (3, 224, 224), 1000),
 }
-
-
-def random_keeps(cm: CostModel, n: int, seed: int) -> list[np.ndarray]:
-    """Allocations of every size: a global ratio in [0.1, 1], varied by +-40% per unit."""
-    rng = np.random.default_rng(seed)
-    lo = ProjectionConfig().min_ratio
-    keeps = []
-    for _ in range(n):
-        ratios = np.clip(rng.uniform(0.1, 1.0) * rng.uniform(0.6, 1.4, len(cm.sizes)), lo, 1.0)
-        keeps.append(np.clip(np.round(ratios * cm.sizes), 1, cm.sizes).astype(np.int64))
-    return keeps
 
 
 def slimmed(model: torch.nn.Module, cm: CostModel, keep: np.ndarray) -> torch.nn.Module:

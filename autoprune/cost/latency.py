@@ -26,6 +26,7 @@ from autoprune.cost.latency_table import (
     LatencyTable,
     LayerTiming,
     block_start,
+    fit_calibrated,
     fit_rest,
 )
 from autoprune.cost.model import CostModel
@@ -65,6 +66,10 @@ class LatencyConfig:
     block: int = 16
     batch: int = 1  # the latency of one image is what a deployment budget usually means
     timing: TimingConfig = field(default_factory=TimingConfig)
+    # Random allocations timed whole, beside the dense and the smallest model, to fit the
+    # layers' scale and the between-layers term (`fit_calibrated`); 0: those two models only.
+    calibration: int = 6
+    calibration_seed: int = 1_000_003  # not a seed a benchmark's own random allocations use
 
 
 def _grid(
@@ -167,6 +172,18 @@ def table_for(
     return table
 
 
+def random_keeps(cost_model: CostModel, n: int, seed: int) -> list[np.ndarray]:
+    """Allocations of every size: a global ratio in [0.1, 1], varied by +-40% per unit."""
+    rng = np.random.default_rng(seed)
+    lo = ProjectionConfig().min_ratio
+    sizes = cost_model.sizes
+    keeps = []
+    for _ in range(n):
+        ratios = np.clip(rng.uniform(0.1, 1.0) * rng.uniform(0.6, 1.4, len(sizes)), lo, 1.0)
+        keeps.append(np.clip(np.round(ratios * sizes), 1, sizes).astype(np.int64))
+    return keeps
+
+
 def _fit_rest(
     table: LatencyTable,
     model: nn.Module,
@@ -174,24 +191,31 @@ def _fit_rest(
     cost_model: CostModel,
     cfg: LatencyConfig,
 ) -> None:
-    """Time the dense and the smallest model; what the layers do not explain is the rest."""
+    """Time whole models (the dense, the smallest, `cfg.calibration` random allocations) and fit
+    what the layers timed alone do not explain: their scale and the rest."""
     small_keep = min_keeps(cost_model.sizes, ProjectionConfig())
-    small = slim(copy.deepcopy(model), graph, [torch.arange(int(k)) for k in small_keep])
-    measured = compare_latency(
-        {"dense": model, "small": small}, graph.input_size, batch=cfg.batch, cfg=cfg.timing
-    )
+    keeps = [cost_model.dense_keep, small_keep]
+    keeps += random_keeps(cost_model, cfg.calibration, cfg.calibration_seed)
+    models = {"dense": model} | {
+        f"k{i}": slim(copy.deepcopy(model), graph, [torch.arange(int(k)) for k in keep]).eval()
+        for i, keep in enumerate(keeps[1:], start=1)
+    }
+    timed = compare_latency(models, graph.input_size, batch=cfg.batch, cfg=cfg.timing)
+    measured = [timed["dense"]] + [timed[f"k{i}"] for i in range(1, len(keeps))]
     predictor = LatencyPredictor(table, cost_model)  # rest still zero, scale 1: layers only
     positions = np.array([lay.positions for lay in graph.layers], dtype=np.float64)
-    keeps = (cost_model.dense_keep, small_keep)
     layers = [float(predictor.layer_seconds(k).sum()) for k in keeps]
     acts = [float(cost_model.layer_widths(k)[0] @ positions) for k in keeps]
-    table.layer_scale, table.rest_const, table.rest_per_activation = fit_rest(
-        (measured["dense"], measured["small"]), (layers[0], layers[1]), (acts[0], acts[1])
-    )
+    fitted = fit_calibrated(measured, layers, acts)
+    if fitted is None:
+        fitted = fit_rest((measured[0], measured[1]), (layers[0], layers[1]), (acts[0], acts[1]))
+    table.layer_scale, table.rest_const, table.rest_per_activation = fitted
     table.info.update(
-        dense_model_s=measured["dense"],
-        small_model_s=measured["small"],
+        dense_model_s=measured[0],
+        small_model_s=measured[1],
         small_keep=[int(k) for k in small_keep],
+        calibration_s=measured[2:],
+        calibration_layers_s=layers[2:],
     )
 
 

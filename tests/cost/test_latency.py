@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,12 +24,14 @@ from autoprune.cost.latency import (
     latency_check,
     latency_warning,
     measure_table,
+    random_keeps,
     register_latency,
 )
 from autoprune.cost.latency_table import (
     LatencyPredictor,
     LatencyTable,
     LayerTiming,
+    fit_calibrated,
     fit_rest,
     monotone,
 )
@@ -42,9 +45,12 @@ from autoprune.graph.units import trace_units
 from autoprune.models import build_model
 from autoprune.search import SEARCH_METHODS, SearchProblem
 
-# Few widths, one short round: these tests check mechanics, not the machine's speed.
+# Few widths, one short round: these tests check mechanics, not the machine's speed. The rest
+# is fitted to the dense and smallest models only (calibration=0), as exactly as they allow.
 FAST = LatencyConfig(
-    fractions=(0.0, 0.5, 1.0), timing=TimingConfig(rounds=1, warmup=1, min_block_s=1e-4)
+    fractions=(0.0, 0.5, 1.0),
+    timing=TimingConfig(rounds=1, warmup=1, min_block_s=1e-4),
+    calibration=0,
 )
 
 
@@ -203,6 +209,43 @@ def test_rest_fit_reproduces_both_models_and_never_prices_a_model_at_nothing() -
     # Noise that makes the smallest model the slower one: no exact fit, still positive.
     scale, const, _ = fit_rest((5e-3, 6e-3), (9e-3, 1e-3), (1e6, 1e4))
     assert const == 0.0 and scale * 9e-3 == pytest.approx(5e-3)
+
+
+def test_calibrated_fit_recovers_how_whole_models_relate_to_their_layers() -> None:
+    rng = np.random.default_rng(0)
+    layers, acts = rng.uniform(1e-3, 9e-3, 8), rng.uniform(1e4, 1e6, 8)
+    measured = 1.3 * layers + 2e-4 + 3e-10 * acts  # layers alone 30% short of the whole model
+    scale, const, slope = fit_calibrated(measured, layers, acts)
+    assert (scale, const, slope) == pytest.approx((1.3, 2e-4, 3e-10), rel=1e-6)
+    # a term the data would make negative is zero (the prediction stays monotone), not negative
+    scale, const, slope = fit_calibrated(0.8 * layers - 1e-10 * acts + 1e-3, layers, acts)
+    assert scale > 0 and const >= 0 and slope == 0.0
+    # two models, or nothing the layers explain: the two-point fit takes over
+    assert fit_calibrated(measured[:2], layers[:2], acts[:2]) is None
+    assert fit_calibrated([1e-3, 2e-3, 3e-3], [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]) is None
+
+
+def test_a_calibrated_table_fits_whole_models_at_least_as_well_as_two_of_them(
+    one_thread: None,
+) -> None:
+    model, cm = _traced("lenet5", (1, 28, 28))
+    table = measure_table(model, cm.graph, cm, dataclasses.replace(FAST, calibration=4))
+    info = table.info
+    assert len(info["calibration_s"]) == len(info["calibration_layers_s"]) == 4
+    keeps = [cm.dense_keep, np.array(info["small_keep"])]
+    keeps += random_keeps(cm, 4, LatencyConfig().calibration_seed)
+    measured = np.array([info["dense_model_s"], info["small_model_s"], *info["calibration_s"]])
+    predict = LatencyPredictor(table, cm)
+    calibrated = np.array([predict(k) for k in keeps]) / measured - 1
+    two_point = dataclasses.replace(table, layer_scale=1.0)
+    layers = np.array([predict.layer_seconds(k).sum() / table.layer_scale for k in keeps])
+    positions = np.array([lay.positions for lay in cm.graph.layers], dtype=np.float64)
+    acts = np.array([cm.layer_widths(k)[0] @ positions for k in keeps])
+    two_point.layer_scale, two_point.rest_const, two_point.rest_per_activation = fit_rest(
+        (measured[0], measured[1]), (layers[0], layers[1]), (acts[0], acts[1])
+    )
+    plain = np.array([LatencyPredictor(two_point, cm)(k) for k in keeps]) / measured - 1
+    assert np.sum(calibrated**2) <= np.sum(plain**2) * (1 + 1e-9)
 
 
 def test_a_table_that_prices_a_model_at_nothing_is_refused(tmp_path: Path) -> None:
@@ -433,7 +476,10 @@ def test_latency_table_command_writes_a_table_that_fits_the_model(tmp_path: Path
     assert main([*argv, "--out", str(out)]) == 0
     table = LatencyTable.load(out)
     _, cm = _traced("lenet5", (1, 28, 28))
-    assert register_latency(cm, table)(cm.dense_keep) == pytest.approx(table.info["dense_model_s"])
+    # fitted to 8 whole models (dense, smallest, 6 random): close to each, exact for none
+    assert len(table.info["calibration_s"]) == LatencyConfig().calibration == 6
+    dense = register_latency(cm, table)(cm.dense_keep)
+    assert dense == pytest.approx(table.info["dense_model_s"], rel=0.25)
     assert (table.threads, table.batch, table.info["num_classes"]) == (1, 1, 10)
     assert main([*argv[:-1], "--rounds", "0", "--out", str(tmp_path / "bad.json")]) == 2
     assert not (tmp_path / "bad.json").exists()
