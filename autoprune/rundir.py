@@ -163,12 +163,41 @@ def check_out(out: str | Path) -> None:
 _NO_ROOM = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS}
 
 
+@contextmanager
+def torch_writes(path: str | Path) -> Iterator[None]:
+    """Around `torch.save` / `torch.export.save` into a file handle for `path`: torch's archive
+    writer swallows the OSError of a write that failed midway (a disk that filled up) and raises
+    RuntimeError "unexpected pos ..." instead; this raises that OSError again (or, where torch
+    kept none, ENOSPC on a full file system and EIO otherwise), with `path` as its file name, so a
+    run turns it into its one-line error."""
+    try:
+        yield
+    except RuntimeError as err:
+        if "unexpected pos" not in str(err):
+            raise
+        cause = err.__context__
+        if isinstance(cause, OSError) and cause.errno is not None:
+            code = cause.errno
+        else:
+            try:
+                full = shutil.disk_usage(Path(path).parent).free < _ALMOST_FULL
+            except OSError:
+                full = False
+            code = errno.ENOSPC if full else errno.EIO
+        raise OSError(code, os.strerror(code), str(path)) from None
+
+
+_ALMOST_FULL = 64 * 2**20  # bytes free below which a short write is taken for a full disk
+
+
 def _write_failure(err: OSError, stage: Path) -> bool:
     """Whether `err` is the run directory failing to be written (not, say, a missing input)."""
     if err.errno in _NO_ROOM:
         return True
-    name = str(err.filename or "")
-    return err.errno in (errno.EACCES, errno.EPERM) and name.startswith(str(stage))
+    name = os.path.abspath(str(err.filename or ""))
+    return err.errno in (errno.EACCES, errno.EPERM, errno.EIO) and name.startswith(
+        os.path.abspath(stage)
+    )
 
 
 MANIFEST = "manifest.json"  # the sha256 of each exported file, written as the run completes

@@ -90,6 +90,7 @@ def torchvision_coverage(cfg: BenchConfig, limits: Limits | None = None) -> dict
                 print(f"{name} ...", file=sys.stderr, flush=True)
             row = run_model(name, input_size(name, cfg.quick), out / "runs" / name, limits)
             path.write_text(json.dumps(row, indent=1) + "\n")
+            _keep_json_only(out / "runs" / name)
         if "default" not in row and not cfg.quick:
             if cfg.progress:
                 print(f"{name} at its default input ...", file=sys.stderr, flush=True)
@@ -98,6 +99,14 @@ def torchvision_coverage(cfg: BenchConfig, limits: Limits | None = None) -> dict
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
     command = shlex.join(["autoprune", "bench", NAME, *(["--quick"] if cfg.quick else [])])
     return write_report(out, rows, command=command, budget=BUDGET, limits=limits.__dict__)
+
+
+def _keep_json_only(run: Path) -> None:
+    """Drop a measured run's weights (checkpoint.pt, model.pt2): 80 models' take 16 GB, and the
+    row holds what was measured on them; the run's JSON files stay."""
+    for path in run.glob("*") if run.is_dir() else ():
+        if path.is_file() and path.suffix != ".json":
+            path.unlink()
 
 
 def default_trace(name: str, row: dict[str, Any], logs: Path, limits: Limits) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from autoprune.cost.measure import (
     measure_latency,
 )
 from autoprune.export.fast import FastExportConfig, fastest_form
+from autoprune.rundir import torch_writes
 from autoprune.train.loop import evaluate
 
 
@@ -116,7 +117,7 @@ def export_program(
     example = (torch.rand(2, *input_size),)
     with torch.no_grad():
         program = torch.export.export(wrapped, example, dynamic_shapes={"x": {0: batch}})
-    with warnings.catch_warnings(), open(path, "wb") as handle:  # a full disk is an OSError
+    with warnings.catch_warnings(), open(path, "wb") as handle, torch_writes(path):
         # torch.export's writer calls channels-last weights incomplete views; they load right
         warnings.filterwarnings("ignore", message="No complete tensor found")
         torch.export.save(program, handle)

@@ -21,6 +21,7 @@ from autoprune.cost.bit_match import PricedKernels
 from autoprune.errors import UsageError
 from autoprune.pipeline.load import Loaded, eval_loader
 from autoprune.quant.bits import BitAllocation
+from autoprune.rundir import torch_writes
 from autoprune.search.evaluator import EvaluatorConfig
 from autoprune.train.augment import training_batches
 from autoprune.train.checkpoint import state_hash
@@ -64,7 +65,7 @@ def run_backend(
     def on_epoch_end(epoch: int, state: dict[str, Any]) -> None:
         last.parent.mkdir(exist_ok=True)
         tmp = last.with_suffix(".tmp")
-        with tmp.open("wb") as handle:  # through Python's file: a full disk is an OSError
+        with tmp.open("wb") as handle, torch_writes(tmp):  # a full disk is an OSError
             torch.save({**state, RESUME_KEY: key}, handle)
         tmp.replace(last)
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from autoprune.errors import AutoPruneError, CheckpointError
+from autoprune.rundir import torch_writes
 
 FORMAT = "autoprune.checkpoint/v1"
 _REQUIRED_META = ("model", "num_classes", "input_size")
@@ -68,7 +69,7 @@ def save_checkpoint(
     # Write next to the target (same file system) so os.replace is an atomic rename.
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as handle:
+        with os.fdopen(fd, "wb") as handle, torch_writes(tmp):
             torch.save(payload, handle)
             handle.flush()
             os.fsync(handle.fileno())

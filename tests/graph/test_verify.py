@@ -8,6 +8,7 @@ from pathlib import Path
 import awkward
 import pytest
 import torch
+from torch import nn
 
 from autoprune.cli.main import main
 from autoprune.cost.model import CostModel
@@ -113,3 +114,49 @@ def test_checks_slim_the_verification_copy_in_place_and_restore_it() -> None:
         assert before.keys() == after.keys()
         assert all(torch.equal(before[k], after[k]) for k in before)
         assert checker.base.group.in_channels == 24 and checker.base.dw[0].groups == 8
+
+
+class _Residual(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.norm = nn.Conv2d(8, 8, 3, padding=1), nn.BatchNorm2d(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.norm(self.conv(x))
+
+
+def test_normalised_copy_gives_activations_their_own_statistics() -> None:
+    blocks = [_Residual() for _ in range(30)]
+    deep = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), *blocks, nn.Dropout(0.5))
+    x = torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    with randomized(deep) as work:
+        wild = float(work(x).abs().max())
+        before = {k: v.clone() for k, v in work.state_dict().items()}
+        rng = torch.get_rng_state()
+        normed = verify.normalised(work, (3, 16, 16))
+        assert normed is not None and not normed.training
+        assert torch.equal(torch.get_rng_state(), rng)  # the train-mode pass drew nothing visible
+        assert all(torch.equal(before[k], v) for k, v in work.state_dict().items())
+        tame = float(normed(x).abs().max())
+    assert tame < 100 and wild > 1000 * tame  # random statistics let the scale run away
+    assert verify.normalised(nn.Sequential(nn.Conv2d(3, 4, 1)), (3, 4, 4)) is None
+
+
+def test_a_difference_that_goes_with_normalised_statistics_is_rounding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    model = awkward.ChunkCat()
+    graph = trace_units(model, SIZE, "channel", "chunk", verify=False)
+    with randomized(model) as work:
+        checker = verify._Verifier(work, graph)
+        seen = []
+
+        def fake(subset: list[int], level: str, net: nn.Module, x: torch.Tensor) -> str | None:
+            seen.append(net)
+            return None if net is checker.normed64 else f"{verify.DIFFERS} by 1e-3 of its scale"
+
+        monkeypatch.setattr(checker, "_check", fake)
+        assert checker.check([0], "half") is None
+        assert seen == [checker.base, checker.base64, checker.normed64]
+        monkeypatch.setattr(checker, "_check", lambda *a: "slimming fails: E")
+        assert checker.check([0], "half") == "slimming fails: E"  # only differences get a look

@@ -160,6 +160,24 @@ def test_a_disk_full_midway_leaves_nothing_and_says_so_in_one_line(
                           code=1)  # fmt: skip
 
 
+def test_a_file_cut_short_by_the_file_system_is_one_line(tmp_path: Path) -> None:
+    """A real short write: the file size limit (RLIMIT_FSIZE, as a quota or a full disk would)
+    stops torch's archive writer midway. torch swallowed the OSError and raised RuntimeError
+    'unexpected pos' as a traceback (seen when the disk filled during the coverage benchmark)."""
+    import resource
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a failed write, not a killed process
+        resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "autoprune", *TRAIN, "--out", str(out)],
+        capture_output=True, text=True, preexec_fn=small_files, timeout=300,
+    )  # fmt: skip
+    assert_one_line_error(proc.returncode, proc.stderr, out, "File too large", str(out), code=1)
+
+
 @pytest.mark.skipif(not Path("/dev/full").exists(), reason="no /dev/full to write to")
 def test_a_real_write_error_of_an_epoch_checkpoint_is_one_line(
     allocation_file: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
