@@ -9,6 +9,8 @@ from typing import Any
 import torch
 import torchvision
 
+from autoprune.bench.report import write_readme
+
 # The binding budget counts as met "within 1%" when the export keeps at least this share.
 TIGHT = 0.49
 # Tracing and verification at a model's default input stay under this resident memory (GB).
@@ -55,7 +57,7 @@ def write_report(
     summary = {"summary": summarise(rows), "runs": rows, "command": command, "limits": limits,
                "versions": versions}  # fmt: skip
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
-    (out / "README.md").write_text(render(summary, budget))
+    write_readme(out, render(summary, budget))  # and NOTES.md, the hand-written reading
     return summary
 
 
