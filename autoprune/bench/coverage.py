@@ -96,7 +96,7 @@ def torchvision_coverage(cfg: BenchConfig, limits: Limits | None = None) -> dict
         if "default" not in row and not cfg.quick:
             if cfg.progress:
                 print(f"{name} at its default input ...", file=sys.stderr, flush=True)
-            row["default"] = default_trace(name, row, out / "logs", limits)
+            row["default"] = default_trace(name, out / "logs", limits)
             path.write_text(json.dumps(row, indent=1) + "\n")
     rows = [json.loads(p.read_text()) for p in sorted((out / "rows").glob("*.json"))]
     command = shlex.join(["autoprune", "bench", NAME, *(["--quick"] if cfg.quick else [])])
@@ -111,15 +111,13 @@ def _keep_json_only(run: Path) -> None:
             path.unlink()
 
 
-def default_trace(name: str, row: dict[str, Any], logs: Path, limits: Limits) -> dict[str, Any]:
+def default_trace(name: str, logs: Path, limits: Limits) -> dict[str, Any]:
     """Trace + verification of `name` at its default input and class count, in its own watched
-    process; the coverage row's own trace when that already ran at the default input."""
+    process (also where the row's own trace ran at that input: the row's model has 10 classes
+    and its process goes on to search)."""
     from autoprune.models import default_input_size
 
     size = default_input_size(name)[-1]
-    if row.get("input") == size and "trace_s" in row:
-        keys = ("trace_s", "trace_peak_gb", "units", "frozen")
-        return {"input": size, "classes": 10, **{k: row[k] for k in keys}}
     args = ["--trace", name, str(size)]
     return _watched(args, f"{name}.default", logs, limits, {"input": size})
 

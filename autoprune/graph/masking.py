@@ -7,7 +7,7 @@ the slimmed model computes. A weight unit is masked element by element.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import cast
 
@@ -257,13 +257,19 @@ def mask_model(
     return kept
 
 
-def slim(model: nn.Module, graph: UnitGraph, kept: Sequence[torch.Tensor]) -> nn.Module:
-    """Physically apply kept indices: channels removed (`graph.slimming`), or weights zeroed."""
+def slim(
+    model: nn.Module,
+    graph: UnitGraph,
+    kept: Sequence[torch.Tensor],
+    release: Callable[[str], None] | None = None,
+) -> nn.Module:
+    """Physically apply kept indices: channels removed (`graph.slimming`), or weights zeroed.
+    `release` is `slim_channels`'s (told when a module has had its last cut)."""
     remove_masks(model, bake=False)
     if graph.granularity == "weight":
         with torch.no_grad():
             for (mod_name, pname), m in element_masks(model, graph, kept).items():
                 getattr(model.get_submodule(mod_name), pname).mul_(m)
         return model
-    slim_channels(model, graph, kept)
+    slim_channels(model, graph, kept, release)
     return model

@@ -271,12 +271,27 @@ def _set_mapping(node: Any, mapping: type, *args: Any, only: Any = None) -> None
 
 
 def build_dependency_graph(model: nn.Module, input_size: tuple[int, int, int]) -> Graph:
-    """The corrected dependency graph of `model` (in eval mode) on the fixed example input."""
+    """The corrected dependency graph of `model` (in eval mode) on the fixed example input.
+
+    The forward pass records autograd nodes only for their structure: what each node would
+    save for a backward pass (the activations) is dropped as it is saved, never unpacked
+    (torch-pruning reads a node's saved sizes and dims, which are not tensors). vit_l_16 @224:
+    the graph costs 68 MB of resident memory instead of 390 MB.
+    """
     was_training = model.training
     model.eval()
     try:
-        with warnings.catch_warnings(), torch.enable_grad():
+        with warnings.catch_warnings(), torch.enable_grad(), _nothing_saved():
             warnings.simplefilter("ignore")  # "unwrapped parameters detected" and the like
             return Graph().build_dependency(model, example_inputs=example_input(input_size))
     finally:
         model.train(was_training)
+
+
+def _nothing_saved() -> torch.autograd.graph.saved_tensors_hooks:
+    """Autograd saves nothing while this is active; a backward pass through it is an error."""
+
+    def unpack(_: None) -> torch.Tensor:
+        raise RuntimeError("the dependency graph's forward pass keeps no tensors for backward")
+
+    return torch.autograd.graph.saved_tensors_hooks(lambda _: None, unpack)

@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import ctypes
+import ctypes.util
 import dataclasses
 import io
 import tempfile
@@ -258,11 +260,12 @@ class _Verifier:
             return f"masking fails: {one_line(err)}"
         finally:
             remove_masks(work, bake=False)
-        with _restoring(work, sub):
+        with _restoring(work, sub) as restoring:
             try:
-                slim(work, sub, kept)
+                slim(work, sub, kept, restoring.release)
             except Exception as err:
                 return f"slimming fails: {one_line(err)}"
+            _trim_heap()
             try:
                 y_slim, macs = _run(work, x)
             except Exception as err:
@@ -286,28 +289,97 @@ class _Verifier:
         return None
 
 
-@contextlib.contextmanager
-def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[None]:
+class _Restoring:
     """Undo a slimming of `graph`'s units: every module it may touch gets back its attributes,
-    parameters and buffers (slimming replaces them; it never writes into them)."""
-    paths = {m.module for u in graph.units for m in u.members} | set(graph.matmuls)
-    paths |= set(width_holders(model))  # a width attribute slimming sets
-    owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
-    saved = {}
-    for path in owners:
-        module = model.get_submodule(path)
-        state = {k: dict(v) if k in ("_parameters", "_buffers") else v
-                 for k, v in vars(module).items()}  # fmt: skip
-        saved[path] = (type(module), state)  # attention gets another class when slimmed
-    try:
-        yield
-    finally:
-        for path, (cls, state) in saved.items():
+    parameters and buffers (slimming replaces them; it never writes into them).
+
+    `release(path)` (slimming calls it once a module has had its last cut) moves that module's
+    uncut tensors to a temporary file until the restore: the slimmed model then never sits in
+    memory beside the whole uncut one (vit_h_14: 0.6 GB of cut copies on 2.5 GB of weights).
+    A tensor another module also holds, or the module still uses, stays where it is.
+    """
+
+    def __init__(self, model: nn.Module, graph: UnitGraph) -> None:
+        self.model, self.free_params = model, graph.free_params
+        paths = {m.module for u in graph.units for m in u.members} | set(graph.matmuls)
+        paths |= set(width_holders(model))  # a width attribute slimming sets
+        owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
+        self.saved: dict[str, tuple[type, dict[str, object]]] = {}
+        for path in owners:
             module = model.get_submodule(path)
+            state = {k: dict(v) if k in ("_parameters", "_buffers") else v
+                     for k, v in vars(module).items()}  # fmt: skip
+            self.saved[path] = (type(module), state)  # attention gets another class when slimmed
+        self.holders: dict[int, int] = {}  # how many module slots hold each tensor
+        for _, t in [*model.named_parameters(remove_duplicate=False),
+                     *model.named_buffers(remove_duplicate=False)]:  # fmt: skip
+            self.holders[id(t)] = self.holders.get(id(t), 0) + 1
+        self.stash: IO[bytes] | None = None
+        self.moved: list[tuple[torch.Tensor, torch.Size]] = []
+
+    def release(self, path: str) -> None:
+        owner = path.rpartition(".")[0] if path in self.free_params else path
+        if owner not in self.saved:
+            return
+        _, state = self.saved[owner]
+        module = self.model.get_submodule(owner)
+        in_use = {id(t) for t in (*module._parameters.values(), *module._buffers.values())}
+        for key in ("_parameters", "_buffers"):
+            for t in cast(dict, state[key]).values():
+                if (not isinstance(t, torch.Tensor) or self.holders.get(id(t)) != 1
+                        or id(t) in in_use):  # fmt: skip
+                    continue  # held elsewhere too, or not cut (a bias when inputs are)
+                if self.stash is None:
+                    self.stash = tempfile.TemporaryFile()  # noqa: SIM115 (restore closes it)
+                self.stash.write(_host_bytes(t.detach()))
+                self.moved.append((t, t.shape))
+                t.data = torch.empty(0, dtype=t.dtype, device=t.device)
+                self.holders[id(t)] = 0  # moved once
+
+    def restore(self) -> None:
+        for path, (cls, state) in self.saved.items():  # the cut tensors go first
+            module = self.model.get_submodule(path)
             module.__class__ = cls
             attrs = vars(module)
             attrs.clear()
             attrs.update(state)
+        if self.stash is not None:
+            _trim_heap()
+            self.stash.seek(0)
+            with torch.no_grad():
+                for t, shape in self.moved:
+                    t.data = torch.empty(shape, dtype=t.dtype, device=t.device)
+                    _read_into(self.stash, t)
+            self.stash.close()
+
+
+@contextlib.contextmanager
+def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[_Restoring]:
+    restoring = _Restoring(model, graph)
+    try:
+        yield restoring
+    finally:
+        restoring.restore()
+
+
+def _trim_heap() -> None:
+    """Give the memory of freed tensors back to the system now (glibc's malloc_trim; nothing
+    elsewhere). Tensors of a few MB come from the heap once glibc has raised its mmap threshold,
+    and freeing them does not lower the resident size: without this, moving a model's uncut
+    tensors out and back again left vit_h_14's process 0.5 GB larger each time."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc if hasattr(libc, "malloc_trim") else None
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[object, int]:

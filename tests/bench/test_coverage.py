@@ -41,15 +41,11 @@ def test_memory_is_measured_at_the_default_input_in_its_own_process(
     monkeypatch.setenv("PYTHONPATH", AWKWARD)  # the worker's import, and the default size here
     monkeypatch.syspath_prepend(AWKWARD)
     monkeypatch.setenv("AUTOPRUNE_CACHE_DIR", str(tmp_path / "cache"))  # the worker's is off
-    row = {"model": "awkward:Shuffle", "input": 16, "trace_s": 0.1, "trace_peak_gb": 0.0}
-    default = default_trace("awkward:Shuffle", row, tmp_path / "logs", Limits())
+    default = default_trace("awkward:Shuffle", tmp_path / "logs", Limits())
     assert "error" not in default, default
     assert default["input"] == 224 and default["units"] == 2 and default["frozen"] == []
-    assert default["peak_gb"] >= default["trace_peak_gb"] > 0.1  # its own process, not `row`'s
+    assert default["peak_gb"] >= default["trace_peak_gb"] > 0.1  # its own process
     assert not (tmp_path / "cache").exists()  # verified, not read from a cache
-    # a row traced at the default input already is its own measurement
-    row = {**row, "input": 224, "units": 5, "frozen": []}
-    assert default_trace("awkward:Shuffle", row, tmp_path / "logs", Limits())["units"] == 5
 
 
 def test_a_worker_over_its_memory_cap_is_stopped_and_reported(tmp_path: Path) -> None:

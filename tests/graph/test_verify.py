@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import awkward
@@ -13,7 +14,7 @@ from torch import nn
 from autoprune.cli.main import main
 from autoprune.cost.model import CostModel
 from autoprune.errors import UsageError
-from autoprune.graph import verify, verify_cache
+from autoprune.graph import tp_graph, verify, verify_cache
 from autoprune.graph.units import trace_units
 from autoprune.graph.verify import prunable_share, randomized
 
@@ -103,17 +104,73 @@ def test_a_model_that_refuses_the_input_is_a_one_line_usage_error() -> None:
         trace_units(awkward.FlattenLinear(), (3, 8, 8), "channel", "flat")  # built for 16x16
 
 
-def test_checks_slim_the_verification_copy_in_place_and_restore_it() -> None:
+@pytest.fixture
+def checker() -> Iterator[verify._Verifier]:
+    """A verifier of ChunkCat (chunk, cat, grouped conv, squeeze-excite), randomised in place."""
     model = awkward.ChunkCat()
     graph = trace_units(model, SIZE, "channel", "chunk", verify=False)
     with randomized(model) as work:
-        checker = verify._Verifier(work, graph)
-        before = {k: v.clone() for k, v in checker.base.state_dict().items()}
-        assert checker.check(list(range(len(graph.units))), "smallest") is None
-        after = checker.base.state_dict()
-        assert before.keys() == after.keys()
-        assert all(torch.equal(before[k], after[k]) for k in before)
-        assert checker.base.group.in_channels == 24 and checker.base.dw[0].groups == 8
+        yield verify._Verifier(work, graph)
+
+
+def test_checks_slim_the_verification_copy_in_place_and_restore_it(
+    checker: verify._Verifier,
+) -> None:
+    before = {k: v.clone() for k, v in checker.base.state_dict().items()}
+    assert checker.check(list(range(len(checker.graph.units))), "smallest") is None
+    after = checker.base.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert checker.base.group.in_channels == 24 and checker.base.dw[0].groups == 8
+
+
+def test_a_check_moves_the_uncut_tensors_out_while_the_slimmed_model_runs(
+    checker: verify._Verifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = dict(checker.base.named_parameters())
+    before = {k: v.clone() for k, v in params.items()}
+    seen: dict[str, int] = {}
+    run = verify._run
+
+    def spy(m: nn.Module, x: torch.Tensor) -> tuple[object, int]:
+        seen.update({k: p.numel() for k, p in params.items()})
+        return run(m, x)
+
+    monkeypatch.setattr(verify, "_run", spy)
+    assert checker.check(list(range(len(checker.graph.units))), "half") is None
+    # while the slimmed model ran, the cut layers' uncut weights were out of memory ...
+    assert seen["stem.0.weight"] == 0 and seen["group.weight"] == 0
+    # ... and what no cut replaced stayed (the classifier's bias: only its inputs are cut)
+    assert seen["head.2.bias"] == before["head.2.bias"].numel()
+    after = dict(checker.base.named_parameters())
+    assert all(after[k] is params[k] and torch.equal(after[k], before[k]) for k in params)
+
+
+def test_a_tensor_two_modules_hold_stays_in_memory_when_one_is_cut() -> None:
+    model = awkward.ChunkCat()
+    graph = trace_units(model, SIZE, "channel", "chunk", verify=False)
+    shared = nn.Parameter(torch.randn(16))
+    model.stem[1].weight = model.full[1].weight = shared  # one tensor, two modules
+    weight = model.stem[0].weight
+    values = weight.detach().clone()
+    restoring = verify._Restoring(model, graph)
+    model.stem[0].weight = nn.Parameter(weight[:8].detach().clone())  # as a cut does
+    model.stem[1].weight = nn.Parameter(shared[:8].detach().clone())
+    restoring.release("stem.0")
+    restoring.release("stem.1")
+    assert weight.numel() == 0  # moved out
+    assert shared.numel() == 16  # full.1 still reads it
+    restoring.restore()
+    assert model.stem[0].weight is weight and torch.equal(weight, values)
+    assert model.stem[1].weight is shared and model.full[1].weight is shared
+
+
+def test_the_dependency_graph_pass_keeps_no_activations() -> None:
+    w = torch.randn(4, requires_grad=True)
+    with tp_graph._nothing_saved():
+        y = (torch.sin(w) * w).sum()  # both save their inputs for backward
+    with pytest.raises(RuntimeError, match="keeps no tensors for backward"):
+        y.backward()
 
 
 class _Residual(nn.Module):
@@ -143,20 +200,16 @@ def test_normalised_copy_gives_activations_their_own_statistics() -> None:
 
 
 def test_a_difference_that_goes_with_normalised_statistics_is_rounding(
-    monkeypatch: pytest.MonkeyPatch,
+    checker: verify._Verifier, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = awkward.ChunkCat()
-    graph = trace_units(model, SIZE, "channel", "chunk", verify=False)
-    with randomized(model) as work:
-        checker = verify._Verifier(work, graph)
-        seen = []
+    seen = []
 
-        def fake(subset: list[int], level: str, net: nn.Module, x: torch.Tensor) -> str | None:
-            seen.append(net)
-            return None if net is checker.normed64 else f"{verify.DIFFERS} by 1e-3 of its scale"
+    def fake(subset: list[int], level: str, net: nn.Module, x: torch.Tensor) -> str | None:
+        seen.append(net)
+        return None if net is checker.normed64 else f"{verify.DIFFERS} by 1e-3 of its scale"
 
-        monkeypatch.setattr(checker, "_check", fake)
-        assert checker.check([0], "half") is None
-        assert seen == [checker.base, checker.base64, checker.normed64]
-        monkeypatch.setattr(checker, "_check", lambda *a: "slimming fails: E")
-        assert checker.check([0], "half") == "slimming fails: E"  # only differences get a look
+    monkeypatch.setattr(checker, "_check", fake)
+    assert checker.check([0], "half") is None
+    assert seen == [checker.base, checker.base64, checker.normed64]
+    monkeypatch.setattr(checker, "_check", lambda *a: "slimming fails: E")
+    assert checker.check([0], "half") == "slimming fails: E"  # only differences get a look
