@@ -10,7 +10,6 @@ project to. Writes latency.json, a scatter plot and README.md; every number come
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import shlex
@@ -25,13 +24,18 @@ import torch
 
 from autoprune.bench.latency_report import plot, readme
 from autoprune.bench.report import write_readme
-from autoprune.cost.latency import LatencyConfig, measure_table, random_keeps, register_latency
+from autoprune.cost.latency import (
+    LatencyConfig,
+    measure_table,
+    random_keeps,
+    register_latency,
+    slimmed_copy,
+)
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps, project
 from autoprune.cost.shared_machine import Quiet, quietly, raise_priority
 from autoprune.cost.timing import TimingConfig, compare_latency, machine_info
 from autoprune.errors import BudgetError
-from autoprune.graph.masking import slim
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
 from autoprune.rundir import write_json_atomic
@@ -49,10 +53,6 @@ MODELS = {
     "resnet18": ModelSpec("resnet18", (3, 224, 224), 1000),
     "mobilenet_v2": ModelSpec("mobilenet_v2", (3, 224, 224), 1000),
 }
-
-
-def slimmed(model: torch.nn.Module, cm: CostModel, keep: np.ndarray) -> torch.nn.Module:
-    return slim(copy.deepcopy(model), cm.graph, [torch.arange(int(k)) for k in keep]).eval()
 
 
 def bench_model(
@@ -87,7 +87,9 @@ def bench_model(
     }
 
     keeps = random_keeps(cm, n_random, seed)
-    models = {"dense": model} | {f"r{i}": slimmed(model, cm, k) for i, k in enumerate(keeps)}
+    models = {"dense": model} | {
+        f"r{i}": slimmed_copy(model, cm.graph, k) for i, k in enumerate(keeps)
+    }
     measured, out["conditions_random"] = quietly(
         lambda: compare_latency(models, spec.input_size, batch=cfg.batch, cfg=cfg.timing), quiet
     )
@@ -141,7 +143,7 @@ def budget_row(
     except BudgetError:
         smallest = cm.metric(metric, min_keeps(cm.sizes, ProjectionConfig()))
         return {"budget": name, "infeasible": True, "smallest_fraction": smallest / dense[metric]}
-    final = slimmed(model, cm, keep)
+    final = slimmed_copy(model, cm.graph, keep)
     pair = {"dense": model, "final": final}
     t, conditions = quietly(
         lambda: compare_latency(pair, spec.input_size, batch=cfg.batch, cfg=cfg.timing), quiet

@@ -172,6 +172,12 @@ def table_for(
     return table
 
 
+def slimmed_copy(model: nn.Module, graph: UnitGraph, keep: np.ndarray) -> nn.Module:
+    """A slimmed copy of `model` keeping the first `keep[i]` channels of unit i, in eval mode
+    (what a timing needs: the architecture of an allocation, not which channels it keeps)."""
+    return slim(copy.deepcopy(model), graph, [torch.arange(int(k)) for k in keep]).eval()
+
+
 def random_keeps(cost_model: CostModel, n: int, seed: int) -> list[np.ndarray]:
     """Allocations of every size: a global ratio in [0.1, 1], varied by +-40% per unit."""
     rng = np.random.default_rng(seed)
@@ -197,8 +203,7 @@ def _fit_rest(
     keeps = [cost_model.dense_keep, small_keep]
     keeps += random_keeps(cost_model, cfg.calibration, cfg.calibration_seed)
     models = {"dense": model} | {
-        f"k{i}": slim(copy.deepcopy(model), graph, [torch.arange(int(k)) for k in keep]).eval()
-        for i, keep in enumerate(keeps[1:], start=1)
+        f"k{i}": slimmed_copy(model, graph, keep) for i, keep in enumerate(keeps[1:], start=1)
     }
     timed = compare_latency(models, graph.input_size, batch=cfg.batch, cfg=cfg.timing)
     measured = [timed["dense"]] + [timed[f"k{i}"] for i in range(1, len(keeps))]
