@@ -110,8 +110,8 @@ class OptunaSearch(SearchMethod):
             # under the study's lock: search commands started together enqueue the starts once
             with TrialGate(spec.storage, spec.study):
                 if not study.get_trials(deepcopy=False):
-                    for params in warm_params(problem):
-                        study.enqueue_trial(params)
+                    for source, params in warm_params(problem):
+                        study.enqueue_trial(params, user_attrs={"source": source})
         try:
             run_workers(spec, problem, study, self.n_jobs)
             return self._result(study, problem, spec, before)
@@ -156,6 +156,7 @@ class OptunaSearch(SearchMethod):
                 BitAllocation.from_json(t.user_attrs["bits"], graph)
                 if "bits" in t.user_attrs
                 else None,
+                source=t.user_attrs.get("source"),  # a start it was handed (uniform, global ...)
             )
             for t in done
         ]
@@ -189,13 +190,14 @@ class OptunaSearch(SearchMethod):
         return SearchResult(best.keep, best.score, trials, info, bits=best.bits)
 
 
-def warm_params(problem: SearchProblem) -> list[dict[str, float | int]]:
-    """The starts (uniform, heuristics) as trial parameters that reproduce them exactly, best
-    first: each unit's ratio keep / size (which the projection maps back to the same keeps) and,
-    with bits, each layer's widths (the starts give every kernel of a layer one width)."""
+def warm_params(problem: SearchProblem) -> list[tuple[str | None, dict[str, float | int]]]:
+    """The starts (uniform, heuristics), each named, as trial parameters that reproduce them
+    exactly, best first: each unit's ratio keep / size (which the projection maps back to the same
+    keeps) and, with bits, each layer's widths (the starts give every kernel of a layer one
+    width)."""
     graph = problem.cost_model.graph
     starts = sorted(start_trials(problem), key=lambda t: -(t.score or 0.0))  # stable: uniform first
-    out = []
+    out: list[tuple[str | None, dict[str, float | int]]] = []
     for t in starts:
         params: dict[str, float | int] = {
             u.name: int(k) / u.size for u, k in zip(graph.units, t.keep, strict=True)
@@ -209,5 +211,5 @@ def warm_params(problem: SearchProblem) -> list[dict[str, float | int]]:
                     params[f"wbits:{lay.name}"] = int(next(iter(widths[lay.name])))
                 if len(problem.bits.act) > 1:
                     params[f"abits:{lay.name}"] = int(t.bits.act[lay.name])
-        out.append(params)
+        out.append((t.source, params))
     return out

@@ -13,6 +13,7 @@ from autoprune.bench.search_report import spearman
 HEURISTICS = ("erk", "global", "lamp")
 SEARCHES = ("optuna", "rl", "dsa")
 LANDSCAPE = "landscape"  # runs named landscape-N-seedS: random allocations on the budget
+CURVE_AT = (1, 5, 10, 20, 40, 80, 150)  # evaluations at which the best-so-far table looks
 
 
 def paired(a: dict[int, float], b: dict[int, float]) -> dict[str, Any] | None:
@@ -84,8 +85,34 @@ def summarise_point(point: dict[str, Any], order: tuple[str, ...]) -> dict[str, 
     }  # fmt: skip
     return {"point": point["point"], "dataset": point["dataset"], "ratio": point.get("ratio"),
             "budgets": point.get("budgets"), "methods": table, "spearman": rho,
-            "spearman_n": len(rows), "checks": checks,
+            "spearman_n": len(rows), "checks": checks, "curves": curves(point["rows"]),
             "landscape": landscape(point["rows"])}  # fmt: skip
+
+
+def curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per search (random search the reference), the best proxy score after n of its own
+    evaluations, mean over seeds, and against random search at the same n, paired by seed: does
+    a learning method find better allocations than random proposals for the same effort?"""
+    by: dict[str, dict[int, list[float]]] = {}
+    for r in rows:
+        if r.get("curve") and (r["method"] == "random" or r["method"] in SEARCHES):
+            by.setdefault(r["method"], {})[r["seed"]] = r["curve"]
+    out = []
+    for method, seeds in by.items():
+        n = min(len(c) for c in seeds.values())
+        rand = by.get("random", {})
+        m = min([n, *(len(rand[s]) for s in seeds if s in rand)])
+        vs = None
+        if method != "random" and rand:
+            vs = paired({s: c[m - 1] for s, c in seeds.items()},
+                        {s: c[m - 1] for s, c in rand.items()})  # fmt: skip
+        out.append({
+            "method": method, "seeds": sorted(seeds), "evaluations": n,
+            "best_at": {k: float(np.mean([c[k - 1] for c in seeds.values()]))
+                        for k in CURVE_AT if k <= n},
+            "vs_random": None if vs is None else {**vs, "at": m},
+        })  # fmt: skip
+    return out
 
 
 def _landscape(row: dict[str, Any]) -> bool:
@@ -149,6 +176,22 @@ def _render_landscape(land: dict[str, Any] | None) -> list[str]:
     return out
 
 
+def _render_curves(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    at = [k for k in CURVE_AT if any(k in r["best_at"] for r in rows)]
+    out = ["", "Best proxy score after n of a search's own evaluations (the starts it is handed "
+           "left out), mean over seeds, and against random search at the same n, paired by seed:",
+           "", "| search | evaluations | " + " | ".join(f"n={k}" for k in at) + " | vs random |",
+           "|---|---|" + "---|" * len(at) + "---|"]  # fmt: skip
+    for r in rows:
+        cells = " | ".join(_pct(r["best_at"].get(k)) for k in at)
+        vs = r["vs_random"]
+        shown = "-" if vs is None else f"{_diff(vs)} at n={vs['at']}"
+        out.append(f"| {r['method']} | {r['evaluations']} | {cells} | {shown} |")
+    return out
+
+
 def render_readme(summary: dict[str, Any]) -> str:
     """The README: one table per budget, then the checks the issue asks for."""
     out = [
@@ -184,5 +227,6 @@ def render_readme(summary: dict[str, Any]) -> str:
                 f"{c['search_beats_uniform']}, below the best heuristic beyond noise: "
                 f"{c['search_below_best_heuristic']}; searches below uniform beyond noise: "
                 f"{', '.join(c['searches_below_uniform']) or 'none'}."]  # fmt: skip
+        out += _render_curves(p.get("curves") or [])
         out += _render_landscape(p.get("landscape"))
     return "\n".join(out) + "\n"

@@ -9,11 +9,12 @@ pruned run costs a few minutes on two CPU cores.
 
 Per budget, first a landscape: `landscape` random allocations on the budget (per-unit ratios
 drawn uniformly, projected onto the budgets), trained with backend seed 0, against uniform at
-seed 0: how far apart can allocations be here at all? Then each method (uniform, global, optuna,
-rl, dsa) at every seed, search seed and backend seed alike, trained by one recipe; methods are
-compared seed by seed (autoprune.bench.alloc_report), and the proxy's Spearman rank correlation
-with final accuracy is measured over every allocation of the budget. Finished runs are reused;
-`--only mixed` runs one budget.
+seed 0: how far apart can allocations be here at all? Then each method (uniform, global, random,
+optuna, rl, dsa) at every seed, search seed and backend seed alike, trained by one recipe;
+methods are compared seed by seed (autoprune.bench.alloc_report), every search's best proxy so
+far against random search's at the same number of evaluations, and the proxy's Spearman rank
+correlation with final accuracy is measured over every allocation of the budget. Finished runs
+are reused; `--only mixed` runs one budget.
 """
 
 from __future__ import annotations
@@ -62,8 +63,13 @@ class Recipe(AllocRecipe):
         ("macs-15", (("macs", "15%"),)),
         ("mixed", (("macs", "25%"), ("params", "10%"))),
     )
-    methods: tuple[str, ...] = ("uniform", "global", "optuna", "rl", "dsa")
+    # random search is the reference the learning searches must beat at equal effort
+    methods: tuple[str, ...] = ("uniform", "global", "random", "optuna", "rl", "dsa")
     seeds: tuple[int, ...] = (0, 1)
+    # Every search that proposes gets the same 40 proxy evaluations (random and optuna 40 trials,
+    # rl 40 episodes, a quarter of them warm-up): a proxy call is ~8 s here, so rl's 150 would
+    # take 20 min a seed, more than the runs it chooses between
+    episodes: int = 40
     landscape: int = 8  # random allocations per budget (with the methods: >= 10 for Spearman)
     # 6,000 images: a resnet20 epoch is ~15 s on two idle cores, so a 5 + 5 epoch run ~3 min
     train_images: int = 6000

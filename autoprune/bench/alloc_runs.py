@@ -58,7 +58,8 @@ class AllocRecipe:
                              seed=seed, progress=progress)  # fmt: skip
 
     def options(self, method: str) -> dict[str, Any]:
-        return {"optuna": {"trials": self.trials}, "rl": {"episodes": self.episodes},
+        return {"optuna": {"trials": self.trials}, "random": {"trials": self.trials},
+                "rl": {"episodes": self.episodes},
                 "dsa": {"steps": self.dsa_steps}}.get(method, {})  # fmt: skip
 
     def evaluator_for(self, seed: int) -> EvaluatorConfig:
@@ -159,8 +160,20 @@ def collect_rows(folder: Path) -> list[dict[str, Any]]:
             "checkpoint": shown(alloc.get("checkpoint")),
             "code": (run / CODE_FILE).read_text().strip() if (run / CODE_FILE).is_file() else None,
             "budget_met": all(c["met"] for c in m.get("budgets", {}).values()),
+            "curve": best_so_far(run / "trials.json"),
         })  # fmt: skip
     return rows
+
+
+def best_so_far(trials: Path) -> list[float] | None:
+    """The best proxy score after each of a search's own proposals, in the order it made them
+    (the starts it was handed, uniform and the heuristics, are left out: they are not its
+    finds); None without a trial log."""
+    if not trials.is_file():
+        return None
+    own = [t["score"] for t in json.loads(trials.read_text())
+           if t.get("source") is None and t["score"] is not None]  # fmt: skip
+    return np.maximum.accumulate(own).tolist() if own else None
 
 
 def fill_proxies(rows: list[dict[str, Any]], recipe: AllocRecipe, dataset: str, dense: str,

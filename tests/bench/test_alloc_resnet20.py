@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 from autoprune.bench import NAMES, BenchConfig, alloc_resnet20, load_benchmarks
 from autoprune.bench.alloc_report import render_readme, summarise
 from autoprune.bench.alloc_resnet20 import Recipe, stratified_subset, subset_folder
+from autoprune.bench.alloc_runs import best_so_far
 from autoprune.errors import DataError, UsageError
 from autoprune.train.data import load_dataset
 from autoprune.train.idx import IDX_FILES, read_idx, write_idx
@@ -76,6 +78,31 @@ def test_landscape_rows_are_summarised_apart_from_the_methods() -> None:
                           "rendered_at": "d"})  # fmt: skip
     assert "## mixed (macs 25% + params 10%)" in text
     assert "2 of 3 above it" in text and "| landscape-1 | 4 8 | 83.00% | 53.00% |" in text
+
+
+def test_best_so_far_counts_a_search_own_evaluations_against_random(tmp_path: Path) -> None:
+    log = tmp_path / "trials.json"
+    log.write_text(json.dumps([
+        {"score": 0.6, "source": "uniform"}, {"score": 0.7, "source": "global"},
+        {"score": 0.5}, {"score": 0.4}, {"score": 0.65}, {"score": None},
+    ]))  # fmt: skip
+    assert best_so_far(log) == [0.5, 0.5, 0.65]  # the starts it was handed are not its finds
+    assert best_so_far(tmp_path / "none.json") is None
+    rows = []
+    for seed, (rand, tpe) in enumerate([([0.5, 0.6, 0.6], [0.55, 0.7, 0.7, 0.72]),
+                                        ([0.4, 0.5, 0.55], [0.5, 0.6, 0.65, 0.7])]):  # fmt: skip
+        rows += [_row("random", seed, 0.8, rand[-1]) | {"curve": rand},
+                 _row("optuna", seed, 0.8, tpe[-1]) | {"curve": tpe}]  # fmt: skip
+    point = {"point": "mixed", "dataset": "d", "rows": rows}
+    (p,) = summarise([point], ("random", *ORDER))["points"]
+    random_curve, optuna_curve = p["curves"]
+    assert random_curve["method"] == "random" and random_curve["vs_random"] is None
+    assert optuna_curve["evaluations"] == 4 and optuna_curve["best_at"] == {1: 0.525}
+    vs = optuna_curve["vs_random"]  # at n=3, the most both have: 0.7 - 0.6 and 0.65 - 0.55
+    assert vs["at"] == 3 and vs["n"] == 2 and vs["mean"] == pytest.approx(0.1)
+    text = render_readme({"points": [p], "trained_at": [], "checkpoints": [], "benchmark": "b",
+                          "quick": False, "command": "c", "rendered_at": "d"})  # fmt: skip
+    assert "| optuna | 4 | 52.50% | +10.00 ± 0.00 pts (n=2) at n=3 |" in text
 
 
 def test_registered_and_unknown_budgets_refused(tmp_path: Path) -> None:
