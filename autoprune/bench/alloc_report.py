@@ -12,6 +12,7 @@ from autoprune.bench.search_report import spearman
 
 HEURISTICS = ("erk", "global", "lamp")
 SEARCHES = ("optuna", "rl", "dsa")
+PROPOSERS = ("random", "optuna", "rl")  # the searches whose effort is proxy evaluations
 LANDSCAPE = "landscape"  # runs named landscape-N-seedS: random allocations on the budget
 CURVE_AT = (1, 5, 10, 20, 40, 80, 150)  # evaluations at which the best-so-far table looks
 
@@ -90,27 +91,30 @@ def summarise_point(point: dict[str, Any], order: tuple[str, ...]) -> dict[str, 
 
 
 def curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per search (random search the reference), the best proxy score after n of its own
-    evaluations, mean over seeds, and against random search at the same n, paired by seed: does
-    a learning method find better allocations than random proposals for the same effort?"""
+    """Per search that spends proxy evaluations (random search the reference, optuna, rl; dsa
+    learns from training batches instead), the best proxy score after n of its own evaluations,
+    mean over seeds, and against random search at the same n, paired by seed: does a learning
+    method find better allocations than random proposals for the same effort?"""
     by: dict[str, dict[int, list[float]]] = {}
     for r in rows:
-        if r.get("curve") and (r["method"] == "random" or r["method"] in SEARCHES):
+        if r.get("curve") and r["method"] in PROPOSERS:
             by.setdefault(r["method"], {})[r["seed"]] = r["curve"]
+    rand = by.get("random", {})
     out = []
     for method, seeds in by.items():
         n = min(len(c) for c in seeds.values())
-        rand = by.get("random", {})
-        m = min([n, *(len(rand[s]) for s in seeds if s in rand)])
+        common = sorted(s for s in seeds if s in rand)
         vs = None
-        if method != "random" and rand:
-            vs = paired({s: c[m - 1] for s, c in seeds.items()},
-                        {s: c[m - 1] for s, c in rand.items()})  # fmt: skip
+        if method != "random" and common:
+            at = min([n, *(len(rand[s]) for s in common)])
+            diff = paired({s: seeds[s][at - 1] for s in common},
+                          {s: rand[s][at - 1] for s in common})  # fmt: skip
+            vs = None if diff is None else {**diff, "at": at}
         out.append({
             "method": method, "seeds": sorted(seeds), "evaluations": n,
             "best_at": {k: float(np.mean([c[k - 1] for c in seeds.values()]))
                         for k in CURVE_AT if k <= n},
-            "vs_random": None if vs is None else {**vs, "at": m},
+            "vs_random": vs,
         })  # fmt: skip
     return out
 

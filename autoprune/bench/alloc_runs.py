@@ -173,7 +173,7 @@ def best_so_far(trials: Path) -> list[float] | None:
         return None
     own = [t["score"] for t in json.loads(trials.read_text())
            if t.get("source") is None and t["score"] is not None]  # fmt: skip
-    return np.maximum.accumulate(own).tolist() if own else None
+    return np.fmax.accumulate(own).tolist() if own else None  # a NaN score does not stick
 
 
 def fill_proxies(rows: list[dict[str, Any]], recipe: AllocRecipe, dataset: str, dense: str,

@@ -20,13 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
-import ctypes.util
 import dataclasses
-import io
 import tempfile
 from collections.abc import Iterator, Sequence
-from typing import IO, cast
 
 import numpy as np
 import torch
@@ -35,8 +31,8 @@ from torch import nn
 from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
-from autoprune.graph.attention import width_holders
 from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
+from autoprune.graph.stash import Restoring, read_tensor, trim_heap, write_tensor
 from autoprune.graph.tracing import one_line
 from autoprune.graph.units import FrozenUnit, UnitGraph, macs_counter, no_fastpath
 from autoprune.graph.verify_cache import Verdict, load_verdict, store_verdict, verdict_key
@@ -87,7 +83,7 @@ def randomized(model: nn.Module, seed: int = SEED) -> Iterator[nn.Module]:
     was_training = model.training
     with tempfile.TemporaryFile() as stash:
         for t in touched.values():
-            stash.write(_host_bytes(t.detach()))
+            write_tensor(stash, t)
         try:
             _randomize(model.eval(), touched, seed)
             yield model
@@ -95,7 +91,7 @@ def randomized(model: nn.Module, seed: int = SEED) -> Iterator[nn.Module]:
             stash.seek(0)
             with torch.no_grad():
                 for t in touched.values():
-                    _read_into(stash, t)
+                    read_tensor(stash, t)
             model.train(was_training)
 
 
@@ -127,22 +123,6 @@ def _randomize(model: nn.Module, touched: dict[str, torch.Tensor], seed: int) ->
                 t.copy_(torch.rand(t.shape, generator=gen) + 0.5)
             else:
                 t.copy_((torch.rand(t.shape, generator=gen) - 0.5) * 0.4)
-
-
-def _host_bytes(t: torch.Tensor) -> memoryview:
-    """The bytes of `t` (a CPU view where it can be one, else a contiguous CPU copy)."""
-    host = t.cpu().contiguous() if t.device.type != "cpu" or not t.is_contiguous() else t
-    return host.reshape(-1).view(torch.uint8).numpy().data
-
-
-def _read_into(stash: IO[bytes], t: torch.Tensor) -> None:
-    """Read `t`'s bytes back from `stash` into `t` (through a CPU buffer where `t` is no
-    contiguous CPU tensor)."""
-    direct = t.device.type == "cpu" and t.is_contiguous()
-    host = t.detach() if direct else torch.empty(t.shape, dtype=t.dtype)
-    cast(io.BufferedIOBase, stash).readinto(host.reshape(-1).view(torch.uint8).numpy().data)
-    if not direct:
-        t.copy_(host)
 
 
 def normalised(model: nn.Module, input_shape: Sequence[int]) -> nn.Module | None:
@@ -260,12 +240,14 @@ class _Verifier:
             return f"masking fails: {one_line(err)}"
         finally:
             remove_masks(work, bake=False)
-        with _restoring(work, sub) as restoring:
+        with Restoring(work, sub) as restoring:
             try:
                 slim(work, sub, kept, restoring.release)
+            except OSError:
+                raise  # the temporary file failed (a full disk): no verdict on the unit
             except Exception as err:
                 return f"slimming fails: {one_line(err)}"
-            _trim_heap()
+            trim_heap()
             try:
                 y_slim, macs = _run(work, x)
             except Exception as err:
@@ -287,99 +269,6 @@ class _Verifier:
         if round(predicted.params) != params:
             return f"priced at {predicted.params:,.0f} params, the slimmed model has {params:,}"
         return None
-
-
-class _Restoring:
-    """Undo a slimming of `graph`'s units: every module it may touch gets back its attributes,
-    parameters and buffers (slimming replaces them; it never writes into them).
-
-    `release(path)` (slimming calls it once a module has had its last cut) moves that module's
-    uncut tensors to a temporary file until the restore: the slimmed model then never sits in
-    memory beside the whole uncut one (vit_h_14: 0.6 GB of cut copies on 2.5 GB of weights).
-    A tensor another module also holds, or the module still uses, stays where it is.
-    """
-
-    def __init__(self, model: nn.Module, graph: UnitGraph) -> None:
-        self.model, self.free_params = model, graph.free_params
-        paths = {m.module for u in graph.units for m in u.members} | set(graph.matmuls)
-        paths |= set(width_holders(model))  # a width attribute slimming sets
-        owners = {p.rpartition(".")[0] if p in graph.free_params else p for p in paths}
-        self.saved: dict[str, tuple[type, dict[str, object]]] = {}
-        for path in owners:
-            module = model.get_submodule(path)
-            state = {k: dict(v) if k in ("_parameters", "_buffers") else v
-                     for k, v in vars(module).items()}  # fmt: skip
-            self.saved[path] = (type(module), state)  # attention gets another class when slimmed
-        self.holders: dict[int, int] = {}  # how many module slots hold each tensor
-        for _, t in [*model.named_parameters(remove_duplicate=False),
-                     *model.named_buffers(remove_duplicate=False)]:  # fmt: skip
-            self.holders[id(t)] = self.holders.get(id(t), 0) + 1
-        self.stash: IO[bytes] | None = None
-        self.moved: list[tuple[torch.Tensor, torch.Size]] = []
-
-    def release(self, path: str) -> None:
-        owner = path.rpartition(".")[0] if path in self.free_params else path
-        if owner not in self.saved:
-            return
-        _, state = self.saved[owner]
-        module = self.model.get_submodule(owner)
-        in_use = {id(t) for t in (*module._parameters.values(), *module._buffers.values())}
-        for key in ("_parameters", "_buffers"):
-            for t in cast(dict, state[key]).values():
-                if (not isinstance(t, torch.Tensor) or self.holders.get(id(t)) != 1
-                        or id(t) in in_use):  # fmt: skip
-                    continue  # held elsewhere too, or not cut (a bias when inputs are)
-                if self.stash is None:
-                    self.stash = tempfile.TemporaryFile()  # noqa: SIM115 (restore closes it)
-                self.stash.write(_host_bytes(t.detach()))
-                self.moved.append((t, t.shape))
-                t.data = torch.empty(0, dtype=t.dtype, device=t.device)
-                self.holders[id(t)] = 0  # moved once
-
-    def restore(self) -> None:
-        for path, (cls, state) in self.saved.items():  # the cut tensors go first
-            module = self.model.get_submodule(path)
-            module.__class__ = cls
-            attrs = vars(module)
-            attrs.clear()
-            attrs.update(state)
-        if self.stash is not None:
-            _trim_heap()
-            self.stash.seek(0)
-            with torch.no_grad():
-                for t, shape in self.moved:
-                    t.data = torch.empty(shape, dtype=t.dtype, device=t.device)
-                    _read_into(self.stash, t)
-            self.stash.close()
-
-
-@contextlib.contextmanager
-def _restoring(model: nn.Module, graph: UnitGraph) -> Iterator[_Restoring]:
-    restoring = _Restoring(model, graph)
-    try:
-        yield restoring
-    finally:
-        restoring.restore()
-
-
-def _trim_heap() -> None:
-    """Give the memory of freed tensors back to the system now (glibc's malloc_trim; nothing
-    elsewhere). Tensors of a few MB come from the heap once glibc has raised its mmap threshold,
-    and freeing them does not lower the resident size: without this, moving a model's uncut
-    tensors out and back again left vit_h_14's process 0.5 GB larger each time."""
-    if _LIBC is not None:
-        _LIBC.malloc_trim(0)
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        return libc if hasattr(libc, "malloc_trim") else None
-    except OSError:
-        return None
-
-
-_LIBC = _load_libc()
 
 
 def _run(model: nn.Module, x: torch.Tensor) -> tuple[object, int]:

@@ -103,6 +103,17 @@ def test_best_so_far_counts_a_search_own_evaluations_against_random(tmp_path: Pa
     text = render_readme({"points": [p], "trained_at": [], "checkpoints": [], "benchmark": "b",
                           "quick": False, "command": "c", "rendered_at": "d"})  # fmt: skip
     assert "| optuna | 4 | 52.50% | +10.00 ± 0.00 pts (n=2) at n=3 |" in text
+    # seeds that do not match: compared over the seeds both have, at the length both have;
+    # dsa learns from batches, not proxy calls, so it has no curve
+    rows = [_row("random", 0, 0.8, 0.6) | {"curve": [0.5, 0.6, 0.6]},
+            _row("random", 1, 0.8, 0.5) | {"curve": [0.5]},
+            _row("rl", 0, 0.8, 0.7) | {"curve": [0.4, 0.7, 0.7, 0.7]},
+            _row("rl", 2, 0.8, 0.7) | {"curve": [0.4, 0.5, 0.6, 0.7]},
+            _row("dsa", 0, 0.8, 0.7) | {"curve": [0.7]}]  # fmt: skip
+    (p,) = summarise([{"point": "m", "dataset": "d", "rows": rows}], ("random", *ORDER))["points"]
+    assert [c["method"] for c in p["curves"]] == ["random", "rl"]
+    vs = p["curves"][1]["vs_random"]
+    assert vs["at"] == 3 and vs["n"] == 1 and vs["mean"] == pytest.approx(0.1)
 
 
 def test_registered_and_unknown_budgets_refused(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +15,9 @@ from torch import nn
 from autoprune.cli.main import main
 from autoprune.cost.model import CostModel
 from autoprune.errors import UsageError
+from autoprune.graph import stash as stash_module
 from autoprune.graph import tp_graph, verify, verify_cache
+from autoprune.graph.stash import Restoring, read_tensor, write_tensor
 from autoprune.graph.units import trace_units
 from autoprune.graph.verify import prunable_share, randomized
 
@@ -153,7 +156,7 @@ def test_a_tensor_two_modules_hold_stays_in_memory_when_one_is_cut() -> None:
     model.stem[1].weight = model.full[1].weight = shared  # one tensor, two modules
     weight = model.stem[0].weight
     values = weight.detach().clone()
-    restoring = verify._Restoring(model, graph)
+    restoring = Restoring(model, graph)
     model.stem[0].weight = nn.Parameter(weight[:8].detach().clone())  # as a cut does
     model.stem[1].weight = nn.Parameter(shared[:8].detach().clone())
     restoring.release("stem.0")
@@ -166,11 +169,76 @@ def test_a_tensor_two_modules_hold_stays_in_memory_when_one_is_cut() -> None:
 
 
 def test_the_dependency_graph_pass_keeps_no_activations() -> None:
-    w = torch.randn(4, requires_grad=True)
-    with tp_graph._nothing_saved():
-        y = (torch.sin(w) * w).sum()  # both save their inputs for backward
-    with pytest.raises(RuntimeError, match="keeps no tensors for backward"):
-        y.backward()
+    seen: list[str] = []
+
+    class Peek(nn.Module):  # reads what the conv's autograd node saved for backward
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.head = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            try:
+                seen.append(str(tuple(y.grad_fn._saved_input.shape)))  # type: ignore[union-attr]
+            except RuntimeError as err:
+                seen.append(str(err))
+            return self.head(y.mean((2, 3)))
+
+    tp_graph.build_dependency_graph(Peek(), (3, 8, 8))
+    assert seen == ["the dependency graph's forward pass keeps no tensors for backward"]
+    Peek()(torch.randn(1, 3, 8, 8))  # outside it, the node keeps its input as usual
+    assert seen[-1] == "(1, 3, 8, 8)"
+
+
+def test_a_slimming_that_fails_midway_leaves_the_model_whole(
+    checker: verify._Verifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    params = dict(checker.base.named_parameters())
+    before = {k: v.clone() for k, v in params.items()}
+
+    def half_a_cut(model: nn.Module, graph: object, kept: object, release: object) -> None:
+        stem = model.get_submodule("stem.0")
+        stem.weight = nn.Parameter(stem.weight[:2].detach().clone())  # as a cut does
+        release("stem.0")  # type: ignore[operator]
+        assert params["stem.0.weight"].numel() == 0  # moved out ...
+        raise IndexError("index 9 is out of bounds")
+
+    monkeypatch.setattr(verify, "slim", half_a_cut)
+    reason = checker.check(list(range(len(checker.graph.units))), "half")
+    assert reason == "slimming fails: IndexError: index 9 is out of bounds"
+    after = dict(checker.base.named_parameters())  # ... and back: same objects, same values
+    assert all(after[k] is params[k] and torch.equal(after[k], before[k]) for k in params)
+
+
+def test_a_failing_temporary_file_is_no_verdict_on_the_unit(
+    checker: verify._Verifier, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def full(stash: object, t: torch.Tensor) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(stash_module, "write_tensor", full)
+    with pytest.raises(OSError, match="No space left"):  # not "slimming fails": nothing cached
+        checker.check(list(range(len(checker.graph.units))), "half")
+    assert checker.base.stem[0].weight.shape == (16, 3, 3, 3)  # restored all the same
+
+
+def test_parked_tensors_come_back_with_their_layout_and_a_short_file_is_an_error() -> None:
+    conv = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    conv = conv.to(memory_format=torch.channels_last)
+    weight = conv[0].weight
+    values = weight.detach().clone()
+    graph = trace_units(conv, (3, 8, 8), "channel", "c", verify=False)
+    with Restoring(conv, graph) as restoring:
+        conv[0].weight = nn.Parameter(weight[:4].detach().clone())
+        restoring.release("0")
+        assert weight.numel() == 0
+    assert conv[0].weight is weight and torch.equal(weight, values)
+    assert weight.is_contiguous(memory_format=torch.channels_last)
+    with tempfile.TemporaryFile() as f:
+        write_tensor(f, torch.ones(3))
+        f.seek(0)
+        with pytest.raises(OSError, match="gave back 12 of 16 bytes"):
+            read_tensor(f, torch.empty(4))
 
 
 class _Residual(nn.Module):
