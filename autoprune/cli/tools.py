@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from autoprune.cli.base import Command, echo, parse_size, runtime_args
 from autoprune.cost.budgets import format_value
@@ -176,9 +177,14 @@ class Bench(Command):
         if args.json:
             print(json.dumps(summary, indent=2, default=float))
         else:
-            echo(
-                args,
-                f"wrote {args.out or 'results/' + args.benchmark}/README.md "
-                f"({len(summary['runs'])} runs)",
-            )
+            echo(args, f"wrote {args.out or 'results/' + args.benchmark}/README.md "
+                       f"({_counted(summary)})")  # fmt: skip
         return 0
+
+
+def _counted(summary: dict[str, Any]) -> str:
+    """What a benchmark's summary holds: its runs, or the budgets of an allocation benchmark."""
+    if isinstance(summary.get("runs"), list):
+        return f"{len(summary['runs'])} runs"
+    points = summary.get("points") or []
+    return f"{len(points)} budget{'s' * (len(points) != 1)} with finished runs"

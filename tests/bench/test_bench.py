@@ -50,6 +50,18 @@ def test_unknown_benchmark_and_run_names_are_usage_errors(tmp_path: Path) -> Non
     assert not any(tmp_path.iterdir())
 
 
+def test_an_allocation_benchmark_reports_its_budgets_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import autoprune.bench as bench
+
+    # its summary has budgets ("points"), no "runs": the line after it raised KeyError 'runs'
+    monkeypatch.setattr(bench, "run_bench", lambda name, cfg: {"points": [{"point": "mixed"}]})
+    out = tmp_path / "alloc"
+    assert main(["bench", "alloc-resnet20-fmnist", "--only", "mixed", "--out", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {out}/README.md (1 budget with finished runs)"
+
+
 def test_bench_help_names_every_registered_benchmark(capsys: pytest.CaptureFixture[str]) -> None:
     from autoprune.bench import NAMES, load_benchmarks
 
