@@ -213,6 +213,6 @@ def write_summary(out: Path, bench: str, points: list[dict[str, Any]], recipe: A
     write_readme(out, render_readme(summary))
     (out / ".gitignore").write_text(
         "# large or re-creatable; the dense checkpoints are kept (the allocations name them)\n"
-        "runs/**/*.pt\n*.pt2\n*.db\n*.db-*\nartifacts/\nepochs/\n.*.partial/\nagent/\ndata/\n"
+        "runs/**/*.pt\n*.pt2\n*.db\n*.db-*\n.*.lock\nartifacts/\nepochs/\n.*.partial/\nagent/\ndata/\n"
     )
     return summary
