@@ -31,6 +31,7 @@ from torch import nn
 from autoprune.cost.measure import count_params
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps
+from autoprune.errors import OutputError
 from autoprune.graph.masking import apply_masks, element_masks, remove_masks, slim
 from autoprune.graph.stash import Restoring, read_tensor, trim_heap, write_tensor
 from autoprune.graph.tracing import one_line
@@ -243,8 +244,11 @@ class _Verifier:
         with Restoring(work, sub) as restoring:
             try:
                 slim(work, sub, kept, restoring.release)
-            except OSError:
-                raise  # the temporary file failed (a full disk): no verdict on the unit
+            except OSError as err:  # the temporary file failed (a full disk): no verdict
+                raise OutputError(
+                    f"verification cannot park weights in {tempfile.gettempdir()} ({err}); "
+                    "free space there or point TMPDIR elsewhere"
+                ) from None
             except Exception as err:
                 return f"slimming fails: {one_line(err)}"
             trim_heap()
