@@ -39,7 +39,8 @@ class TimingConfig:
 def interleaved_medians(
     fns: Sequence[Callable[[], object]], cfg: TimingConfig | None = None
 ) -> list[float]:
-    """Median seconds per call of each of `fns`, timed in interleaved rounds.
+    """Median seconds per call of each of `fns`, timed in interleaved rounds (one thread: CPU
+    seconds of this thread, else wall seconds).
 
     Each round times one block of every callable, alternating direction between rounds so that
     neither end of the list is favoured. Timer.timeit warms each block up with a couple of calls,
@@ -47,7 +48,10 @@ def interleaved_medians(
     """
     cfg = cfg or TimingConfig()
     threads = cfg.threads or torch.get_num_threads()
-    timers = [Timer("fn()", globals={"fn": fn}, num_threads=threads) for fn in fns]
+    # one thread: the calls run on this thread, so its CPU time is what they cost, whatever other
+    # jobs take from the machine meanwhile (wall time counts their turns on this core too)
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    timers = [Timer("fn()", globals={"fn": fn}, num_threads=threads, timer=clock) for fn in fns]
     numbers = []
     for t in timers:
         t.timeit(cfg.warmup)
