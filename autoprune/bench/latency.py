@@ -29,7 +29,7 @@ from autoprune.cost.latency import (
     measure_table,
     random_keeps,
     register_latency,
-    slimmed_copy,
+    timed_copy,
 )
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, min_keeps, project
@@ -87,8 +87,9 @@ def bench_model(
     }
 
     keeps = random_keeps(cm, n_random, seed)
-    models = {"dense": model} | {
-        f"r{i}": slimmed_copy(model, cm.graph, k) for i, k in enumerate(keeps)
+    # timed in the form the table was (as model.pt2 runs them, by default)
+    models = {"dense": timed_copy(model, cm.graph, None, table.form)} | {
+        f"r{i}": timed_copy(model, cm.graph, k, table.form) for i, k in enumerate(keeps)
     }
     measured, out["conditions_random"] = quietly(
         lambda: compare_latency(models, spec.input_size, batch=cfg.batch, cfg=cfg.timing), quiet
@@ -107,8 +108,9 @@ def bench_model(
         # free of the drift in absolute speed between the table's timing and this one.
         "relative": agreement(pred / dense_pred, meas / dense_meas),
     }
+    out["table"]["form"] = table.form
     out["budgets"] = [
-        budget_row(model, cm, spec, cfg, metric, frac, quiet)
+        budget_row(model, cm, spec, cfg, metric, frac, quiet, table.form)
         for metric, frac in (("macs", 0.5), ("macs", 0.3), ("latency", 0.5))
     ]
     return out
@@ -134,6 +136,7 @@ def budget_row(
     metric: str,
     frac: float,
     quiet: Quiet,
+    form: str,
 ) -> dict[str, Any]:
     """Project uniform ratios onto one budget, slim, and time the result against the dense model."""
     dense = {m: cm.metric(m, cm.dense_keep) for m in ("macs", "latency")}
@@ -143,8 +146,8 @@ def budget_row(
     except BudgetError:
         smallest = cm.metric(metric, min_keeps(cm.sizes, ProjectionConfig()))
         return {"budget": name, "infeasible": True, "smallest_fraction": smallest / dense[metric]}
-    final = slimmed_copy(model, cm.graph, keep)
-    pair = {"dense": model, "final": final}
+    pair = {"dense": timed_copy(model, cm.graph, None, form),
+            "final": timed_copy(model, cm.graph, keep, form)}  # fmt: skip
     t, conditions = quietly(
         lambda: compare_latency(pair, spec.input_size, batch=cfg.batch, cfg=cfg.timing), quiet
     )

@@ -48,8 +48,9 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
 
 
 RANDOM_HEADER = (
-    "model|input|units|table built in|dense measured|dense predicted|Pearson r|"
+    "model|input|units|timed as|table built in|dense measured|dense predicted|Pearson r|"
     "Spearman rho|MAE|MAPE|mean bias|r, fraction of dense|MAE, fraction of dense|"
+    "MAPE, dense-anchored|"
     "other jobs (cores): table, timing|load avg"
 )
 BUDGET_HEADER = (
@@ -70,10 +71,12 @@ def _random_row(res: dict[str, Any]) -> list[object]:
     r = res["random"]
     return [
         res["model"], "x".join(map(str, res["input_size"])), res["units"],
-        f"{res['table']['seconds_to_measure']:.0f} s", _ms(r["dense_measured_s"]),
+        res["table"].get("form", "plain"), f"{res['table']['seconds_to_measure']:.0f} s",
+        _ms(r["dense_measured_s"]),
         _ms(r["dense_predicted_s"]), f"{r['pearson_r']:.3f}", f"{r['spearman_rho']:.3f}",
         _ms(r["mae"]), f"{100 * r['mape']:.1f}%", _ms(r["bias"]),
         f"{r['relative']['pearson_r']:.3f}", f"{100 * r['relative']['mae']:.1f} points",
+        f"{100 * r['relative']['mape']:.1f}%",
         f"{res['conditions_table']['others_cores_during']:.2f}, "
         f"{res['conditions_random']['others_cores_during']:.2f}",
         _load(res["conditions_random"]),
@@ -102,7 +105,13 @@ def readme(summary: dict[str, Any]) -> str:
         f"Machine: {env['cpu']}, {env['cpu_count']} cores, torch {env['torch']}, "
         f"**{_n(s['threads'], 'thread')}**, batch {s['batch']}. Timings are medians of "
         f"{s['rounds']} interleaved rounds (torch.utils.benchmark, warm-up before every block) of "
-        "models with untrained weights (a dense kernel's speed does not depend on the values).",
+        "models with untrained weights (a dense kernel's speed does not depend on the values). "
+        "*MAPE, dense-anchored*: each prediction scaled by the dense model's measured / "
+        "predicted time of the same phase (what timing the dense model once on the day does), "
+        "so the machine's drift between the table's phase and this one cancels. "
+        "*timed as*: `deployed` tables and models are timed as model.pt2 runs them (BatchNorm "
+        "folded into the convolutions, the exported layout, `-channels-last` when that is it, "
+        "the input normalisation in front); `plain`, the modules as built.",
         "",
         f"The machine is shared; limits on other jobs count cores beyond the "
         f"{_n(s.get('spare_cores', 0), 'core')} this benchmark's threads leave free. "

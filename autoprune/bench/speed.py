@@ -116,7 +116,7 @@ def latency_model(dense: nn.Module, cm: CostModel, name: str) -> None:
     try:
         path = TABLES / f"{name}.json"
         table = LatencyTable.load(path) if path.is_file() else None
-        if table is None or table.signature != cm.graph.signature:
+        if table is None or table.signature != cm.graph.signature or table.form == "plain":
             table = measure_table(copy.deepcopy(dense), cm.graph, cm, LatencyConfig())
         register_latency(cm, table, source=f"latency table for {name}")
     finally:

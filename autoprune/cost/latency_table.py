@@ -65,6 +65,10 @@ class LatencyTable:
     # Channels per kernel block (LatencyConfig.block): a width between timed ones is priced as
     # the first width of its block; 1 (tables from before this field): plain interpolation.
     block: int = 1
+    # What was timed: "plain" (the modules as built, default layout; tables from before this
+    # field), "deployed" or "deployed-channels-last" (as model.pt2 runs them: BatchNorm folded,
+    # that layout, the input normalisation in front)
+    form: str = "plain"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -93,6 +97,7 @@ class LatencyTable:
                 float(d.get("layer_scale", 1.0)),
                 str(d.get("device", "cpu")),
                 int(d.get("block", 1)),
+                str(d.get("form", "plain")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise UsageError(

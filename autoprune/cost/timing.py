@@ -39,7 +39,8 @@ class TimingConfig:
 def interleaved_medians(
     fns: Sequence[Callable[[], object]], cfg: TimingConfig | None = None
 ) -> list[float]:
-    """Median seconds per call of each of `fns`, timed in interleaved rounds.
+    """Median seconds per call of each of `fns`, timed in interleaved rounds (one thread: CPU
+    seconds of this thread, else wall seconds).
 
     Each round times one block of every callable, alternating direction between rounds so that
     neither end of the list is favoured. Timer.timeit warms each block up with a couple of calls,
@@ -47,7 +48,10 @@ def interleaved_medians(
     """
     cfg = cfg or TimingConfig()
     threads = cfg.threads or torch.get_num_threads()
-    timers = [Timer("fn()", globals={"fn": fn}, num_threads=threads) for fn in fns]
+    # one thread: the calls run on this thread, so its CPU time is what they cost, whatever other
+    # jobs take from the machine meanwhile (wall time counts their turns on this core too)
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    timers = [Timer("fn()", globals={"fn": fn}, num_threads=threads, timer=clock) for fn in fns]
     numbers = []
     for t in timers:
         t.timeit(cfg.warmup)
@@ -165,8 +169,12 @@ def record_layer_inputs(
     return found
 
 
-def probe_layer(mod: nn.Module, out_w: int, in_w: int, depthwise: bool) -> nn.Module:
-    """A fresh layer like `mod` with `out_w` outputs and `in_w` inputs, without autograd."""
+def probe_layer(
+    mod: nn.Module, out_w: int, in_w: int, depthwise: bool, bias: bool | None = None
+) -> nn.Module:
+    """A fresh layer like `mod` with `out_w` outputs and `in_w` inputs, without autograd
+    (`bias`: whether it has one; None: as `mod`)."""
+    bias = mod.bias is not None if bias is None else bias
     if isinstance(mod, CONV_TYPES):
         conv: Any = type(mod)  # Conv1d/2d/3d take the same arguments
         layer: nn.Module = conv(
@@ -177,11 +185,11 @@ def probe_layer(mod: nn.Module, out_w: int, in_w: int, depthwise: bool) -> nn.Mo
             padding=mod.padding,
             dilation=mod.dilation,
             groups=in_w if depthwise else mod.groups,
-            bias=mod.bias is not None,
+            bias=bias,
             padding_mode=mod.padding_mode,
         )
     else:
-        layer = nn.Linear(in_w, out_w, bias=mod.bias is not None)
+        layer = nn.Linear(in_w, out_w, bias=bias)
     return layer.eval().requires_grad_(False)
 
 
@@ -194,9 +202,13 @@ def time_layer(
     batch: int,
     timing: TimingConfig,
     device: torch.device | None = None,
+    *,
+    bias: bool | None = None,
+    channels_last: bool = False,
 ) -> list[list[float]]:
     """Median seconds at each grid point of a layer like `mod` (depthwise: in follows out), on
-    `device` (default the CPU)."""
+    `device` (default the CPU); `bias` as probe_layer's, `channels_last`: a 2-d conv's weights
+    and input in that layout (as an exported channels-last program runs it)."""
     points = (
         list(zip(out_widths, in_widths, strict=True))
         if depthwise
@@ -204,13 +216,16 @@ def time_layer(
     )
     fns = []
     for o, i in points:
-        layer = probe_layer(mod, o, i, depthwise).to(device)
+        layer = probe_layer(mod, o, i, depthwise, bias).to(device)
         # A conv's input is (N, C, *spatial); a linear's is (N, *leading, features).
         x = (
             torch.randn(batch, i, *shape[1:], device=device)
             if isinstance(mod, CONV_TYPES)
             else torch.randn(batch, *shape[:-1], i, device=device)
         )
+        if channels_last and isinstance(mod, nn.Conv2d):
+            layer = layer.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
         fns.append(lambda layer=layer, x=x: layer(x))
     medians = interleaved_medians(fns, timing)
     if depthwise:

@@ -21,7 +21,7 @@ from autoprune.cost.model import FP32
 from autoprune.cost.timing import measure_run_latency
 from autoprune.errors import BudgetBrokenError, CheckpointError
 from autoprune.export.fast import FastExportConfig
-from autoprune.export.program import compression, export_program, model_metrics
+from autoprune.export.program import compression, deployed, export_program, model_metrics
 from autoprune.export.quant import artifact_checks, export_artifact
 from autoprune.graph.masking import slim
 from autoprune.graph.units import UnitGraph, trace_units
@@ -52,8 +52,9 @@ def finish_run(
     number of threads round differently (same seed and threads: same weights).
 
     Latency is measured here for both models at once (interleaved runs, medians), so their ratio
-    is not skewed by load that comes and goes; without `dense_model` a freshly built dense network
-    of the same architecture is timed (weights do not change a dense kernel's speed).
+    is not skewed by load that comes and goes, each in the form it is exported in (BatchNorm
+    folded, its layout); without `dense_model` a freshly built dense network of the same
+    architecture is timed (weights do not change a dense kernel's speed).
     """
     t0 = time.perf_counter()
     bits = allocation.bit_allocation(graph)
@@ -81,7 +82,16 @@ def finish_run(
         dense_model = build_model(
             loaded.name, num_classes=loaded.num_classes, input_size=loaded.input_size
         )
-    latency = measure_run_latency(dense_model, final_model, loaded.input_size, batch=latency_batch)
+    # timed as they run exported: the dense model in its own fastest form, the final one in the
+    # form model.pt2 holds (what a latency table in deployed form predicts)
+    size = loaded.input_size
+    latency = measure_run_latency(
+        deployed(dense_model, size)[0],
+        deployed(final_model, size, channels_last=exported["channels_last"])[0],
+        size,
+        batch=latency_batch,
+    )
+    latency["form"] = "deployed"
     dense_metrics = {**dense_metrics, "latency_s": latency["dense_s"]}
     final["latency_s"] = latency["final_s"]
     # weight sparsity saves the multiplications of its zeros only: count those that remain

@@ -194,6 +194,47 @@ def test_measured_table_reproduces_the_timed_dense_and_smallest_models(lenet: tu
     assert table.threads == torch.get_num_threads() and table.batch == 1
 
 
+def test_a_deployed_table_times_the_form_model_pt2_runs() -> None:
+    from autoprune.cost.latency import DEPLOYED, DEPLOYED_LAST, PLAIN, _form, timed_copy
+
+    model, cm = _traced("resnet20", (3, 32, 32))
+    form, biased = _form(model, cm.graph, LatencyConfig())
+    assert form in (DEPLOYED, DEPLOYED_LAST)
+    # every conv is followed by a BatchNorm, which folds into a bias the probe layers carry
+    assert model.stem[0].bias is None and all(biased[lay.name] for lay in cm.graph.layers)
+    assert _form(model, cm.graph, LatencyConfig(channels_last=False))[0] == DEPLOYED
+    assert _form(model, cm.graph, LatencyConfig(channels_last=True))[0] == DEPLOYED_LAST
+    assert _form(model, cm.graph, LatencyConfig(deployed=False)) == (PLAIN, {})
+    keep = np.maximum(1, cm.sizes // 2)
+    plain = timed_copy(model, cm.graph, keep, PLAIN)
+    last = timed_copy(model, cm.graph, keep, DEPLOYED_LAST)
+    assert any(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in last.modules())
+    convs = [m for m in last.modules() if isinstance(m, nn.Conv2d)]
+    assert convs and all(m.weight.is_contiguous(memory_format=torch.channels_last) for m in convs)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(last(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_cached_table_is_reused_only_in_the_form_asked_for(tmp_path: Path) -> None:
+    from autoprune.cost.latency import TABLE_FILE, _cached
+
+    _, cm = _traced("lenet5", (1, 28, 28))
+    table = _synthetic_table(cm, seed=6, noise=0.0)
+    table.info["fractions"], table.block = list(FAST.fractions), FAST.block
+    for form, wanted, reused in [
+        ("plain", FAST, False),
+        ("deployed", FAST, True),
+        ("deployed-channels-last", FAST, True),
+        ("deployed-channels-last", dataclasses.replace(FAST, channels_last=False), False),
+        ("plain", dataclasses.replace(FAST, deployed=False), True),
+    ]:
+        table.form = form
+        table.save(tmp_path / TABLE_FILE)
+        assert (_cached(tmp_path, cm.graph, wanted) is not None) == reused, (form, wanted)
+
+
 def test_rest_fit_reproduces_both_models_and_never_prices_a_model_at_nothing() -> None:
     # (dense, smallest): measured seconds, sum of the layers' table times, output elements.
     scale, const, slope = fit_rest((10e-3, 2e-3), (8e-3, 1e-3), (1e6, 1e4))
@@ -233,7 +274,7 @@ def test_a_calibrated_table_fits_whole_models_at_least_as_well_as_two_of_them(
     info = table.info
     assert len(info["calibration_s"]) == len(info["calibration_layers_s"]) == 4
     keeps = [cm.dense_keep, np.array(info["small_keep"])]
-    keeps += random_keeps(cm, 4, LatencyConfig().calibration_seed)
+    keeps += random_keeps(cm, 4, LatencyConfig().calibration_seed, independent=True)
     measured = np.array([info["dense_model_s"], info["small_model_s"], *info["calibration_s"]])
     predict = LatencyPredictor(table, cm)
     calibrated = np.array([predict(k) for k in keeps]) / measured - 1
@@ -326,6 +367,7 @@ def test_search_measures_a_table_once_caches_it_and_records_measured_latency(
         table = _synthetic_table(cm, seed=4, noise=0.0)
         table.info["fractions"] = list(cfg.fractions)  # type: ignore[attr-defined]
         table.block = cfg.block  # type: ignore[attr-defined]  # as measure_table records it
+        table.form = "deployed"  # (what model.pt2 runs, the default)
         return table
 
     monkeypatch.setattr(latency, "measure_table", fake_measure)
@@ -476,8 +518,8 @@ def test_latency_table_command_writes_a_table_that_fits_the_model(tmp_path: Path
     assert main([*argv, "--out", str(out)]) == 0
     table = LatencyTable.load(out)
     _, cm = _traced("lenet5", (1, 28, 28))
-    # fitted to 8 whole models (dense, smallest, 6 random): close to each, exact for none
-    assert len(table.info["calibration_s"]) == LatencyConfig().calibration == 6
+    # fitted to 26 whole models (dense, smallest, 24 random): close to each, exact for none
+    assert len(table.info["calibration_s"]) == LatencyConfig().calibration == 24
     dense = register_latency(cm, table)(cm.dense_keep)
     assert dense == pytest.approx(table.info["dense_model_s"], rel=0.25)
     assert (table.threads, table.batch, table.info["num_classes"]) == (1, 1, 10)
