@@ -22,6 +22,7 @@ from torch import nn
 
 from autoprune.cost.budgets import Budget, format_value
 from autoprune.cost.latency_table import (
+    FORMS,
     LatencyPredictor,
     LatencyTable,
     LayerTiming,
@@ -164,19 +165,19 @@ def measure_table(
     return table
 
 
-PLAIN, DEPLOYED, DEPLOYED_LAST = "plain", "deployed", "deployed-channels-last"
+PLAIN, DEPLOYED, DEPLOYED_LAST = FORMS
 
 
 def _form(model: nn.Module, graph: UnitGraph, cfg: LatencyConfig) -> tuple[str, dict[str, bool]]:
     """The table's form (LatencyTable.form) and, when deployed, which layers have a bias there
     (a folded BatchNorm leaves one in the conv before it)."""
-    from autoprune.export.program import deployed
+    from autoprune.export.program import Normalized, deployed
 
     if not cfg.deployed:
         return PLAIN, {}
     form, info = deployed(model, graph.input_size, cfg.channels_last)
     modules = dict(form.named_modules())
-    prefix = "net." if "net" in dict(form.named_children()) else ""
+    prefix = "net." if isinstance(form, Normalized) else ""  # the input normalisation's wrapper
     biased = {}
     for lay in graph.layers:
         mod = modules.get(prefix + lay.name)
@@ -192,7 +193,7 @@ def timed_copy(
     predictions are to be compared with."""
     from autoprune.export.program import deployed
 
-    net = model.eval() if keep is None else slimmed_copy(model, graph, keep)
+    net = model if keep is None else slimmed_copy(model, graph, keep)
     if form == PLAIN:
         return net
     return deployed(net, graph.input_size, channels_last=form == DEPLOYED_LAST)[0]
@@ -295,6 +296,13 @@ def register_latency(
             f"{source} was measured for {table.model} at {size} (signature {table.signature}), "
             f"not this model ({cost_model.graph.signature}); rebuild it with `autoprune "
             "latency-table` for this model, input size and number of classes"
+        )
+    if table.form == PLAIN:
+        warnings.warn(
+            f"{source} timed the modules as built, while runs measure the exported form "
+            "(BatchNorm folded, its layout); rebuild it with `autoprune latency-table` for "
+            "predictions of what is measured",
+            stacklevel=2,
         )
     if table.threads != torch.get_num_threads():
         warnings.warn(

@@ -23,6 +23,7 @@ from autoprune.errors import UsageError
 from autoprune.rundir import write_json_atomic
 
 SCHEMA = "autoprune.latency/v1"
+FORMS = ("plain", "deployed", "deployed-channels-last")  # what a table timed (LatencyTable.form)
 
 
 @dataclass
@@ -81,6 +82,11 @@ class LatencyTable:
             raise UsageError(
                 f"{source} has schema {d.get('schema')!r}, not {SCHEMA!r}; rebuild it with "
                 "`autoprune latency-table`"
+            )
+        if d.get("form", "plain") not in FORMS:
+            raise UsageError(
+                f"{source} has form {d.get('form')!r}, not one of {', '.join(FORMS)}; rebuild "
+                "it with `autoprune latency-table`"
             )
         try:
             layers = [LayerTiming(**lay) for lay in d["layers"]]

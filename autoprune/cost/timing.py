@@ -1,4 +1,4 @@
-"""Wall-clock medians of interleaved runs (torch.utils.benchmark): whole models, single layers.
+"""Medians of interleaved runs (torch.utils.benchmark): whole models, single layers.
 
 Timing several callables round-robin, rather than one after the other, spreads the load that other
 processes put on a shared machine evenly over all of them, so ratios between them stay honest even
@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils.benchmark import Timer
+from torch.utils.benchmark.utils.timer import timer as synchronising_timer  # Timer's default
 
 from autoprune.graph.units import CONV_TYPES, UnitGraph, example_input
 
@@ -37,7 +38,9 @@ class TimingConfig:
 
 
 def interleaved_medians(
-    fns: Sequence[Callable[[], object]], cfg: TimingConfig | None = None
+    fns: Sequence[Callable[[], object]],
+    cfg: TimingConfig | None = None,
+    device: torch.device | None = None,
 ) -> list[float]:
     """Median seconds per call of each of `fns`, timed in interleaved rounds (one thread: CPU
     seconds of this thread, else wall seconds).
@@ -48,9 +51,11 @@ def interleaved_medians(
     """
     cfg = cfg or TimingConfig()
     threads = cfg.threads or torch.get_num_threads()
-    # one thread: the calls run on this thread, so its CPU time is what they cost, whatever other
-    # jobs take from the machine meanwhile (wall time counts their turns on this core too)
-    clock = time.thread_time if threads == 1 else time.perf_counter
+    # One thread on the CPU: the calls run on this thread, so its CPU time is what they cost,
+    # whatever other jobs take from the machine meanwhile (wall time counts their turns on this
+    # core too). Elsewhere Timer's own clock, which waits for the accelerator's queued work.
+    on_cpu = device is None or torch.device(device).type == "cpu"
+    clock = time.thread_time if threads == 1 and on_cpu else synchronising_timer
     timers = [Timer("fn()", globals={"fn": fn}, num_threads=threads, timer=clock) for fn in fns]
     numbers = []
     for t in timers:
@@ -115,7 +120,7 @@ def compare_latency(
     try:
         with on_device(*models.values()) as device:
             x = torch.rand(batch, *input_size, device=device)
-            medians = interleaved_medians([forward_fn(models[n], x) for n in names], cfg)
+            medians = interleaved_medians([forward_fn(models[n], x) for n in names], cfg, device)
     finally:
         for n, m in models.items():
             m.train(modes[n])
@@ -227,7 +232,7 @@ def time_layer(
             layer = layer.to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
         fns.append(lambda layer=layer, x=x: layer(x))
-    medians = interleaved_medians(fns, timing)
+    medians = interleaved_medians(fns, timing, device)
     if depthwise:
         return [[m] for m in medians]
     n = len(in_widths)

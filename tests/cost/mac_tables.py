@@ -28,5 +28,6 @@ def mac_table(cm: CostModel, points: tuple[int, int], seconds: Callable[[Any, np
         macs = np.array(outs, dtype=float)[:, None] * lay.kernel * lay.positions * per_in
         layers.append(LayerTiming(lay.name, outs, ins, seconds(lay, macs).tolist(), lay.depthwise))
     g = cm.graph
+    # labelled as timed in the form runs measure (a plain table is registered with a warning)
     return LatencyTable(g.model_name, g.input_size, g.signature, 1, torch.get_num_threads(),
-                        layers, rest, scale)  # fmt: skip
+                        layers, rest, scale, form="deployed")  # fmt: skip

@@ -205,6 +205,13 @@ def test_a_deployed_table_times_the_form_model_pt2_runs() -> None:
     assert _form(model, cm.graph, LatencyConfig(channels_last=False))[0] == DEPLOYED
     assert _form(model, cm.graph, LatencyConfig(channels_last=True))[0] == DEPLOYED_LAST
     assert _form(model, cm.graph, LatencyConfig(deployed=False)) == (PLAIN, {})
+    # a model of its own with a child called `net` and no image input (no normalising wrapper)
+    flat = nn.Sequential()
+    flat.net = nn.Sequential(nn.Linear(16, 8, bias=False), nn.BatchNorm1d(8), nn.ReLU())
+    flat.head = nn.Linear(8, 4)
+    flat.eval()
+    flat_cm = CostModel(trace_units(flat, (16,), "channel", "flat"))
+    assert _form(flat, flat_cm.graph, LatencyConfig()) == (DEPLOYED, {"net.0": True, "head": True})
     keep = np.maximum(1, cm.sizes // 2)
     plain = timed_copy(model, cm.graph, keep, PLAIN)
     last = timed_copy(model, cm.graph, keep, DEPLOYED_LAST)
@@ -215,6 +222,19 @@ def test_a_deployed_table_times_the_form_model_pt2_runs() -> None:
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(last(x), plain(x), rtol=1e-4, atol=1e-4)
+
+
+def test_a_plain_table_is_registered_with_a_warning_and_an_unknown_form_refused(
+    tmp_path: Path,
+) -> None:
+    _, cm = _traced("lenet5", (1, 28, 28))
+    table = _synthetic_table(cm, seed=7, noise=0.0)
+    table.form = "plain"
+    with pytest.warns(UserWarning, match="timed the modules as built"):
+        register_latency(cm, table)
+    d = table.to_dict() | {"form": "sideways"}
+    with pytest.raises(UsageError, match="has form 'sideways'"):
+        LatencyTable.from_dict(d)
 
 
 def test_a_cached_table_is_reused_only_in_the_form_asked_for(tmp_path: Path) -> None:
@@ -228,6 +248,7 @@ def test_a_cached_table_is_reused_only_in_the_form_asked_for(tmp_path: Path) -> 
         ("deployed", FAST, True),
         ("deployed-channels-last", FAST, True),
         ("deployed-channels-last", dataclasses.replace(FAST, channels_last=False), False),
+        ("deployed", dataclasses.replace(FAST, channels_last=True), False),
         ("plain", dataclasses.replace(FAST, deployed=False), True),
     ]:
         table.form = form
