@@ -43,4 +43,7 @@ run probe-lamp-500x-magnitude lamp-500x magnitude 3 3
 # the long runs: five times the epochs of a probe
 run long-lamp-310x-magnitude lamp-310x magnitude 15 15
 run long-lamp-500x-magnitude lamp-500x magnitude 15 15
+# the reweighted backend beat magnitude at 4 + 4 epochs in alloc-lenet5-weight (LAMP's 310x
+# allocation 98.67% over 3 seeds): the same long schedule with it
+run long-lamp-310x-reweighted lamp-310x reweighted 15 15
 python "$HERE/summarise.py"
