@@ -108,7 +108,7 @@ def plan_for(plan: Plan, only: list[str] | None) -> Plan:
 
 def latency_model(dense: nn.Module, cm: CostModel, name: str) -> None:
     """Register the `latency` metric on `cm`: the stored table when it fits, else one measured."""
-    from autoprune.cost.latency import LatencyConfig, measure_table, register_latency
+    from autoprune.cost.latency import PLAIN, LatencyConfig, measure_table, register_latency
     from autoprune.cost.latency_table import LatencyTable
 
     threads = torch.get_num_threads()
@@ -116,7 +116,7 @@ def latency_model(dense: nn.Module, cm: CostModel, name: str) -> None:
     try:
         path = TABLES / f"{name}.json"
         table = LatencyTable.load(path) if path.is_file() else None
-        if table is None or table.signature != cm.graph.signature or table.form == "plain":
+        if table is None or table.signature != cm.graph.signature or table.form == PLAIN:
             table = measure_table(copy.deepcopy(dense), cm.graph, cm, LatencyConfig())
         register_latency(cm, table, source=f"latency table for {name}")
     finally:
