@@ -14,7 +14,7 @@ import numpy as np
 
 from autoprune.allocation import Allocation
 from autoprune.backends.base import BackendConfig
-from autoprune.bench.alloc_report import render_readme, summarise
+from autoprune.bench.alloc_report import PROPOSERS, SEARCHES, render_readme, summarise
 from autoprune.bench.base import BenchConfig
 from autoprune.bench.report import write_readme
 from autoprune.bench.search import bench_command
@@ -30,6 +30,7 @@ from autoprune.rundir import write_json_atomic
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
 
 CODE_FILE = "code.txt"  # in each run: the commit that trained it (the README lists these)
+SCORED_BY_SEARCH = frozenset(PROPOSERS + SEARCHES)  # their proxy is the score the search saw
 
 
 @dataclass(frozen=True)
@@ -178,9 +179,11 @@ def best_so_far(trials: Path) -> list[float] | None:
 
 def fill_proxies(rows: list[dict[str, Any]], recipe: AllocRecipe, dataset: str, dense: str,
                  data_dir: str | None) -> None:  # fmt: skip
-    """Proxy scores for rows whose method scored none (uniform, heuristics, fixed allocations),
-    each with its own seed's evaluator, as a search of that seed scores."""
-    missing = [r for r in rows if r["proxy_accuracy"] is None]
+    """Proxy scores, from the recipe's evaluator of each row's seed, for every allocation that no
+    search chose (uniform, heuristics, fixed allocations): a score recorded by such a run may
+    come from an evaluator the recipe has since replaced. A search's rows keep the scores it saw."""
+    missing = [r for r in rows
+               if r["proxy_accuracy"] is None or r["method"] not in SCORED_BY_SEARCH]  # fmt: skip
     if not missing:
         return
     loaded = load_model_and_data(model=None, dataset=dataset, data_dir=data_dir, checkpoint=dense)

@@ -104,6 +104,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--eval-importance": (str, "importance", "which elements a unit keeps while scoring"),
         "--bn-batches": (int, "bn_batches", "training batches for BatchNorm recalibration"),
         "--finetune-steps": (int, "finetune_steps", "SGD steps before scoring (0: none)"),
+        "--eval-lr": (float, "finetune_lr", "learning rate of those steps"),
         "--val-limit": (int, "val_limit", "score on the first N validation images (default all)"),
     }
     for flag, (kind, field_name, text) in evaluator.items():
@@ -150,7 +151,7 @@ def evaluator_config(args: argparse.Namespace) -> Any:
     from autoprune.search.evaluator import EvaluatorConfig
 
     flags = {"eval_importance": "importance", "bn_batches": "bn_batches",
-             "finetune_steps": "finetune_steps", "val_limit": "val_limit",
+             "finetune_steps": "finetune_steps", "eval_lr": "finetune_lr", "val_limit": "val_limit",
              "seed": "seed"}  # fmt: skip
     return EvaluatorConfig(**given(args, flags))
 
