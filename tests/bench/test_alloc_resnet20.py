@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from autoprune.bench import NAMES, BenchConfig, alloc_resnet20, load_benchmarks
+from autoprune.bench import NAMES, BenchConfig, alloc_resnet20, alloc_runs, load_benchmarks
 from autoprune.bench.alloc_report import render_readme, summarise
 from autoprune.bench.alloc_resnet20 import Recipe, stratified_subset, subset_folder
 from autoprune.bench.alloc_runs import best_so_far
@@ -139,3 +139,38 @@ def test_quick_run_on_digits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     assert point["landscape"]["n"] == 1 and point["spearman_n"] == 3
     assert (tmp_path / "dense" / "checkpoint.pt").is_file()
     assert "## macs-30 (macs 30%)" in (tmp_path / "README.md").read_text()
+
+
+def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A uniform run's recorded proxy may come from an evaluator the recipe has since replaced;
+    # a search's row keeps the score that search saw.
+    scored: list[tuple[int, tuple[int, ...]]] = []
+
+    class Evaluator:
+        def __init__(self, seed: int) -> None:
+            self.seed = seed
+
+        @classmethod
+        def from_splits(cls, model: Any, graph: Any, data: Any, cfg: Any) -> Evaluator:
+            return cls(cfg.seed)
+
+        def __call__(self, keep: np.ndarray) -> float:
+            scored.append((self.seed, tuple(int(k) for k in keep)))
+            return 0.9
+
+    monkeypatch.setattr(alloc_runs, "load_model_and_data", lambda **kw: _Loaded())
+    monkeypatch.setattr(alloc_runs, "trace", lambda loaded, granularity: (None, None))
+    monkeypatch.setattr(alloc_runs, "MaskEvaluator", Evaluator)
+    rows = [{"method": "uniform", "seed": 1, "keep": [4, 2], "proxy_accuracy": 0.5},
+            {"method": "optuna", "seed": 0, "keep": [3, 3], "proxy_accuracy": 0.6},
+            {"method": "landscape", "seed": 0, "keep": [1, 5], "proxy_accuracy": None}]  # fmt: skip
+    alloc_runs.fill_proxies(rows, Recipe(), "fashion-mnist", "dense.pt", None)
+    assert [r["proxy_accuracy"] for r in rows] == [0.9, 0.6, 0.9]
+    assert sorted(scored) == [(0, (1, 5)), (1, (4, 2))]  # each with its own seed's evaluator
+
+
+class _Loaded:
+    model = None
+    data = None

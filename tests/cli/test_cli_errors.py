@@ -164,3 +164,22 @@ def test_console_script_exit_code(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "lenet5" in proc.stderr
+
+
+def test_eval_lr_reaches_the_evaluator_and_a_bad_one_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from autoprune.cli.main import build_parser
+    from autoprune.cli.search import evaluator_config
+
+    args = build_parser().parse_args(["search", "--finetune-steps", "5", "--eval-lr", "0.1"])
+    cfg = evaluator_config(args)
+    assert (cfg.finetune_steps, cfg.finetune_lr) == (5, 0.1)
+    default = evaluator_config(build_parser().parse_args(["search"]))
+    assert default.finetune_lr == 0.01  # the flag left out: the evaluator's own default
+    out = tmp_path / "run"
+    code = main(["search", "--dataset", "fake", "--out", str(out), "--budget-flops", "50%",
+                 "--eval-lr", "-1"])  # fmt: skip
+    assert code != 0
+    assert "fine-tune lr must be positive" in capsys.readouterr().err
+    assert not out.exists()
