@@ -76,7 +76,7 @@ class Recipe(AllocRecipe):
     train_images: int = 6000
     # BN is recalibrated after a fine-tune of 100 steps at the dense model's learning rate: with
     # 20 steps at 0.01 the proxy ranked the 20 trained allocations of the mixed budget at
-    # Spearman 0.26, with 100 at 0.1 at 0.68 (proxy_study.py, NOTES.md)
+    # Spearman 0.26, with 100 at 0.1 at 0.68 (proxy_study_lr.py, NOTES.md)
     evaluator: EvaluatorConfig = field(
         default_factory=lambda: EvaluatorConfig(
             bn_batches=4, finetune_steps=100, finetune_lr=0.1, batch_size=128
