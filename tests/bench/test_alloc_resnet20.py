@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -160,7 +161,8 @@ def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
             scored.append((self.seed, tuple(int(k) for k in keep)))
             return 0.9
 
-    monkeypatch.setattr(alloc_runs, "load_model_and_data", lambda **kw: _Loaded())
+    loaded = SimpleNamespace(model=None, data=None)
+    monkeypatch.setattr(alloc_runs, "load_model_and_data", lambda **kw: loaded)
     monkeypatch.setattr(alloc_runs, "trace", lambda loaded, granularity: (None, None))
     monkeypatch.setattr(alloc_runs, "MaskEvaluator", Evaluator)
     rows = [{"method": "uniform", "seed": 1, "keep": [4, 2], "proxy_accuracy": 0.5},
@@ -169,8 +171,3 @@ def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
     alloc_runs.fill_proxies(rows, Recipe(), "fashion-mnist", "dense.pt", None)
     assert [r["proxy_accuracy"] for r in rows] == [0.9, 0.6, 0.9]
     assert sorted(scored) == [(0, (1, 5)), (1, (4, 2))]  # each with its own seed's evaluator
-
-
-class _Loaded:
-    model = None
-    data = None
