@@ -10,7 +10,9 @@ MAC count where that is lower than the target, and Torch-Pruning's own global ma
 scripts do). Every model is exported as autoprune exports a run (model.pt2, BatchNorm folded,
 channels-last where timed faster); its MACs are counted on that program by FlopCounterMode and
 its latency is timed interleaved with the others (medians) at 1 and 2 threads, batch 1 and 32.
-The same slim architecture as plain torch modules is timed beside its program. Weights are the
+Each program is also compiled by AOTInductor (`autoprune export --aoti`) and timed beside it,
+its speed-up taken against the compiled dense model. The same slim architecture as plain torch
+modules is timed beside its program. Weights are the
 initial ones: speed does not depend on their values. Writes results/speed/speed.json (rows of
 earlier runs for other cases are kept) and README.md.
 
@@ -68,10 +70,23 @@ class Plan:
     fractions: tuple[float, ...] = (0.5, 0.3)
     settings: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (1, 32), (2, 32))  # threads, batch
     rounds: int = 9
+    # one thread times single calls (thread CPU time): cheap, so many more rounds against the
+    # 5-10% that one median of 9 moved between runs here
+    single_rounds: int = 31
     max_seconds: float = 60.0  # per timing of one (model, target, setting)
+    # each program also compiled by AOTInductor (`autoprune export --aoti`), timed beside it
+    compiled: bool = True
 
 
-QUICK = Plan(models=(("resnet20", (3, 32, 32)),), fractions=(0.5,), settings=((1, 1),), rounds=3)
+QUICK = Plan(
+    models=(("resnet20", (3, 32, 32)),),
+    fractions=(0.5,),
+    settings=((1, 1),),
+    rounds=3,
+    single_rounds=3,
+    compiled=False,
+)
+COMPILED = " (AOTInductor)"  # the suffix of a compiled program's variant name
 STAIRS = "staircase"  # the --only name of the time-against-width measurement
 TABLES = Path("results") / "latency" / "tables"  # measured on this machine: 1 thread, batch 1
 
@@ -182,6 +197,18 @@ def _program(model: nn.Module, size: tuple[int, ...], path: Path) -> tuple[nn.Mo
     return load_program(path), "channels-last" if info["channels_last"] else "default"
 
 
+def _compiled(path: Path) -> Any:
+    """The program at `path` compiled by AOTInductor as `autoprune export --aoti` does."""
+    from autoprune.export.compiled import _compiler, _quiet_inductor
+
+    _compiler()
+    package = path.with_name(f"{path.stem}.aoti.pt2")
+    program = torch.export.load(str(path))
+    with _quiet_inductor():
+        torch._inductor.aoti_compile_and_package(program, package_path=str(package))
+    return torch._inductor.aoti_load_package(str(package))
+
+
 def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict[str, Any]]:
     torch.manual_seed(0)
     dense = build_model(name, input_size=size).eval()
@@ -207,11 +234,13 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 at_tp = autoprune_model(dense, size, aware_keep(cm, tp_macs))
                 modules[f"{AWARE} @ torch-pruning's MACs"] = at_tp
             torch.set_num_threads(1)  # the layout each program keeps is chosen at one thread
-            exported = {k: _program(m, size, folder / f"{name}-{frac}-{i}.pt2")
-                        for i, (k, m) in enumerate(modules.items())}  # fmt: skip
+            paths = {k: folder / f"{name}-{frac}-{i}.pt2" for i, k in enumerate(modules)}
+            exported = {k: _program(m, size, paths[k]) for k, m in modules.items()}
             programs = {k: p for k, (p, _) in exported.items()}
             macs = {k: count_macs(p, size) for k, p in programs.items()}
             timed = {**programs, "autoprune uniform (plain torch)": modules["autoprune uniform"]}
+            if plan.compiled:  # the same programs compiled: MACs as their program's
+                timed |= {k + COMPILED: _compiled(paths[k]) for k in programs}
             for threads, batch in plan.settings:
                 torch.set_num_threads(threads)
                 cfg = TimingConfig(rounds=plan.rounds, threads=threads,
@@ -220,20 +249,25 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 fns = [_infer(m, x) for m in timed.values()]
                 # one thread: each call runs on this thread, so its CPU time is what it costs
                 # however loaded the machine is; more threads: wall time in blocks
-                one = threads == 1
-                medians = thread_seconds(fns, cfg.rounds) if one else interleaved_medians(fns, cfg)
+                if threads == 1:
+                    medians = thread_seconds(fns, plan.single_rounds)
+                else:
+                    medians = interleaved_medians(fns, cfg)
                 seconds = dict(zip(timed, medians, strict=True))
                 for variant, s in seconds.items():
-                    m = macs.get(variant, macs["autoprune uniform"])
-                    speedup = seconds["dense"] / s
+                    program = variant.removesuffix(COMPILED)
+                    m = macs.get(program, macs["autoprune uniform"])
+                    # against the dense model in the same form: compiled against compiled
+                    speedup = seconds["dense" + variant[len(program) :]] / s
                     rows.append({
                         "model": name, "input": "x".join(map(str, size)), "target": frac,
                         "variant": variant, "threads": threads, "batch": batch,
                         "macs": m, "macs_fraction": m / dense_macs,
-                        "met": None if variant == "dense" else m <= limit,
+                        "met": None if program == "dense" else m <= limit,
                         "seconds": s, "speedup": speedup,
                         "speedup_per_mac_reduction": speedup / (dense_macs / m),
-                        "layout": exported[variant][1] if variant in exported else "plain torch",
+                        "layout": exported[program][1] if program in exported else "plain torch",
+                        "runtime": "AOTInductor" if variant != program else "torch",
                     })  # fmt: skip
     return rows
 

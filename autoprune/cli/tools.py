@@ -96,28 +96,49 @@ class LatencyTableCmd(Command):
 
 
 class Export(Command):
-    name, help = "export", "convert a run's model.pt2 to ONNX, checked against it with onnxruntime"
+    name, help = "export", "convert a run's model.pt2 to ONNX or compile it with AOTInductor"
 
     def add_arguments(self, p: argparse.ArgumentParser) -> None:
         p.add_argument("run", help="a run directory holding model.pt2")
-        p.add_argument("--onnx", action="store_true", help="write RUN/model.onnx (dynamic batch)")
-        p.add_argument("--out", help="ONNX file to write (default: RUN/model.onnx)")
+        p.add_argument("--onnx", action="store_true", help="write RUN/model.onnx (dynamic batch), "
+                       "checked against model.pt2 with onnxruntime")  # fmt: skip
+        p.add_argument("--aoti", action="store_true", help="write RUN/model.aoti.pt2: model.pt2 "
+                       "compiled for this CPU by AOTInductor (needs a C++ compiler), checked and "
+                       "timed against it")  # fmt: skip
+        p.add_argument("--out", help="file to write (default: RUN/model.onnx, RUN/model.aoti.pt2;"
+                       " with one format only)")  # fmt: skip
         p.add_argument("--json", action="store_true")
 
     def run(self, args: argparse.Namespace) -> int:
-        if not args.onnx:
-            raise UsageError("choose a format to export to: pass --onnx")
-        from autoprune.export.onnx import export_onnx
+        if not (args.onnx or args.aoti):
+            raise UsageError("choose a format to export to: pass --onnx or --aoti (or both)")
+        if args.out and args.onnx and args.aoti:
+            raise UsageError("--out names one file: export one format at a time with it")
+        reports: dict[str, Any] = {}
+        if args.onnx:
+            from autoprune.export.onnx import export_onnx
 
-        report = export_onnx(args.run, args.out)
+            reports["onnx"] = export_onnx(args.run, args.out)
+        if args.aoti:
+            from autoprune.export.compiled import compile_program
+
+            reports["aoti"] = compile_program(args.run, args.out)
         if args.json:
-            print(json.dumps(report, indent=2))
-        else:
-            diff = max(report["max_abs_diff"].values())
-            print(
-                f"wrote {report['onnx']} ({report['bytes']:,} bytes); "
-                f"outputs match model.pt2 within {diff:.2g}"
-            )
+            print(json.dumps(reports if len(reports) > 1 else next(iter(reports.values())),
+                             indent=2))  # fmt: skip
+            return 0
+        if "onnx" in reports:
+            r = reports["onnx"]
+            diff = max(r["max_abs_diff"].values())
+            print(f"wrote {r['onnx']} ({r['bytes']:,} bytes); outputs match model.pt2 within "
+                  f"{diff:.2g}")  # fmt: skip
+        if "aoti" in reports:
+            r = reports["aoti"]
+            ms = {k: 1e3 * v for k, v in r["latency_s"].items()}
+            print(f"wrote {r['aoti']} ({r['bytes']:,} bytes, compiled in {r['compile_s']:.0f} s); "
+                  f"outputs match model.pt2 within {max(r['max_rel_diff'].values()):.2g} of their "
+                  f"scale; {ms['model.aoti.pt2']:.3g} ms against model.pt2's "
+                  f"{ms['model.pt2']:.3g} ms ({r['speedup']:.2f}x; {r['timed']})")  # fmt: skip
         return 0
 
 

@@ -2,7 +2,8 @@
 
 `export_program` writes model.pt2 (takes [0, 1] images, any batch size, runs with plain torch);
 `model_metrics` measures what was exported; `quant` writes model.apq for runs with bits and
-checks its budgets; `onnx` converts model.pt2 and checks it with onnxruntime.
+checks its budgets; `onnx` converts model.pt2 and checks it with onnxruntime; `compiled`
+compiles it ahead of time with AOTInductor (model.aoti.pt2), checked and timed against it.
 """
 
 from autoprune._lazy import lazy_exports
@@ -13,6 +14,7 @@ _WHERE = {
     "model_metrics": "autoprune.export.program",
     "compression": "autoprune.export.program",
     "export_onnx": "autoprune.export.onnx",
+    "compile_program": "autoprune.export.compiled",
     "export_artifact": "autoprune.export.quant",
     "artifact_checks": "autoprune.export.quant",
 }

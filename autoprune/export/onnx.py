@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from autoprune.errors import AutoPruneError, UsageError
+from autoprune.errors import AutoPruneError
+from autoprune.export.program import run_program
 
 ONNX_FILE = "model.onnx"
 ATOL = (
@@ -26,29 +27,12 @@ class OnnxMismatchError(AutoPruneError):
     """The ONNX model computes something other than model.pt2."""
 
 
-def program_input_size(program: torch.export.ExportedProgram) -> tuple[int, ...]:
-    """The per-sample input shape (C, H, W) of a program whose first input has a dynamic batch."""
-    user_inputs = set(program.graph_signature.user_inputs)
-    for node in program.graph.nodes:
-        if node.op == "placeholder" and node.name in user_inputs:
-            return tuple(int(d) for d in node.meta["val"].shape[1:])
-    raise UsageError("the exported program takes no input; re-export the run")
-
-
 def export_onnx(
     run: str | Path, out: str | Path | None = None, *, atol: float = ATOL, seed: int = 0
 ) -> dict[str, Any]:
     """Write RUN/model.onnx (or `out`) from RUN/model.pt2; refuse outputs off by over `atol`."""
-    run = Path(run)
-    source = run / "model.pt2"
-    if not source.is_file():
-        raise UsageError(
-            f"{str(run)!r} holds no model.pt2; pass a run directory written by `autoprune train`, "
-            "`search` or `prune`"
-        )
-    program = torch.export.load(str(source))
-    size = program_input_size(program)
-    target = Path(out) if out is not None else run / ONNX_FILE
+    source, program, size = run_program(run)
+    target = Path(out) if out is not None else Path(run) / ONNX_FILE
     tmp = target.with_name(f".{target.name}.tmp")
     # The exporter reports its progress on stdout; the CLI's own output should stay parseable.
     with contextlib.redirect_stdout(io.StringIO()):

@@ -22,6 +22,7 @@ from autoprune.cost.measure import (
     count_weights,
     measure_latency,
 )
+from autoprune.errors import UsageError
 from autoprune.export.fast import FastExportConfig, fastest_form
 from autoprune.rundir import torch_writes
 from autoprune.train.loop import evaluate
@@ -143,6 +144,27 @@ def export_program(
         warnings.filterwarnings("ignore", message="No complete tensor found")
         torch.export.save(program, handle)
     return info
+
+
+def run_program(run: str | Path) -> tuple[Path, torch.export.ExportedProgram, tuple[int, ...]]:
+    """A run directory's model.pt2: its path, the program and its per-sample input shape."""
+    source = Path(run) / "model.pt2"
+    if not source.is_file():
+        raise UsageError(
+            f"{str(run)!r} holds no model.pt2; pass a run directory written by `autoprune train`, "
+            "`search` or `prune`"
+        )
+    program = torch.export.load(str(source))
+    return source, program, program_input_size(program)
+
+
+def program_input_size(program: torch.export.ExportedProgram) -> tuple[int, ...]:
+    """The per-sample input shape (C, H, W) of a program whose first input has a dynamic batch."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    for node in program.graph.nodes:
+        if node.op == "placeholder" and node.name in user_inputs:
+            return tuple(int(d) for d in node.meta["val"].shape[1:])
+    raise UsageError("the exported program takes no input; re-export the run")
 
 
 def load_program(path: str | Path) -> Any:

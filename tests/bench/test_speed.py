@@ -17,18 +17,26 @@ def test_speed_bench_measures_every_variant_on_the_exported_programs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     tiny = speed_bench.Plan(models=(("resnet20", (3, 16, 16)),), fractions=(0.5,),
-                            settings=((1, 1),), rounds=1, max_seconds=2.0)  # fmt: skip
+                            settings=((1, 1),), rounds=1, single_rounds=1,
+                            max_seconds=2.0)  # fmt: skip
     monkeypatch.setattr(speed_bench, "QUICK", tiny)
     summary = speed_bench.speed(BenchConfig(quick=True, out=str(tmp_path)))
     rows = summary["runs"]
     aware = "autoprune --latency-aware --round-to 8"
-    variants = {r["variant"] for r in rows} - {f"{aware} @ torch-pruning's MACs"}
-    assert variants == {
-        "dense", "autoprune uniform", "autoprune --round-to 8", "torch-pruning global",
-        "autoprune uniform (plain torch)", aware,
-    }  # fmt: skip
+    programs = {"dense", "autoprune uniform", "autoprune --round-to 8", "torch-pruning global",
+                aware}  # fmt: skip
+    at_tp = f"{aware} @ torch-pruning's MACs"  # only where Torch-Pruning undershoots the target
+    variants = {r["variant"] for r in rows} - {at_tp, at_tp + speed_bench.COMPILED}
+    compiled = {v + speed_bench.COMPILED for v in programs}
+    assert variants == programs | compiled | {"autoprune uniform (plain torch)"}
+    by_variant = {r["variant"]: r for r in rows}
+    for v in compiled:  # each compiled program: its program's MACs, against the compiled dense
+        r, program = by_variant[v], by_variant[v.removesuffix(speed_bench.COMPILED)]
+        assert r["runtime"] == "AOTInductor" and r["macs"] == program["macs"]
+        dense = by_variant["dense" + speed_bench.COMPILED]["seconds"]
+        assert r["speedup"] == pytest.approx(dense / r["seconds"])
     for r in rows:
-        if r["variant"] != "dense":
+        if not r["variant"].startswith("dense"):
             assert r["met"] and r["macs_fraction"] <= 0.5
             assert r["speedup_per_mac_reduction"] == pytest.approx(
                 r["speedup"] * r["macs_fraction"]
@@ -57,7 +65,8 @@ def test_a_partial_run_keeps_the_rows_of_other_cases(
            "seconds": 0.5, "speedup": 1.0, "speedup_per_mac_reduction": 1.0}  # fmt: skip
     (tmp_path / "speed.json").write_text(json.dumps({"runs": [old]}))
     tiny = speed_bench.Plan(models=(("resnet20", (3, 16, 16)),), fractions=(0.5,),
-                            settings=((1, 1),), rounds=1, max_seconds=2.0)  # fmt: skip
+                            settings=((1, 1),), rounds=1, single_rounds=1, max_seconds=2.0,
+                            compiled=False)  # fmt: skip
     monkeypatch.setattr(speed_bench, "QUICK", tiny)
     rows = speed_bench.speed(BenchConfig(quick=True, out=str(tmp_path), only=["t1b1"]))["runs"]
     assert rows[0] == old and len(rows) > 1
