@@ -199,14 +199,9 @@ def _program(model: nn.Module, size: tuple[int, ...], path: Path) -> tuple[nn.Mo
 
 def _compiled(path: Path) -> Any:
     """The program at `path` compiled by AOTInductor as `autoprune export --aoti` does."""
-    from autoprune.export.compiled import _compiler, _quiet_inductor
+    from autoprune.export.compiled import aoti_package
 
-    _compiler()
-    package = path.with_name(f"{path.stem}.aoti.pt2")
-    program = torch.export.load(str(path))
-    with _quiet_inductor():
-        torch._inductor.aoti_compile_and_package(program, package_path=str(package))
-    return torch._inductor.aoti_load_package(str(package))
+    return aoti_package(torch.export.load(str(path)), path.with_name(f"{path.stem}.aoti.pt2"))
 
 
 def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict[str, Any]]:

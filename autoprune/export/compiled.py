@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import shutil
 import time
 from pathlib import Path
@@ -28,10 +27,12 @@ import torch
 
 from autoprune.cost.timing import thread_seconds
 from autoprune.errors import AutoPruneError, UsageError
-from autoprune.export.program import run_program
+from autoprune.export.program import quiet_loggers, run_program
 
 AOTI_FILE = "model.aoti.pt2"
 RTOL = 1e-4  # fused kernels reorder float sums; relative to the output scale, as the ONNX check
+# what compiling logs: progress, C++ warnings, cpp_extension's note that there is no CUDA here
+INDUCTOR_LOGGERS = ("torch._inductor", "torch.utils.cpp_extension")
 TIMING_ROUNDS = 15  # interleaved calls of each form (odd: the median is one real call)
 
 
@@ -39,7 +40,12 @@ class CompiledMismatchError(AutoPruneError):
     """The compiled package computes something other than model.pt2."""
 
 
-def _compiler() -> str:
+class CompileError(AutoPruneError):
+    """AOTInductor could not compile the program (an operator it cannot lower, a failed build)."""
+
+
+def require_compiler() -> str:
+    """The C++ compiler AOTInductor will find, or a UsageError that says to install one."""
     for name in ("c++", "g++", "clang++"):
         if shutil.which(name):
             return name
@@ -54,18 +60,15 @@ def compile_program(
 ) -> dict[str, Any]:
     """Write RUN/model.aoti.pt2 (or `out`) from RUN/model.pt2, checked and timed against it."""
     source, program, size = run_program(run)
-    _compiler()
+    require_compiler()
     target = Path(out) if out is not None else Path(run) / AOTI_FILE
     if target.suffix != ".pt2":
         raise UsageError(f"an AOTInductor package is a .pt2 file; name it so, not {str(target)!r}")
     tmp = target.with_name(f".tmp-{target.name}")  # the packager wants the .pt2 ending too
     t0 = time.perf_counter()
     try:
-        # Inductor logs its progress and C++ warnings; the CLI's own output should stay clean.
-        with contextlib.redirect_stdout(io.StringIO()), _quiet_inductor():
-            torch._inductor.aoti_compile_and_package(program, package_path=str(tmp))
+        runner = aoti_package(program, tmp)
         compile_s = time.perf_counter() - t0
-        runner = torch._inductor.aoti_load_package(str(tmp))
         errors = check_compiled(program, runner, size, seed=seed)
         worst = max(errors.values())
         if worst > rtol:
@@ -89,18 +92,23 @@ def compile_program(
     }
 
 
-@contextlib.contextmanager
-def _quiet_inductor() -> Any:
-    # cpp_extension warns that this machine has no CUDA runtime when the compiler is set up
-    loggers = [logging.getLogger(n) for n in ("torch._inductor", "torch.utils.cpp_extension")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+def aoti_package(program: torch.export.ExportedProgram, path: Path) -> Any:
+    """Compile `program` into the AOTInductor package at `path` (a .pt2) and load it back.
+
+    A program the compiler cannot handle is one line that says so, not the compiler's traceback.
+    """
+    require_compiler()
     try:
-        yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        # Inductor logs its progress and C++ warnings; the CLI's own output should stay clean.
+        with contextlib.redirect_stdout(io.StringIO()), quiet_loggers(*INDUCTOR_LOGGERS):
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        return torch._inductor.aoti_load_package(str(path))
+    except Exception as e:  # inductor raises many kinds (lowering, C++ build, loading)
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CompileError(
+            f"AOTInductor could not compile the program ({type(e).__name__}: {first[:200]}); "
+            "keep using model.pt2"
+        ) from e
 
 
 def check_compiled(

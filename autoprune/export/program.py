@@ -6,9 +6,11 @@ own normalisation, so it runs with plain torch and no autoprune installed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -154,8 +156,30 @@ def run_program(run: str | Path) -> tuple[Path, torch.export.ExportedProgram, tu
             f"{str(run)!r} holds no model.pt2; pass a run directory written by `autoprune train`, "
             "`search` or `prune`"
         )
-    program = torch.export.load(str(source))
+    try:
+        # the loader logs a traceback of its first attempt before trying the legacy format
+        with quiet_loggers("torch.export"):
+            program = torch.export.load(str(source))
+    except Exception as e:  # a truncated or foreign file fails in the zip reader or the decoder
+        raise UsageError(
+            f"{str(source)!r} cannot be read as a torch.export program ({type(e).__name__}); "
+            "re-run the command that wrote it"
+        ) from e
     return source, program, program_input_size(program)
+
+
+@contextlib.contextmanager
+def quiet_loggers(*names: str) -> Iterator[None]:
+    """Only errors from the named loggers while the block runs."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 def program_input_size(program: torch.export.ExportedProgram) -> tuple[int, ...]:

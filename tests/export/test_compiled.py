@@ -13,7 +13,7 @@ import torch
 from autoprune.cli.main import main
 from autoprune.errors import UsageError
 from autoprune.export import compiled
-from autoprune.export.compiled import CompiledMismatchError, compile_program
+from autoprune.export.compiled import CompiledMismatchError, CompileError, compile_program
 from autoprune.export.fast import FastExportConfig
 from autoprune.export.program import export_program
 from autoprune.models import build_model
@@ -71,7 +71,7 @@ def test_a_package_that_computes_something_else_is_not_kept(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     run = _run(tmp_path)
-    monkeypatch.setattr(compiled, "_compiler", lambda: "c++")
+    monkeypatch.setattr(compiled, "require_compiler", lambda: "c++")
 
     def package(program: Any, package_path: str) -> str:
         Path(package_path).write_bytes(b"not a package")
@@ -86,3 +86,34 @@ def test_a_package_that_computes_something_else_is_not_kept(
         compile_program(run)
     assert main(["export", "--aoti", str(run)]) == 1
     assert sorted(p.name for p in run.iterdir()) == ["model.pt2"]
+
+
+def test_a_program_the_compiler_fails_on_is_one_line_and_nothing_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _run(tmp_path)
+    monkeypatch.setattr(compiled, "require_compiler", lambda: "c++")
+
+    def fails(program: Any, package_path: str) -> str:
+        Path(package_path).write_bytes(b"half a build")
+        raise RuntimeError("C++ compile error\nIn file included from ...")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", fails)
+    with pytest.raises(CompileError, match=r"RuntimeError: C\+\+ compile error\)"):
+        compile_program(run)
+    capsys.readouterr()
+    assert main(["export", "--aoti", str(run)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "keep using model.pt2" in err and "\n" not in err and "Traceback" not in err
+    assert sorted(p.name for p in run.iterdir()) == ["model.pt2"]
+
+
+@pytest.mark.parametrize("fmt", ["--onnx", "--aoti"])
+def test_a_corrupt_program_is_refused_with_nothing_written(
+    tmp_path: Path, fmt: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "model.pt2").write_bytes(b"PK\x03\x04 not a whole zip")
+    assert main(["export", fmt, str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot be read as a torch.export program" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt2"]
