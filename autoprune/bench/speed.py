@@ -70,8 +70,8 @@ class Plan:
     fractions: tuple[float, ...] = (0.5, 0.3)
     settings: tuple[tuple[int, int], ...] = ((1, 1), (2, 1), (1, 32), (2, 32))  # threads, batch
     rounds: int = 9
-    # one thread times single calls (thread CPU time): cheap, so many more rounds against the
-    # 5-10% that one median of 9 moved between runs here
+    # one thread, batch 1 times single calls (thread CPU time): cheap, so many more rounds
+    # against the 5-10% that one median of 9 moved between runs here
     single_rounds: int = 31
     max_seconds: float = 60.0  # per timing of one (model, target, setting)
     # each program also compiled by AOTInductor (`autoprune export --aoti`), timed beside it
@@ -244,8 +244,8 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 fns = [_infer(m, x) for m in timed.values()]
                 # one thread: each call runs on this thread, so its CPU time is what it costs
                 # however loaded the machine is; more threads: wall time in blocks
-                if threads == 1:
-                    medians = thread_seconds(fns, plan.single_rounds)
+                if threads == 1:  # single calls: many cheap rounds at batch 1, few at 32
+                    medians = thread_seconds(fns, plan.single_rounds if batch == 1 else cfg.rounds)
                 else:
                     medians = interleaved_medians(fns, cfg)
                 seconds = dict(zip(timed, medians, strict=True))
