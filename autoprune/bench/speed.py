@@ -43,7 +43,14 @@ from autoprune.bench.report import write_readme
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
 from autoprune.cost.projection import ProjectionConfig, project
-from autoprune.cost.timing import TimingConfig, interleaved_medians, machine_info, thread_seconds
+from autoprune.cost.timing import (
+    TimingConfig,
+    interleaved_medians,
+    machine_info,
+    no_grad_call,
+    thread_seconds,
+    torch_threads,
+)
 from autoprune.errors import UsageError
 from autoprune.export.fast import FastExportConfig
 from autoprune.export.program import export_program, load_program
@@ -126,16 +133,12 @@ def latency_model(dense: nn.Module, cm: CostModel, name: str) -> None:
     from autoprune.cost.latency import PLAIN, LatencyConfig, measure_table, register_latency
     from autoprune.cost.latency_table import LatencyTable
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # the tables' setting: one thread, batch 1
-    try:
+    with torch_threads(1):  # the tables' setting: one thread, batch 1
         path = TABLES / f"{name}.json"
         table = LatencyTable.load(path) if path.is_file() else None
         if table is None or table.signature != cm.graph.signature or table.form == PLAIN:
             table = measure_table(copy.deepcopy(dense), cm.graph, cm, LatencyConfig())
         register_latency(cm, table, source=f"latency table for {name}")
-    finally:
-        torch.set_num_threads(threads)
 
 
 def aware_keep(cm: CostModel, limit: float, round_to: int = ROUND_TO) -> np.ndarray:
@@ -178,16 +181,6 @@ def torch_pruning_model(dense: nn.Module, size: tuple[int, ...], limit: float) -
             break
         pruner.step()
     return net.eval()
-
-
-def _infer(model: Any, x: torch.Tensor) -> Any:
-    """One inference without autograd (exported programs refuse .eval(); modules are in eval)."""
-
-    def run() -> object:
-        with torch.no_grad():
-            return model(x)
-
-    return run
 
 
 def _program(model: nn.Module, size: tuple[int, ...], path: Path) -> tuple[nn.Module, str]:
@@ -241,7 +234,7 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 cfg = TimingConfig(rounds=plan.rounds, threads=threads,
                                    max_seconds=plan.max_seconds)  # fmt: skip
                 x = torch.rand(batch, *size)
-                fns = [_infer(m, x) for m in timed.values()]
+                fns = [no_grad_call(m, x) for m in timed.values()]
                 # one thread: each call runs on this thread, so its CPU time is what it costs
                 # however loaded the machine is; more threads: wall time in blocks
                 if threads == 1:  # single calls: many cheap rounds at batch 1, few at 32
@@ -251,9 +244,10 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                 seconds = dict(zip(timed, medians, strict=True))
                 for variant, s in seconds.items():
                     program = variant.removesuffix(COMPILED)
+                    compiled = variant != program
                     m = macs.get(program, macs["autoprune uniform"])
                     # against the dense model in the same form: compiled against compiled
-                    speedup = seconds["dense" + variant[len(program) :]] / s
+                    speedup = seconds["dense" + (COMPILED if compiled else "")] / s
                     rows.append({
                         "model": name, "input": "x".join(map(str, size)), "target": frac,
                         "variant": variant, "threads": threads, "batch": batch,
@@ -262,7 +256,7 @@ def measure_case(name: str, size: tuple[int, int, int], plan: Plan) -> list[dict
                         "seconds": s, "speedup": speedup,
                         "speedup_per_mac_reduction": speedup / (dense_macs / m),
                         "layout": exported[program][1] if program in exported else "plain torch",
-                        "runtime": "AOTInductor" if variant != program else "torch",
+                        "runtime": "AOTInductor" if compiled else "torch",
                     })  # fmt: skip
     return rows
 

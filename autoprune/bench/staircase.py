@@ -17,7 +17,13 @@ from typing import Any
 
 import torch
 
-from autoprune.cost.timing import probe_layer, record_layer_inputs, thread_seconds
+from autoprune.cost.timing import (
+    no_grad_call,
+    probe_layer,
+    record_layer_inputs,
+    thread_seconds,
+    torch_threads,
+)
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
 from autoprune.rundir import write_json_atomic
@@ -44,12 +50,7 @@ def layer_staircase(model: str, layer: str, rounds: int, width_step: int = 1) ->
     for w in widths:
         probe = probe_layer(mod, w, w if lay.depthwise else lay.in_channels, lay.depthwise)
         x = torch.randn(1, w if lay.depthwise else lay.in_channels, *shape[1:])
-
-        def call(probe: torch.nn.Module = probe, x: torch.Tensor = x) -> object:
-            with torch.no_grad():
-                return probe(x)
-
-        fns.append(call)
+        fns.append(no_grad_call(probe, x))
     seconds = thread_seconds(fns, rounds)
     t = dict(zip(widths, seconds, strict=True))
     off = [w for w in widths if w % GRID and (w // GRID + 1) * GRID in t]
@@ -63,13 +64,9 @@ def layer_staircase(model: str, layer: str, rounds: int, width_step: int = 1) ->
 
 
 def measure(rounds: int = 9) -> dict[str, Any]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         load = os.getloadavg()[0]
         layers = [layer_staircase(m, lay, rounds) for m, lay in LAYERS]
-    finally:
-        torch.set_num_threads(threads)
     off = sum(r["off_grid"] for r in layers)
     up = sum(r["next_multiple_faster"] for r in layers)
     return {"layers": layers, "rounds": rounds, "loadavg": load, "off_grid": off,

@@ -7,12 +7,13 @@ when absolute times drift.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,15 +94,32 @@ def thread_seconds(fns: Sequence[Callable[[], object]], rounds: int) -> list[flo
     return [statistics.median(s) for s in samples]
 
 
-def forward_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
-    """model(x) in eval mode without autograd: what one inference costs."""
-    model.eval()
+def no_grad_call(fn: Callable[[torch.Tensor], object], x: torch.Tensor) -> Callable[[], object]:
+    """fn(x) without autograd, as a callable to time (fn: a module in the mode it is in, an
+    exported program's module, which refuses .eval(), or a compiled package's runner)."""
 
     def run() -> object:
         with torch.no_grad():
-            return model(x)
+            return fn(x)
 
     return run
+
+
+def forward_fn(model: nn.Module, x: torch.Tensor) -> Callable[[], object]:
+    """model(x) in eval mode without autograd: what one inference costs."""
+    model.eval()
+    return no_grad_call(model, x)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch computes on `n` threads inside the block, on as many as before after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def compare_latency(

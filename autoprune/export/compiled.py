@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from autoprune.cost.timing import thread_seconds
+from autoprune.cost.timing import no_grad_call, thread_seconds, torch_threads
 from autoprune.errors import AutoPruneError, UsageError
 from autoprune.export.program import quiet_loggers, run_program
 
@@ -60,7 +60,6 @@ def compile_program(
 ) -> dict[str, Any]:
     """Write RUN/model.aoti.pt2 (or `out`) from RUN/model.pt2, checked and timed against it."""
     source, program, size = run_program(run)
-    require_compiler()
     target = Path(out) if out is not None else Path(run) / AOTI_FILE
     if target.suffix != ".pt2":
         raise UsageError(f"an AOTInductor package is a .pt2 file; name it so, not {str(target)!r}")
@@ -69,14 +68,15 @@ def compile_program(
     try:
         runner = aoti_package(program, tmp)
         compile_s = time.perf_counter() - t0
-        errors = check_compiled(program, runner, size, seed=seed)
+        module = program.module()
+        errors = check_compiled(module, runner, size, seed=seed)
         worst = max(errors.values())
         if worst > rtol:
             raise CompiledMismatchError(
                 f"the compiled model differs from model.pt2 by {worst:.3g} of the output scale "
                 f"(more than {rtol:g}); keep using model.pt2"
             )
-        timing = time_forms(program.module(), runner, size)
+        timing = time_forms(module, runner, size)
         tmp.replace(target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -112,11 +112,11 @@ def aoti_package(program: torch.export.ExportedProgram, path: Path) -> Any:
 
 
 def check_compiled(
-    program: torch.export.ExportedProgram, runner: Any, size: tuple[int, ...], *, seed: int = 0
+    module: Any, runner: Any, size: tuple[int, ...], *, seed: int = 0
 ) -> dict[str, float]:
-    """Largest output difference, compiled against the program, relative to the output scale,
-    per batch size (neither is the export's example batch of 2: the batch must stay dynamic)."""
-    module = program.module()
+    """Largest output difference, compiled against the program's module, relative to the output
+    scale, per batch size (neither is the export's example batch of 2: the batch must stay
+    dynamic)."""
     gen = torch.Generator().manual_seed(seed)
     errors = {}
     for batch in (1, 5):
@@ -136,21 +136,10 @@ def check_compiled(
 def time_forms(module: Any, runner: Any, size: tuple[int, ...]) -> dict[str, Any]:
     """Seconds per image of model.pt2 and the package, interleaved, one thread, batch 1 (the
     setting of latency tables and budgets: a call's thread CPU time is what it costs)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     x = torch.rand(1, *size, generator=torch.Generator().manual_seed(1))
-
-    def call(fn: Any) -> Any:
-        def run() -> object:
-            with torch.no_grad():
-                return fn(x)
-
-        return run
-
-    try:
-        program_s, compiled_s = thread_seconds([call(module), call(runner)], TIMING_ROUNDS)
-    finally:
-        torch.set_num_threads(threads)
+    with torch_threads(1):
+        fns = [no_grad_call(module, x), no_grad_call(runner, x)]
+        program_s, compiled_s = thread_seconds(fns, TIMING_ROUNDS)
     return {
         "latency_s": {"model.pt2": program_s, "model.aoti.pt2": compiled_s},
         "speedup": program_s / compiled_s,

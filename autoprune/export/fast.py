@@ -11,14 +11,14 @@ against 42 ms, while mobilenet_v2 slimmed to 50% ran 15.6 ms against 15.0 ms.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from autoprune.cost.timing import thread_seconds
+from autoprune.cost.timing import no_grad_call, thread_seconds
 
 FORMAT_TOLERANCE = 1e-5  # outputs in another layout must agree within this, relative to scale
 
@@ -74,15 +74,8 @@ def fastest_form(
     if not _agrees(want, got):
         return model, info
     if wanted is None:
-
-        def run(m: nn.Module, inp: torch.Tensor) -> Callable[[], object]:
-            def call() -> object:
-                with torch.no_grad():
-                    return m(inp)
-
-            return call
-
-        default_s, last_s = thread_seconds([run(model, x), run(other, xl)], cfg.rounds)
+        fns = [no_grad_call(model, x), no_grad_call(other, xl)]
+        default_s, last_s = thread_seconds(fns, cfg.rounds)
         info["layout_seconds"] = {"default": default_s, "channels_last": last_s}
         wanted = last_s < cfg.margin * default_s
     if wanted:

@@ -27,7 +27,7 @@ import torch
 from autoprune.bench import speed as S
 from autoprune.cost.measure import count_macs
 from autoprune.cost.model import CostModel
-from autoprune.cost.timing import machine_info, thread_seconds
+from autoprune.cost.timing import machine_info, no_grad_call, thread_seconds
 from autoprune.export.compiled import aoti_package
 from autoprune.graph.units import trace_units
 from autoprune.models import build_model
@@ -74,7 +74,7 @@ def main() -> None:
         macs[k] = count_macs(program, SIZE)
         runner = aoti_package(torch.export.load(str(path)), folder / f"m{i}.aoti.pt2")
         x = torch.rand(1, *SIZE)
-        fns += [S._infer(program, x), S._infer(runner, x)]
+        fns += [no_grad_call(program, x), no_grad_call(runner, x)]
         names += [(k, "model.pt2"), (k, "model.aoti.pt2")]
     repeats = []
     for _ in range(3):
