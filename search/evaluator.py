@@ -11,6 +11,7 @@ and validation splits.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +158,7 @@ class MaskEvaluator:
         remove_masks(self.model, bake=True)
         # at least one batch: activation scales of allocations with bits are calibrated on it
         needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches, 1)
+        self._train = train  # other batch orders are drawn from it (`reordered`)
         self._train_batches = first_batches(train, self.cfg, needed)
         self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
         if self.cfg.importance == "taylor":
@@ -195,6 +197,19 @@ class MaskEvaluator:
     ) -> MaskEvaluator:
         """The evaluator of a dataset: reads its train and validation splits, never its test."""
         return cls(model, graph, data.train, data.val, cfg)
+
+    def reordered(self, seed: int) -> MaskEvaluator:
+        """This evaluator fine-tuning and recalibrating BatchNorm on the training batches of
+        another seed: the same dense model, element scores and validation images, a cache of its
+        own (the final round of a search scores its finalists on several orders)."""
+        other = copy.copy(self)
+        other.cfg = dataclasses.replace(self.cfg, seed=seed)
+        batches = first_batches(self._train, other.cfg, len(self._train_batches))
+        other._train_batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        other._bn_batches = [x for x, _ in other._train_batches[: self.cfg.bn_batches]]
+        other.cache = {}
+        other.calls = 0
+        return other
 
     @property
     def _grad_batches(self) -> int:

@@ -4,6 +4,7 @@ back as rows (autoprune.bench.alloc_lenet5 and alloc_resnet20 run them; alloc_re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.pipeline.search import SearchRun, run_search
 from autoprune.rundir import write_json_atomic
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
+from autoprune.search.finalists import FinalRound
 
 CODE_FILE = "code.txt"  # in each run: the commit that trained it (the README lists these)
 SCORED_BY_SEARCH = frozenset(PROPOSERS + SEARCHES)  # their proxy is the score the search saw
@@ -45,6 +47,7 @@ class AllocRecipe:
     episodes: int = 150  # rl
     dsa_steps: int = 200
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    final_round: FinalRound = field(default_factory=FinalRound)  # off unless a benchmark sets it
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     backend: str = "reweighted"
     epochs: int = 4
@@ -71,6 +74,7 @@ class AllocRecipe:
             "methods": list(self.methods), "seeds": list(self.seeds),
             "granularity": self.granularity, "trials": self.trials, "episodes": self.episodes,
             "dsa_steps": self.dsa_steps, "evaluator": evaluator_fields(self),
+            "final_round": dataclasses.asdict(self.final_round),
             "min_ratio": self.projection.min_ratio, "backend": self.backend,
             "epochs": self.epochs, "finetune_epochs": self.finetune_epochs, "lr": self.lr,
             "finetune_lr": self.finetune_lr, "distill": self.distill,
@@ -99,8 +103,8 @@ def search_runs(folder: Path, recipe: AllocRecipe, dataset: str, dense: str,
                 checkpoint=dense, method=method, method_options=recipe.options(method),
                 granularity=recipe.granularity, seed=seed, backend=recipe.backend,
                 backend_cfg=recipe.backend_cfg(seed, cfg.progress),
-                evaluator=recipe.evaluator_for(seed), projection=recipe.projection,
-                progress=cfg.progress, overwrite=True,
+                evaluator=recipe.evaluator_for(seed), final_round=recipe.final_round,
+                projection=recipe.projection, progress=cfg.progress, overwrite=True,
             ))  # fmt: skip
             (run / CODE_FILE).write_text(code_version() + "\n")
 

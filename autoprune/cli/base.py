@@ -31,6 +31,7 @@ CONFIGS: dict[str, tuple[str, str]] = {
     "train": ("autoprune.train.loop", "TrainConfig"),
     "backend": ("autoprune.backends.base", "BackendConfig"),
     "evaluator": ("autoprune.search.evaluator", "EvaluatorConfig"),
+    "final_round": ("autoprune.search.finalists", "FinalRound"),
     "projection": ("autoprune.cost.projection", "ProjectionConfig"),
 }
 

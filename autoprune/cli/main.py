@@ -184,6 +184,7 @@ class Search(Command):
         from autoprune.cli.search import (
             bit_space,
             evaluator_config,
+            final_round,
             method_options,
             resolve_defaults,
         )
@@ -204,8 +205,8 @@ class Search(Command):
             dataset=args.dataset, out=args.out, budgets=budgets, model=args.model,
             data_dir=args.data_dir, checkpoint=args.checkpoint, weights=args.weights,
             input_size=args.input_size, method_options=method_options(args),
-            evaluator=evaluator_config(args), resume=args.study is not None,
-            no_prune=args.no_prune, backend_cfg=backend_cfg(args),
+            evaluator=evaluator_config(args), final_round=final_round(args),
+            resume=args.study is not None, no_prune=args.no_prune, backend_cfg=backend_cfg(args),
             projection=ProjectionConfig(**given(args, {"min_ratio": "min_ratio",
                                                        "round_to": "round_to",
                                                        "latency_aware": "latency_aware",

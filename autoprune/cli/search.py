@@ -111,6 +111,15 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         action = default_from(e.add_argument(flag, type=kind, help=text), "evaluator", field_name)
         if field_name == "importance":
             names_from(action, "importance")
+    rounds = {
+        "--finalists": ("finalists", "re-score the K best distinct allocations of a search (and "
+                        "the best start it was handed) on more fine-tune orders and return the "
+                        "best mean (0: the best single score)"),
+        "--final-orders": ("orders", "fine-tune orders beside the search's own for each finalist"),
+    }  # fmt: skip
+    for flag, (field_name, text) in rounds.items():
+        default_from(e.add_argument(flag, type=int, metavar="K" if field_name == "finalists"
+                                    else "R", help=text), "final_round", field_name)  # fmt: skip
 
 
 def method_options(args: argparse.Namespace) -> dict[str, Any]:
@@ -154,6 +163,12 @@ def evaluator_config(args: argparse.Namespace) -> Any:
              "finetune_steps": "finetune_steps", "eval_lr": "finetune_lr", "val_limit": "val_limit",
              "seed": "seed"}  # fmt: skip
     return EvaluatorConfig(**given(args, flags))
+
+
+def final_round(args: argparse.Namespace) -> Any:
+    from autoprune.search.finalists import FinalRound
+
+    return FinalRound(**given(args, {"finalists": "finalists", "final_orders": "orders"}))
 
 
 def resolve_defaults(args: argparse.Namespace) -> None:

@@ -49,6 +49,7 @@ from autoprune.search import SEARCH_METHODS, SearchMethod, SearchProblem, Search
 from autoprune.search.base import SearchContext
 from autoprune.search.bit_space import BitSpace, smallest_bits
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator, element_scores
+from autoprune.search.finalists import FinalRound, final_round
 from autoprune.train import distributed
 from autoprune.train.augment import recipe_record
 from autoprune.train.checkpoint import save_checkpoint
@@ -77,6 +78,7 @@ class SearchRun:
     backend: str = "reweighted"
     backend_cfg: BackendConfig = field(default_factory=BackendConfig)
     evaluator: EvaluatorConfig = field(default_factory=EvaluatorConfig)
+    final_round: FinalRound = field(default_factory=FinalRound)  # re-score the best few
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     dense_train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=0))
     limit: int | None = None
@@ -236,7 +238,12 @@ def search_stage(
         progress=cfg.progress, context=context, bits=cfg.bits, kernel_counts=counts,
         importance=importance, scores=scores,
     )  # fmt: skip
-    result = distributed.agree(method.search(problem))  # under torchrun: rank 0's, everywhere
+    result = method.search(problem)
+    if evaluate is not None and cfg.final_round.active:
+        seed = cfg.evaluator.seed
+        orders = [evaluate.reordered(seed + 1 + i) for i in range(cfg.final_round.orders)]
+        result = final_round(result, orders, cfg.final_round)
+    result = distributed.agree(result)  # under torchrun: rank 0's, everywhere
     timings["search"] = time.perf_counter() - t
     keep = np.asarray(result.keep, dtype=np.int64)
     if result.bits is None:  # --round-to: on the keep grid whichever way the method chose it
