@@ -66,9 +66,10 @@ def finalists(trials: Sequence[Trial], k: int) -> list[Trial]:
 def final_round(result: SearchResult, orders: Sequence[Evaluator], cfg: FinalRound) -> SearchResult:
     """`result` with its allocation chosen by the mean score over the search's evaluator and
     `orders` (evaluators of other fine-tune orders), among its finalists; what was re-scored
-    goes into info["final_round"]. Unchanged when the round is off or has nothing to compare."""
-    if not cfg.active or not orders:
-        return result
+    goes into info["final_round"]. Unchanged when the round is off, has nothing to compare, or
+    the search picked from a Pareto front."""
+    if not cfg.active or not orders or "pareto" in result.info:
+        return result  # a Pareto pick (optuna --multi-objective) trades accuracy away on purpose
     round_ = finalists(result.trials, cfg.finalists)
     if len(round_) < 2:
         return result

@@ -84,10 +84,14 @@ def summarise_point(point: dict[str, Any], order: tuple[str, ...]) -> dict[str, 
         "searches_below_uniform": [t["method"] for t in searches
                                    if beyond(t["vs_uniform"], -1)],
     }  # fmt: skip
+    picked: dict[str, dict[int, str | None]] = {}
+    for r in sorted(point["rows"], key=lambda r: r["seed"]):
+        if r["method"] in PROPOSERS + SEARCHES:
+            picked.setdefault(r["method"], {})[r["seed"]] = r.get("returned")
     return {"point": point["point"], "dataset": point["dataset"], "ratio": point.get("ratio"),
             "budgets": point.get("budgets"), "methods": table, "spearman": rho,
             "spearman_n": len(rows), "checks": checks, "curves": curves(point["rows"]),
-            "landscape": landscape(point["rows"])}  # fmt: skip
+            "landscape": landscape(point["rows"]), "returned": picked}  # fmt: skip
 
 
 def curves(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -231,6 +235,11 @@ def render_readme(summary: dict[str, Any]) -> str:
                 f"{c['search_beats_uniform']}, below the best heuristic beyond noise: "
                 f"{c['search_below_best_heuristic']}; searches below uniform beyond noise: "
                 f"{', '.join(c['searches_below_uniform']) or 'none'}."]  # fmt: skip
+        if p.get("returned"):
+            said = "; ".join(f"{m} " + ", ".join(f"{seed} {who or '-'}" for seed, who in by.items())
+                             for m, by in p["returned"].items())  # fmt: skip
+            out += ["", "What each search returned, by seed (a start it was handed, or `own`: one "
+                    f"of its own proposals): {said}."]  # fmt: skip
         out += _render_curves(p.get("curves") or [])
         out += _render_landscape(p.get("landscape"))
     return "\n".join(out) + "\n"

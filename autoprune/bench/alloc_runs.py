@@ -166,8 +166,20 @@ def collect_rows(folder: Path) -> list[dict[str, Any]]:
             "code": (run / CODE_FILE).read_text().strip() if (run / CODE_FILE).is_file() else None,
             "budget_met": all(c["met"] for c in m.get("budgets", {}).values()),
             "curve": best_so_far(run / "trials.json"),
+            "returned": returned(run / "trials.json", [u["keep"] for u in alloc["units"]]),
         })  # fmt: skip
     return rows
+
+
+def returned(trials: Path, keep: list[int]) -> str | None:
+    """Which trial a search's allocation is: the start it was handed (`uniform`, `lamp` ...) or
+    `own` (one of its proposals); None without a trial log or a matching trial."""
+    if not trials.is_file():
+        return None
+    for t in json.loads(trials.read_text()):
+        if t["keep"] == keep:
+            return t.get("source") or "own"
+    return None
 
 
 def best_so_far(trials: Path) -> list[float] | None:
@@ -185,20 +197,24 @@ def fill_proxies(rows: list[dict[str, Any]], recipe: AllocRecipe, dataset: str, 
                  data_dir: str | None) -> None:  # fmt: skip
     """Proxy scores, from the recipe's evaluator of each row's seed, for every allocation that no
     search chose (uniform, heuristics, fixed allocations): a score recorded by such a run may
-    come from an evaluator the recipe has since replaced. A search's rows keep the scores it saw."""
+    come from an evaluator the recipe has since replaced. A search's rows keep the scores it saw
+    (with a final round, the winner's mean over its orders: the others get the same mean)."""
     missing = [r for r in rows
                if r["proxy_accuracy"] is None or r["method"] not in SCORED_BY_SEARCH]  # fmt: skip
     if not missing:
         return
     loaded = load_model_and_data(model=None, dataset=dataset, data_dir=data_dir, checkpoint=dense)
     graph, _ = trace(loaded, recipe.granularity)
-    by_seed: dict[int, MaskEvaluator] = {}
+    orders = recipe.final_round.orders if recipe.final_round.active else 0
+    by_seed: dict[int, list[MaskEvaluator]] = {}
     for r in missing:
-        if r["seed"] not in by_seed:
-            by_seed[r["seed"]] = MaskEvaluator.from_splits(
-                loaded.model, graph, loaded.data, recipe.evaluator_for(r["seed"])
-            )
-        r["proxy_accuracy"] = by_seed[r["seed"]](np.array(r["keep"]))
+        seed = r["seed"]
+        if seed not in by_seed:
+            first = MaskEvaluator.from_splits(loaded.model, graph, loaded.data,
+                                              recipe.evaluator_for(seed))  # fmt: skip
+            # with a final round, the mean over the orders a search's finalists are scored on
+            by_seed[seed] = [first, *(first.reordered(seed + 1 + i) for i in range(orders))]
+        r["proxy_accuracy"] = float(np.mean([ev(np.array(r["keep"])) for ev in by_seed[seed]]))
 
 
 def wanted_points(bench: str, names: list[str], cfg: BenchConfig) -> set[str]:

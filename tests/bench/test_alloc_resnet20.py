@@ -16,6 +16,7 @@ from autoprune.bench.alloc_report import render_readme, summarise
 from autoprune.bench.alloc_resnet20 import Recipe, stratified_subset, subset_folder
 from autoprune.bench.alloc_runs import best_so_far
 from autoprune.errors import DataError, UsageError
+from autoprune.search.finalists import FinalRound
 from autoprune.train.data import load_dataset
 from autoprune.train.idx import IDX_FILES, read_idx, write_idx
 
@@ -146,7 +147,8 @@ def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A uniform run's recorded proxy may come from an evaluator the recipe has since replaced;
-    # a search's row keeps the score that search saw.
+    # a search's row keeps the score that search saw. With the recipe's final round (3 more
+    # orders) the others get the mean over the same 4 orders a search's finalists get.
     scored: list[tuple[int, tuple[int, ...]]] = []
 
     class Evaluator:
@@ -157,17 +159,48 @@ def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
         def from_splits(cls, model: Any, graph: Any, data: Any, cfg: Any) -> Evaluator:
             return cls(cfg.seed)
 
+        def reordered(self, seed: int) -> Evaluator:
+            return Evaluator(seed)
+
         def __call__(self, keep: np.ndarray) -> float:
             scored.append((self.seed, tuple(int(k) for k in keep)))
-            return 0.9
+            return self.seed / 100
 
     loaded = SimpleNamespace(model=None, data=None)
     monkeypatch.setattr(alloc_runs, "load_model_and_data", lambda **kw: loaded)
     monkeypatch.setattr(alloc_runs, "trace", lambda loaded, granularity: (None, None))
     monkeypatch.setattr(alloc_runs, "MaskEvaluator", Evaluator)
-    rows = [{"method": "uniform", "seed": 1, "keep": [4, 2], "proxy_accuracy": 0.5},
-            {"method": "optuna", "seed": 0, "keep": [3, 3], "proxy_accuracy": 0.6},
-            {"method": "landscape", "seed": 0, "keep": [1, 5], "proxy_accuracy": None}]  # fmt: skip
-    alloc_runs.fill_proxies(rows, Recipe(), "fashion-mnist", "dense.pt", None)
-    assert [r["proxy_accuracy"] for r in rows] == [0.9, 0.6, 0.9]
+
+    def rows() -> list[dict[str, Any]]:
+        return [{"method": "uniform", "seed": 1, "keep": [4, 2], "proxy_accuracy": 0.5},
+                {"method": "optuna", "seed": 0, "keep": [3, 3], "proxy_accuracy": 0.6},
+                {"method": "landscape", "seed": 0, "keep": [1, 5],
+                 "proxy_accuracy": None}]  # fmt: skip
+
+    got = rows()
+    alloc_runs.fill_proxies(got, Recipe(), "fashion-mnist", "dense.pt", None)
+    assert [r["proxy_accuracy"] for r in got] == pytest.approx([0.025, 0.6, 0.015])
+    orders = [(s, (1, 5)) for s in range(4)] + [(s, (4, 2)) for s in range(1, 5)]
+    assert sorted(scored) == sorted(orders)
+    scored.clear()
+    single = dataclasses.replace(Recipe(), final_round=FinalRound(finalists=0))
+    got = rows()
+    alloc_runs.fill_proxies(got, single, "fashion-mnist", "dense.pt", None)
+    assert [r["proxy_accuracy"] for r in got] == pytest.approx([0.01, 0.6, 0.0])
     assert sorted(scored) == [(0, (1, 5)), (1, (4, 2))]  # each with its own seed's evaluator
+
+
+def test_the_report_says_what_each_search_returned(tmp_path: Path) -> None:
+    log = tmp_path / "trials.json"
+    log.write_text(json.dumps([{"keep": [4, 2], "source": "lamp"}, {"keep": [3, 3]}]))
+    assert alloc_runs.returned(log, [4, 2]) == "lamp"
+    assert alloc_runs.returned(log, [3, 3]) == "own"
+    assert alloc_runs.returned(log, [1, 1]) is None
+    assert alloc_runs.returned(tmp_path / "none.json", [4, 2]) is None
+    rows = [_row("uniform", 0, 0.8, 0.5), _row("optuna", 1, 0.8, 0.6) | {"returned": "own"},
+            _row("optuna", 0, 0.8, 0.6) | {"returned": "lamp"}]  # fmt: skip
+    (p,) = summarise([{"point": "m", "dataset": "d", "rows": rows}], ORDER)["points"]
+    assert p["returned"] == {"optuna": {0: "lamp", 1: "own"}}
+    text = render_readme({"points": [p], "trained_at": [], "checkpoints": [], "benchmark": "b",
+                          "quick": False, "command": "c", "rendered_at": "d"})  # fmt: skip
+    assert "of its own proposals): optuna 0 lamp, 1 own." in text

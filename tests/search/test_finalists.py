@@ -134,3 +134,10 @@ def test_the_cli_runs_the_final_round_and_exports_its_choice(
     assert main([*base, "--finalists", "2", "--final-orders", "0", "--out", str(bad)]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "--final-orders" in err and not bad.exists()
+
+
+def test_a_pareto_pick_is_left_as_it_is() -> None:
+    trials = [trial(0, 0.70, "uniform"), trial(1, 0.90)]
+    res = result_of(trials)
+    res.info["pareto"] = [0, 1]  # optuna --multi-objective chose from its front on purpose
+    assert final_round(res, [Table({0: 0.9, 1: 0.1})], FinalRound(finalists=2)) is res
