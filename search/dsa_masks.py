@@ -10,7 +10,7 @@ Masks are sampled from p and passed straight through (Ning et al. 2020, DSA).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -102,7 +102,9 @@ class SoftMasks:
         for name, parts in pieces.items():
             self._handles.append(model.get_submodule(name).register_forward_hook(self._hook(parts)))
 
-    def _hook(self, parts: list[tuple[int, Tensor, Tensor]]):  # type: ignore[no-untyped-def]
+    def _hook(
+        self, parts: list[tuple[int, Tensor, Tensor]]
+    ) -> Callable[[nn.Module, tuple[Tensor, ...], Tensor], Tensor | None]:
         def hook(module: nn.Module, _inp: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
             if all(self.values[u] is None for u, _, _ in parts):
                 return None

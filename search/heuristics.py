@@ -103,7 +103,7 @@ def tensor_shapes(problem: SearchProblem) -> list[tuple[int, ...]]:
             continue
         lay = layers[module]
         side = math.isqrt(lay.kernel)
-        kernel = (side, side) if side * side == lay.kernel else (lay.kernel,)
+        kernel: tuple[int, ...] = (side, side) if side * side == lay.kernel else (lay.kernel,)
         kernel = () if lay.type == "linear" else kernel
         shapes.append((lay.out_channels, lay.in_channels // lay.groups, *kernel))
     return shapes

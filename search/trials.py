@@ -80,7 +80,7 @@ def run_workers(spec: StudySpec, problem: SearchProblem, study: optuna.Study, n_
               if p.exitcode and (w not in killed or complete < spec.trials)]  # fmt: skip
     for w in killed:
         if complete >= spec.trials:
-            print(f"note: search worker {w} was killed (signal {-procs[w - 1].exitcode}); "
+            print(f"note: search worker {w} was killed (signal {-(procs[w - 1].exitcode or 0)}); "
                   "the other workers retried its trial", file=sys.stderr)  # fmt: skip
     if failed:
         raise AutoPruneError(
