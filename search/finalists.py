@@ -1,20 +1,21 @@
-"""The final round: a search's best few allocations re-scored on more fine-tune orders, then chosen.
+"""The final round: a search's best few allocations re-scored on fresh fine-tune orders.
 
 A proxy score is one short fine-tune's validation accuracy, and the maximum of a search's ~20-40
 noisy scores is mostly the luckiest fine-tune, not the best allocation: on resnet20 /
 Fashion-MNIST the allocations searches picked for proxy scores 2-3 points above global's trained
 to no better than global (results/alloc-resnet20-fmnist/NOTES.md). So the `finalists` best
 distinct trials, and the best of the starts a search was handed (uniform, the heuristics), are
-scored again by evaluators that fine-tune on other batch orders, and the one with the highest
-mean over all its scores wins. Every finalist meets the budgets already, and since the best start
-a search scored is always a finalist, a search still never returns an allocation scored below it
-(now by the mean).
+scored again by evaluators that fine-tune on `orders` other batch orders, and the one with the
+highest mean over those fresh scores wins. The score that made a trial a finalist is left out of
+its mean: it is the lucky one the round is there to discount. Every finalist meets the budgets
+already, and since the best start a search scored is always a finalist, a search never returns
+an allocation whose fresh mean is below that start's.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,28 +25,35 @@ from autoprune.errors import UsageError
 from autoprune.search.base import Evaluator, SearchResult, Trial, best_of
 from autoprune.search.evaluator import bits_key
 
+# Order i of a run with evaluator seed s draws its batches with seed s + ORDER_STRIDE * (i + 1):
+# runs at seeds 0, 1, 2 ... then share no order, so their final rounds are independent repeats.
+ORDER_STRIDE = 10_000
+
 
 @dataclass(frozen=True)
 class FinalRound:
-    """How many of a search's best allocations are re-scored, on how many more batch orders."""
+    """How many of a search's best allocations are re-scored, on how many fresh batch orders."""
 
     finalists: int = 0  # 0: no final round, the search's best single score wins
-    # 2 more orders: each finalist's mean is over 3 fine-tunes, whose spread on resnet20 /
-    # Fashion-MNIST (~1 point) is as wide as the proxy's spread among good allocations
-    orders: int = 2
+    # one order's score moves ~1.9 points from another's on resnet20 / Fashion-MNIST, as much as
+    # the gaps among good allocations: a mean of 3 halves that
+    orders: int = 3
 
     def __post_init__(self) -> None:
-        for name in ("finalists", "orders"):
-            value = getattr(self, name)
+        for flag, value in (("--finalists", self.finalists), ("--final-orders", self.orders)):
             if not isinstance(value, int) or value < 0:
-                raise UsageError(f"final round {name} must be an integer >= 0, got {value!r}")
+                raise UsageError(f"{flag} must be an integer >= 0, got {value!r}")
         if self.finalists and not self.orders:
-            raise UsageError("--finalists re-scores on more fine-tune orders: give --final-orders "
+            raise UsageError("--finalists re-scores on fresh fine-tune orders: give --final-orders "
                              ">= 1, or --finalists 0 for none")  # fmt: skip
 
     @property
     def active(self) -> bool:
         return self.finalists > 0
+
+    def order_seeds(self, seed: int) -> list[int]:
+        """The batch-order seeds of a run whose evaluator has `seed`."""
+        return [seed + ORDER_STRIDE * (i + 1) for i in range(self.orders)]
 
 
 def finalists(trials: Sequence[Trial], k: int) -> list[Trial]:
@@ -63,31 +71,43 @@ def finalists(trials: Sequence[Trial], k: int) -> list[Trial]:
     return list(chosen.values())
 
 
-def final_round(result: SearchResult, orders: Sequence[Evaluator], cfg: FinalRound) -> SearchResult:
-    """`result` with its allocation chosen by the mean score over the search's evaluator and
-    `orders` (evaluators of other fine-tune orders), among its finalists; what was re-scored
-    goes into info["final_round"]. Unchanged when the round is off, has nothing to compare, or
-    the search picked from a Pareto front."""
-    if not cfg.active or not orders or "pareto" in result.info:
+def final_round(
+    result: SearchResult, reorder: Callable[[int], Evaluator], cfg: FinalRound
+) -> SearchResult:
+    """`result` with its allocation chosen among its finalists by the mean score over `cfg.orders`
+    fresh evaluators (`reorder(i)` builds the i-th; one at a time, each scoring every finalist,
+    so only one is held). What was scored goes into info["final_round"], and info["best_trial"]
+    (optuna's) names the winner; a method's other keys (rl's best_episode, dsa's
+    returned_start) describe its choice before the round. Unchanged when the round is off, has
+    fewer than two finalists, or the search picked from a Pareto front."""
+    if not cfg.active or "pareto" in result.info:
         return result  # a Pareto pick (optuna --multi-objective) trades accuracy away on purpose
     round_ = finalists(result.trials, cfg.finalists)
     if len(round_) < 2:
         return result
-    rows = [(t, [float(t.score or 0.0), *(_score(evaluate, t) for evaluate in orders)])
-            for t in round_]  # fmt: skip
-    winner, scores = max(rows, key=lambda row: (float(np.mean(row[1])), -row[0].number))
+    fresh: list[list[float]] = [[] for _ in round_]
+    for i in range(cfg.orders):
+        evaluate = reorder(i)
+        for scores, t in zip(fresh, round_, strict=True):
+            scores.append(_score(evaluate, t))
+    means = [float(np.mean(s)) for s in fresh]
+    w = max(range(len(round_)), key=lambda j: (means[j], -round_[j].number))
+    winner = round_[w]
     info = dict(result.info)
     info["final_round"] = {
-        "orders": len(orders),
+        "orders": cfg.orders,
         "finalists": [
-            {"trial": t.number, "source": t.source, "scores": s, "mean": float(np.mean(s))}
-            for t, s in rows
+            {"trial": t.number, "source": t.source, "search_score": t.score, "scores": s,
+             "mean": m}
+            for t, s, m in zip(round_, fresh, means, strict=True)
         ],
         "chosen": winner.number,
         "search_best": best_of(result.trials).number,
-    }
-    return dataclasses.replace(result, keep=winner.keep.copy(), score=float(np.mean(scores)),
-                               info=info, bits=winner.bits)  # fmt: skip
+    }  # fmt: skip
+    if "best_trial" in info:
+        info["best_trial"] = winner.number
+    return dataclasses.replace(result, keep=winner.keep.copy(), score=means[w], info=info,
+                               bits=winner.bits)  # fmt: skip
 
 
 def _score(evaluate: Evaluator, t: Trial) -> float:

@@ -83,10 +83,10 @@ class Recipe(AllocRecipe):
             bn_batches=4, finetune_steps=100, finetune_lr=0.1, batch_size=128
         )
     )
-    # One fine-tune order's score spreads ~1.9 points from another's (proxy-study-orders-mixed.
-    # json), as wide as the gaps among the good allocations: each search's 4 best allocations and
-    # its best start are scored on 3 more orders and the best mean of 4 wins
-    final_round: FinalRound = field(default_factory=lambda: FinalRound(finalists=4, orders=3))
+    # One fine-tune order's score moves ~1.9 points from another's (proxy-study-orders-mixed.
+    # json), as much as the gaps among the good allocations: each search's 4 best allocations and
+    # its best start are scored on 4 fresh orders and the best mean wins
+    final_round: FinalRound = field(default_factory=lambda: FinalRound(finalists=4, orders=4))
     projection: ProjectionConfig = field(default_factory=ProjectionConfig)
     epochs: int = 5
     finetune_epochs: int = 5

@@ -198,22 +198,22 @@ def fill_proxies(rows: list[dict[str, Any]], recipe: AllocRecipe, dataset: str, 
     """Proxy scores, from the recipe's evaluator of each row's seed, for every allocation that no
     search chose (uniform, heuristics, fixed allocations): a score recorded by such a run may
     come from an evaluator the recipe has since replaced. A search's rows keep the scores it saw
-    (with a final round, the winner's mean over its orders: the others get the same mean)."""
+    (with a final round, the winner's mean over the fresh orders: the others get the same)."""
     missing = [r for r in rows
                if r["proxy_accuracy"] is None or r["method"] not in SCORED_BY_SEARCH]  # fmt: skip
     if not missing:
         return
     loaded = load_model_and_data(model=None, dataset=dataset, data_dir=data_dir, checkpoint=dense)
     graph, _ = trace(loaded, recipe.granularity)
-    orders = recipe.final_round.orders if recipe.final_round.active else 0
     by_seed: dict[int, list[MaskEvaluator]] = {}
     for r in missing:
         seed = r["seed"]
         if seed not in by_seed:
             first = MaskEvaluator.from_splits(loaded.model, graph, loaded.data,
                                               recipe.evaluator_for(seed))  # fmt: skip
-            # with a final round, the mean over the orders a search's finalists are scored on
-            by_seed[seed] = [first, *(first.reordered(seed + 1 + i) for i in range(orders))]
+            by_seed[seed] = [first]
+            if recipe.final_round.active:  # the fresh orders a search's finalists are scored on
+                by_seed[seed] = [first.reordered(s) for s in recipe.final_round.order_seeds(seed)]
         r["proxy_accuracy"] = float(np.mean([ev(np.array(r["keep"])) for ev in by_seed[seed]]))
 
 

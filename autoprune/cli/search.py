@@ -115,7 +115,7 @@ def add_search_arguments(p: argparse.ArgumentParser) -> None:
         "--finalists": ("finalists", "re-score the K best distinct allocations of a search (and "
                         "the best start it was handed) on more fine-tune orders and return the "
                         "best mean (0: the best single score)"),
-        "--final-orders": ("orders", "fine-tune orders beside the search's own for each finalist"),
+        "--final-orders": ("orders", "fresh fine-tune orders each finalist is scored on"),
     }  # fmt: skip
     for flag, (field_name, text) in rounds.items():
         default_from(e.add_argument(flag, type=int, metavar="K" if field_name == "finalists"
@@ -166,8 +166,12 @@ def evaluator_config(args: argparse.Namespace) -> Any:
 
 
 def final_round(args: argparse.Namespace) -> Any:
+    from autoprune.errors import UsageError
     from autoprune.search.finalists import FinalRound
 
+    if args.final_orders is not None and not args.finalists:
+        raise UsageError("--final-orders sets how often the final round re-scores; add "
+                         "--finalists K (the number of allocations it re-scores)")  # fmt: skip
     return FinalRound(**given(args, {"finalists": "finalists", "final_orders": "orders"}))
 
 

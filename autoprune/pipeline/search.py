@@ -194,6 +194,12 @@ def build_method(cfg: SearchRun) -> SearchMethod:
     """The registered search method with its options checked; --bits needs one that picks bits."""
     method: SearchMethod = SEARCH_METHODS.build(cfg.method, cfg.method_options)
     method.check_granularity(cfg.granularity)  # erk allocates weights only: say so before work
+    if cfg.final_round.active and not method.needs_evaluator:
+        raise UsageError(f"--finalists re-scores a search's proposals; {cfg.method!r} scores none: "
+                         "drop --finalists or use a search (optuna, random, rl, dsa)")  # fmt: skip
+    if cfg.final_round.active and cfg.method_options.get("multi_objective"):
+        raise UsageError("--finalists picks by accuracy alone; with --multi-objective --pick "
+                         "chooses from the Pareto front: drop one of them")  # fmt: skip
     if cfg.bits is not None and not method.supports_bits:
         bit_methods = sorted(
             n for n in SEARCH_METHODS.names() if SEARCH_METHODS.get(n).supports_bits
@@ -240,9 +246,8 @@ def search_stage(
     )  # fmt: skip
     result = method.search(problem)
     if evaluate is not None and cfg.final_round.active:
-        seed = cfg.evaluator.seed
-        orders = [evaluate.reordered(seed + 1 + i) for i in range(cfg.final_round.orders)]
-        result = final_round(result, orders, cfg.final_round)
+        seeds = cfg.final_round.order_seeds(cfg.evaluator.seed)
+        result = final_round(result, lambda i: evaluate.reordered(seeds[i]), cfg.final_round)
     result = distributed.agree(result)  # under torchrun: rank 0's, everywhere
     timings["search"] = time.perf_counter() - t
     keep = np.asarray(result.keep, dtype=np.int64)

@@ -147,8 +147,8 @@ def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # A uniform run's recorded proxy may come from an evaluator the recipe has since replaced;
-    # a search's row keeps the score that search saw. With the recipe's final round (3 more
-    # orders) the others get the mean over the same 4 orders a search's finalists get.
+    # a search's row keeps the score that search saw. With the recipe's final round (4 fresh
+    # orders) the others get the mean over the orders a search's finalists are scored on.
     scored: list[tuple[int, tuple[int, ...]]] = []
 
     class Evaluator:
@@ -179,8 +179,12 @@ def test_proxies_of_allocations_no_search_chose_come_from_the_recipe_evaluator(
 
     got = rows()
     alloc_runs.fill_proxies(got, Recipe(), "fashion-mnist", "dense.pt", None)
-    assert [r["proxy_accuracy"] for r in got] == pytest.approx([0.025, 0.6, 0.015])
-    orders = [(s, (1, 5)) for s in range(4)] + [(s, (4, 2)) for s in range(1, 5)]
+    fresh = {seed: Recipe().final_round.order_seeds(seed) for seed in (0, 1)}
+    assert len(fresh[0]) == 4 and not set(fresh[0]) & set(fresh[1])  # runs share no order
+    assert [r["proxy_accuracy"] for r in got] == pytest.approx(
+        [np.mean(fresh[1]) / 100, 0.6, np.mean(fresh[0]) / 100]
+    )  # the fresh orders only, as a search's finalists are scored
+    orders = [(s, (1, 5)) for s in fresh[0]] + [(s, (4, 2)) for s in fresh[1]]
     assert sorted(scored) == sorted(orders)
     scored.clear()
     single = dataclasses.replace(Recipe(), final_round=FinalRound(finalists=0))

@@ -3,7 +3,7 @@ mean wins, the best start is always a finalist, and nothing changes when the rou
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,34 +50,69 @@ def test_finalists_are_the_k_best_distinct_trials_and_the_best_start() -> None:
     assert [t.number for t in finalists(trials[2:], 2)] == [7, 4]  # no start: none added
 
 
-def test_the_best_mean_wins_over_the_luckiest_single_score() -> None:
-    # trial 2 won the search on a lucky fine-tune; on two more orders trial 3 is better
+def orders(*tables: Table) -> Callable[[int], Table]:
+    return lambda i: tables[i]
+
+
+def test_the_best_fresh_mean_wins_over_the_luckiest_single_score() -> None:
+    # trial 2 won the search on a lucky fine-tune; on two fresh orders trial 3 is better
     trials = [trial(0, 0.70, "uniform"), trial(1, 0.80, "global"), trial(2, 0.90), trial(3, 0.85)]
     first = Table({2: 0.78, 3: 0.86, 1: 0.80})
     second = Table({2: 0.80, 3: 0.84, 1: 0.82})
-    res = final_round(result_of(trials), [first, second], FinalRound(finalists=2, orders=2))
+    res = final_round(result_of(trials), orders(first, second), FinalRound(finalists=2, orders=2))
     assert res.keep.tolist() == [3, 1]
-    assert res.score == pytest.approx(np.mean([0.85, 0.86, 0.84]))
-    assert sorted(first.calls) == sorted(second.calls) == [1, 2, 3]  # each finalist once each
+    assert res.score == pytest.approx(0.85)  # the fresh scores only, not the search's 0.85
+    assert first.calls == second.calls == [2, 3, 1]  # each finalist once on each order
     info = res.info["final_round"]
     assert info["chosen"] == 3 and info["search_best"] == 2 and info["orders"] == 2
     assert [f["trial"] for f in info["finalists"]] == [2, 3, 1]
+    assert [f["search_score"] for f in info["finalists"]] == [0.90, 0.85, 0.80]
     assert res.info["kept"] and res.trials == trials  # the search's own record stays
+
+
+def test_the_score_that_made_a_finalist_is_left_out_of_its_mean() -> None:
+    # by all three scores trial 2 would win (0.99, 0.80 -> 0.895 > 0.85); by the fresh one, 3
+    trials = [trial(2, 0.99), trial(3, 0.85)]
+    res = final_round(result_of(trials), orders(Table({2: 0.80, 3: 0.85})), FinalRound(2, 1))
+    assert res.keep.tolist() == [3, 1] and res.score == pytest.approx(0.85)
+
+
+def test_optuna_best_trial_names_the_winner() -> None:
+    trials = [trial(0, 0.80, "uniform"), trial(1, 0.90)]
+    found = result_of(trials)
+    found.info["best_trial"] = 1
+    res = final_round(found, orders(Table({0: 0.8, 1: 0.7})), FinalRound(1, 1))
+    assert res.info["best_trial"] == 0 and res.info["final_round"]["search_best"] == 1
 
 
 def test_the_best_start_wins_when_the_finds_were_noise() -> None:
     trials = [trial(0, 0.70, "uniform"), trial(1, 0.80, "global"), trial(2, 0.90)]
-    res = final_round(result_of(trials), [Table({1: 0.81, 2: 0.70})], FinalRound(1, 1))
+    res = final_round(result_of(trials), orders(Table({1: 0.81, 2: 0.70})), FinalRound(1, 1))
     assert res.keep.tolist() == [1, 1] and res.info["final_round"]["chosen"] == 1
+
+
+def test_allocations_with_bits_are_rescored_with_their_bits() -> None:
+    seen: list[BitAllocation | None] = []
+    narrow = BitAllocation({"conv": (2,)}, {"conv": 8})
+    wide = BitAllocation({"conv": (8,)}, {"conv": 8})
+
+    def evaluate(keep: Sequence[int], bits: BitAllocation | None = None) -> float:
+        seen.append(bits)
+        return 0.9 if bits is wide else 0.5
+
+    same_keep = [Trial(0, np.array([4, 1]), 0.95, {}, narrow),
+                 Trial(1, np.array([4, 1]), 0.9, {}, wide)]  # fmt: skip
+    res = final_round(result_of(same_keep), lambda i: evaluate, FinalRound(2, 1))
+    assert seen == [narrow, wide]  # one keep, two widths: two finalists
+    assert res.bits is wide and res.score == 0.9
 
 
 def test_off_or_nothing_to_compare_changes_nothing() -> None:
     trials = [trial(0, 0.70, "uniform"), trial(1, 0.90)]
     res = result_of(trials)
-    assert final_round(res, [Table({})], FinalRound(finalists=0)) is res
-    assert final_round(res, [], FinalRound(finalists=2)) is res
+    assert final_round(res, orders(Table({})), FinalRound(finalists=0)) is res
     alone = result_of([trial(0, 0.9, "uniform")])
-    assert final_round(alone, [Table({})], FinalRound(finalists=3)) is alone
+    assert final_round(alone, orders(Table({})), FinalRound(finalists=3)) is alone
 
 
 @pytest.mark.parametrize("kw", [{"finalists": -1}, {"orders": -2}, {"finalists": 2, "orders": 0},
@@ -117,27 +152,37 @@ def test_the_cli_runs_the_final_round_and_exports_its_choice(
 
     base = ["search", "--model", "lenet5", "--dataset", "digits", "--input-size", "1x16x16",
             "--limit", "96", "--dense-epochs", "0", "--budget-flops", "30%", "--no-prune",
-            "--quiet", "--trials", "4", "--finetune-steps", "2"]  # fmt: skip
+            "--quiet", "--trials", "8", "--finetune-steps", "2"]  # fmt: skip
     out = tmp_path / "run"
-    assert main([*base, "--finalists", "2", "--final-orders", "1", "--out", str(out)]) == 0
+    assert main([*base, "--finalists", "3", "--final-orders", "2", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     info = metrics["search"]["final_round"]
-    assert info["orders"] == 1 and 2 <= len(info["finalists"]) <= 3
+    assert info["orders"] == 2 and 3 <= len(info["finalists"]) <= 4
+    assert any(f["source"] is None for f in info["finalists"])  # the sampler's own finds too
+    assert all(len(f["scores"]) == 2 for f in info["finalists"])
     chosen = next(f for f in info["finalists"] if f["trial"] == info["chosen"])
     assert chosen["mean"] == max(f["mean"] for f in info["finalists"])
+    assert metrics["search"]["best_trial"] == info["chosen"]
     trials = {t["number"]: t["keep"] for t in json.loads((out / "trials.json").read_text())}
     units = json.loads((out / "allocation.json").read_text())["units"]
     assert [u["keep"] for u in units] == trials[info["chosen"]]
     assert metrics["search"]["proxy_accuracy"] == pytest.approx(chosen["mean"])
-    capsys.readouterr()
-    bad = tmp_path / "bad"
-    assert main([*base, "--finalists", "2", "--final-orders", "0", "--out", str(bad)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "--final-orders" in err and not bad.exists()
+    refused = {
+        "--final-orders": [*base, "--finalists", "2", "--final-orders", "0"],
+        "add --finalists": [*base, "--final-orders", "2"],
+        "scores none": [*base[:-4], "--method", "uniform", "--finalists", "2"],
+        "--multi-objective": [*base, "--multi-objective", "--finalists", "2"],
+    }
+    for said, argv in refused.items():
+        capsys.readouterr()
+        bad = tmp_path / "bad"
+        assert main([*argv, "--out", str(bad)]) == 2, said
+        err = capsys.readouterr().err.strip()
+        assert "\n" not in err and said in err and not bad.exists(), err
 
 
 def test_a_pareto_pick_is_left_as_it_is() -> None:
     trials = [trial(0, 0.70, "uniform"), trial(1, 0.90)]
     res = result_of(trials)
     res.info["pareto"] = [0, 1]  # optuna --multi-objective chose from its front on purpose
-    assert final_round(res, [Table({0: 0.9, 1: 0.1})], FinalRound(finalists=2)) is res
+    assert final_round(res, orders(Table({0: 0.9, 1: 0.1})), FinalRound(finalists=2)) is res
