@@ -28,6 +28,7 @@ from autoprune.pipeline.load import load_model_and_data, resolve_limits, trace
 from autoprune.pipeline.prune import PruneRun, run_prune
 from autoprune.pipeline.search import SearchRun, run_search
 from autoprune.rundir import write_json_atomic
+from autoprune.search import SEARCH_METHODS
 from autoprune.search.evaluator import EvaluatorConfig, MaskEvaluator
 from autoprune.search.finalists import FinalRound
 
@@ -103,10 +104,16 @@ def search_runs(folder: Path, recipe: AllocRecipe, dataset: str, dense: str,
                 checkpoint=dense, method=method, method_options=recipe.options(method),
                 granularity=recipe.granularity, seed=seed, backend=recipe.backend,
                 backend_cfg=recipe.backend_cfg(seed, cfg.progress),
-                evaluator=recipe.evaluator_for(seed), final_round=recipe.final_round,
+                evaluator=recipe.evaluator_for(seed), final_round=final_round_for(recipe, method),
                 projection=recipe.projection, progress=cfg.progress, overwrite=True,
             ))  # fmt: skip
             (run / CODE_FILE).write_text(code_version() + "\n")
+
+
+def final_round_for(recipe: AllocRecipe, method: str) -> FinalRound:
+    """The recipe's final round for a method that scores proposals; none for the others
+    (uniform and the heuristics score nothing to re-score)."""
+    return recipe.final_round if SEARCH_METHODS.get(method).needs_evaluator else FinalRound()
 
 
 def train_fixed(run: Path, recipe: AllocRecipe, dataset: str, dense: str, budgets: list[Budget],

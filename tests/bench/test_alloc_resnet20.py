@@ -208,3 +208,12 @@ def test_the_report_says_what_each_search_returned(tmp_path: Path) -> None:
     text = render_readme({"points": [p], "trained_at": [], "checkpoints": [], "benchmark": "b",
                           "quick": False, "command": "c", "rendered_at": "d"})  # fmt: skip
     assert "of its own proposals): optuna 0 lamp, 1 own." in text
+
+
+def test_only_the_searches_get_the_final_round() -> None:
+    recipe = Recipe()
+    assert recipe.final_round.active
+    for method in ("uniform", "global"):  # nothing to re-score: the pipeline refuses --finalists
+        assert not alloc_runs.final_round_for(recipe, method).active
+    for method in ("random", "optuna", "rl", "dsa"):
+        assert alloc_runs.final_round_for(recipe, method) == recipe.final_round
