@@ -159,18 +159,15 @@ class MaskEvaluator:
         # at least one batch: activation scales of allocations with bits are calibrated on it
         needed = max(self.cfg.bn_batches, self.cfg.finetune_steps, self._grad_batches, 1)
         self._train = train  # other batch orders are drawn from it (`reordered`)
-        self._train_batches = first_batches(train, self.cfg, needed)
-        self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
+        batches = first_batches(train, self.cfg, needed)
         if self.cfg.importance == "taylor":
-            accumulate_gradients(self.model, self._train_batches[: self._grad_batches])
+            accumulate_gradients(self.model, batches[: self._grad_batches])
         self.scores = score_units(self.model, graph.units, self.cfg.importance)
         self.model.zero_grad(set_to_none=True)
         # The dense copy stays on the CPU (slimming traces there); each candidate is moved to
         # the runtime's --device for its fine-tune, BatchNorm batches and scoring.
         self.device = current().device
-        self._train_batches = [(x.to(self.device), y.to(self.device))
-                               for x, y in self._train_batches]  # fmt: skip
-        self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
+        self._use_batches(batches)
         val_data = list(make_loader(val, batch_size=self.cfg.batch_size, shuffle=False))
         if self.cfg.val_limit is not None:
             val_data = _limit(val_data, self.cfg.val_limit)
@@ -204,12 +201,16 @@ class MaskEvaluator:
         own (the final round of a search scores its finalists on several orders)."""
         other = copy.copy(self)
         other.cfg = dataclasses.replace(self.cfg, seed=seed)
-        batches = first_batches(self._train, other.cfg, len(self._train_batches))
-        other._train_batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
-        other._bn_batches = [x for x, _ in other._train_batches[: self.cfg.bn_batches]]
+        other._use_batches(first_batches(self._train, other.cfg, len(self._train_batches)))
         other.cache = {}
         other.calls = 0
         return other
+
+    def _use_batches(self, batches: list[Batch]) -> None:
+        """Fine-tune and score with `batches` (moved to the runtime's device), their first
+        `bn_batches` recalibrating BatchNorm."""
+        self._train_batches = [(x.to(self.device), y.to(self.device)) for x, y in batches]
+        self._bn_batches = [x for x, _ in self._train_batches[: self.cfg.bn_batches]]
 
     @property
     def _grad_batches(self) -> int:
